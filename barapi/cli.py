@@ -1,0 +1,193 @@
+"""Command line: ``barapi run | evaluate | predict | providers``.
+
+The options of `run` are generated from `RunConfig`'s fields, so every hyperparameter is
+settable and documented in one place. Errors in input end with one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from barapi.config import PRESETS, RunConfig, make_config
+from barapi.errors import BarapiError
+
+FULL = "full"
+
+
+def _option_for(name: str, field: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    annotation = field.annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) else annotation
+    flag = "--" + name.replace("_", "-")
+    help_text = f"{field.description} [default: {field.default if field.default is not None else 'auto'}]"
+    if name == "resolution":
+        return click.option(flag, name, type=str, default=None,
+                            help=f"{help_text}; 'full' = the canvas size")
+    if base is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
+    if typing.get_origin(base) is typing.Literal:
+        return click.option(flag, name, type=click.Choice([str(v) for v in typing.get_args(base)]),
+                            default=None, help=help_text)
+    return click.option(flag, name, type=base, default=None, help=help_text)
+
+
+def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for name, field in reversed(list(RunConfig.model_fields.items())):
+        command = _option_for(name, field)(command)
+    return click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+                        help="start from a named preset (paper: the paper's exact settings)")(command)
+
+
+def config_from(preset: str | None, options: dict[str, Any]) -> RunConfig:
+    given = {k: v for k, v in options.items() if v is not None and k in RunConfig.model_fields}
+    if "resolution" in given:
+        value = given["resolution"]
+        if value == FULL:
+            given["resolution"] = None
+        elif not str(value).isdigit():
+            raise click.BadParameter(f"expected a number or 'full', got {value!r}",
+                                     param_hint="--resolution")
+        else:
+            given["resolution"] = int(value)
+    return make_config(preset, **given)
+
+
+def fail(message: str) -> None:
+    click.echo(f"barapi: error: {message}", err=True)
+    sys.exit(2)
+
+
+class CLIGroup(click.Group):
+    """Turns barapi's own errors into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BarapiError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("barapi: interrupted; resume with `barapi run --resume RUN_DIR`", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=CLIGroup)
+@click.version_option(package_name="barapi")
+def main() -> None:
+    """Reprogram a black-box classifier (a prediction API or a local model) for a new task."""
+
+
+def _summary(result: Any, wall: float) -> dict[str, Any]:
+    return {"test_accuracy": result.test_accuracy,
+            "zero_shot_test_accuracy": result.zero_shot_accuracy,
+            "best_val_accuracy": result.best_val_accuracy, "steps": result.steps,
+            "queries": result.extra["queries"], "billed_images": result.extra["billed_images"],
+            "dollars": result.extra["dollars"], "wall_seconds": round(wall, 1),
+            "run_dir": str(result.run_dir) if result.run_dir else None,
+            "stopped": result.stopped}
+
+
+@main.command()
+@config_options
+@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="continue the run in this folder (other options are ignored)")
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="where run folders are created")
+@click.option("--budget", type=float, default=None, help="hard limit in dollars")
+@click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary")
+@click.option("--progress/--no-progress", default=None, help="progress bar (default: on a tty)")
+def run(preset: str | None, resume: Path | None, runs_dir: Path, budget: float | None,
+        as_json: bool, progress: bool | None, **options: Any) -> None:
+    """Reprogram the black box (default: local EfficientNet-Lite0 on scikit-learn digits)."""
+    from barapi import api
+
+    session = api.prepare(config_from(preset, options), runs_root=runs_dir, resume=resume,
+                          budget=budget)
+    config = session.config
+    if not as_json:
+        click.echo(f"barapi: {config.method} on {config.dataset} through {config.provider}/"
+                   f"{config.model}, canvas {config.canvas}, program "
+                   f"{config.program_resolution}², q={config.q}, {config.epochs} epoch(s) → "
+                   f"{session.folder.path if session.folder else ''}", err=True)
+    start = time.monotonic()
+    show = progress if progress is not None else sys.stderr.isatty()
+    result = session.run(progress=show)
+    summary = _summary(result, time.monotonic() - start)
+    if result.run_dir is not None:
+        (result.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(f"test accuracy {result.test_accuracy:.1%} (zero-shot mapping "
+                   f"{result.zero_shot_accuracy:.1%} on the same split) · best val "
+                   f"{result.best_val_accuracy:.1%} · {summary['queries']:,} queries · "
+                   f"${summary['dollars']:.2f} · {summary['wall_seconds']:.0f} s\n"
+                   f"run folder: {result.run_dir}")
+    if result.stopped:
+        click.echo(f"stopped early: {result.stopped}; continue with: barapi run --resume "
+                   f"{result.run_dir} --budget MORE", err=True)
+        sys.exit(3)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--part", type=click.Choice(["test", "val", "train"]), default="test",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(run_dir: Path, part: str, as_json: bool) -> None:
+    """Accuracy of a run's best program on its own split (test by default)."""
+    from barapi import api
+    from barapi.trainer import Task
+
+    fitted = api.load_run(run_dir)
+    service = api.make_service(api.open_adapter(fitted.config))
+    task = Task(fitted.config, api.load_split(fitted.config))
+    ev = asyncio.run(api.evaluate(service, task, fitted.label_map, fitted.weights, part))
+    payload = {"part": part, "accuracy": ev.accuracy, "loss": ev.loss,
+               "samples": len(ev.predictions), "queries": service.stats.images}
+    click.echo(json.dumps(payload) if as_json else
+               f"{part} accuracy {ev.accuracy:.1%} ({len(ev.predictions)} samples, loss {ev.loss:.4f})")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def predict(run_dir: Path, images: tuple[Path, ...], as_json: bool) -> None:
+    """Predict target classes of IMAGES with a run's learned program."""
+    from barapi import api
+    from barapi.data import _read_image
+
+    fitted = api.load_run(run_dir)
+    service = api.make_service(api.open_adapter(fitted.config))
+    canvas = fitted.program.canvas
+    windows = np.concatenate([canvas.embed(_read_image(p, str(p))[None]) for p in images])
+    scores = asyncio.run(fitted.predict_proba(service, windows))
+    for path, row in zip(images, scores, strict=True):
+        label = fitted.classes[int(row.argmax())]
+        if as_json:
+            click.echo(json.dumps({"image": str(path), "label": label,
+                                   "scores": dict(zip(fitted.classes, row.round(6).tolist(),
+                                                      strict=True))}))
+        else:
+            click.echo(f"{path}\t{label}\t{row.max():.3f}")
+
+
+@main.command()
+def providers() -> None:
+    """List the black boxes barapi can query (entry-point group barapi.adapters)."""
+    from barapi.adapters.registry import available_providers
+
+    for name in available_providers():
+        click.echo(name)

@@ -1,0 +1,111 @@
+"""Run configuration: every hyperparameter of a run, validated, with documented defaults.
+
+The CLI builds its options from these fields, so this model is the single source of truth.
+Defaults were chosen by measurement on a 2-core CPU (see README, "Defaults").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from barapi.errors import ConfigError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tsai, Chen & Ho (2020): full-resolution program, unit-sphere one-sided estimator with
+    # b = d and β = 0.01, frequency mapping, focal loss, SGD with exponential decay.
+    "paper": {"canvas": 224, "input_size": 224, "resolution": None, "directions": "sphere",
+              "two_sided": False, "beta": 0.01, "q": 10, "optimizer": "sgd", "lr": 0.05,
+              "decay": 0.9, "mapping": "frequency", "loss": "focal", "gamma": 2.0, "m": 10},
+}
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: str = Field("local", description="black box: an adapter name (see `barapi providers`)")
+    model: str = Field("efficientnet-lite0", description="model of the provider")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="local model device")
+    input_size: int | None = Field(
+        None, description="local model input side in px (images are resized to it); "
+        "default: the model's native size")
+    dataset: str = Field("digits", description="digits | mnist5k | fashion-mnist | PATH "
+                         "(class folders, .csv of path,label, .npz with X and y)")
+    val_fraction: float = Field(0.1, description="share of each class held out for validation")
+    test_fraction: float = Field(0.2, description="share of each class held out for testing")
+    per_class: int | None = Field(None, description="at most this many training samples per class")
+    rebalance: bool = Field(False, description="oversample training classes to equal size")
+    canvas: int = Field(112, description="side S of the queried image in px")
+    window: int | None = Field(None, description="side of the sample's window (default S/2)")
+    window_top: int | None = Field(None, description="window row (default centred)")
+    window_left: int | None = Field(None, description="window column (default centred)")
+    resolution: int | None = Field(
+        8, description="program side k: W is 3×k×k, upsampled to the canvas; omit for full")
+    method: Literal["bar", "ar", "zero-shot"] = Field(
+        "bar", description="bar: black-box ZO; ar: white-box autograd (local only); "
+        "zero-shot: label map only")
+    mapping: Literal["frequency", "random"] = Field("frequency", description="label mapping")
+    m: int = Field(4, description="source labels per target class")
+    loss: Literal["focal", "ce"] = Field("focal", description="training loss")
+    gamma: float = Field(2.0, description="focal loss γ")
+    q: int = Field(10, description="random directions per step (q + 1 queries per sample)")
+    beta: float = Field(0.05, description="smoothing radius β (in units of W)")
+    directions: Literal["sphere", "gaussian"] = Field("gaussian", description="ZO directions")
+    two_sided: bool = Field(False, description="antithetic (two-sided) differences, 2q queries")
+    optimizer: Literal["sgd", "adam"] = Field("adam", description="optimiser")
+    lr: float = Field(0.05, description="initial step size")
+    decay: float = Field(1.0, description="step size multiplier per epoch")
+    batch: int = Field(20, description="minibatch size (images per program variant)")
+    epochs: int = Field(5, description="passes over the training split")
+    eval_every: int = Field(0, description="validate every N steps (0: once per epoch)")
+    seed: int = Field(0, description="seed of split, label map, shuffling and directions")
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        positive = {"canvas": self.canvas, "batch": self.batch, "epochs": self.epochs,
+                    "q": self.q, "m": self.m}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.window is not None and self.window > self.canvas:
+            raise ValueError(f"window {self.window} is larger than the canvas {self.canvas}")
+        if self.resolution is not None and not 1 <= self.resolution <= self.canvas:
+            raise ValueError(f"resolution must be between 1 and the canvas {self.canvas}")
+        if self.beta <= 0 or self.lr <= 0:
+            raise ValueError("beta and lr must be positive")
+        if not 0 < self.decay <= 1:
+            raise ValueError(f"decay must be in (0, 1], got {self.decay}")
+        return self
+
+    @property
+    def window_size(self) -> int:
+        return self.window if self.window is not None else self.canvas // 2
+
+    @property
+    def program_resolution(self) -> int:
+        return self.resolution if self.resolution is not None else self.canvas
+
+
+def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:
+    """A RunConfig from an optional preset plus explicit overrides (which win)."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    values.update(overrides)
+    try:
+        return RunConfig(**values)
+    except ValueError as exc:
+        raise ConfigError(_one_line(exc)) from exc
+
+
+def _one_line(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "config"
+        message = str(first.get("msg", exc)).removeprefix("Value error, ")
+        return f"{where}: {message}" if where != "config" else message
+    return str(exc)

@@ -1,0 +1,99 @@
+"""QueryService: the only path from the algorithm to an adapter.
+
+For each batch of images, in order: cache lookup (a hit costs $0), split of the misses into
+requests of at most the adapter's batch limit, a budget reservation per request (reserve →
+call → commit, or release on failure), rate limiting and a concurrency cap, retries of
+transient errors, cache write. It counts every billable image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from barapi.adapters.base import Adapter
+from barapi.budget import Budget
+from barapi.cache import ProbabilityCache, image_keys
+from barapi.ratelimit import RateLimiter
+from barapi.retry import RetryPolicy
+from barapi.wire import check_batch
+
+
+@dataclass
+class QueryStats:
+    """Counters in images and requests since the service was created."""
+
+    billed_images: int = 0
+    cached_images: int = 0
+    requests: int = 0
+    attempts: int = 0
+
+    @property
+    def images(self) -> int:
+        """Images answered, paid or cached."""
+        return self.billed_images + self.cached_images
+
+
+@dataclass
+class QueryService:
+    adapter: Adapter
+    budget: Budget = field(default_factory=Budget.unlimited)
+    cache: ProbabilityCache | None = None
+    limiter: RateLimiter = field(default_factory=RateLimiter.unlimited)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_batch: int | None = None
+    max_concurrency: int = 4
+    stats: QueryStats = field(default_factory=QueryStats)
+
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(self.max_concurrency)
+
+    @property
+    def batch_limit(self) -> int:
+        return min(self.max_batch or self.adapter.max_batch, self.adapter.max_batch)
+
+    async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """(N, K) probabilities for (N, H, W, 3) uint8 images."""
+        check_batch(images)
+        n, k = len(images), self.adapter.n_sources
+        out = np.empty((n, k), dtype=np.float32)
+        keys = image_keys(self.adapter.identity, images) if self.cache is not None else None
+        missing = np.arange(n)
+        if self.cache is not None and keys is not None:
+            hits = await self.cache.get_many(keys)
+            found = [i for i, v in enumerate(hits) if v is not None]
+            for i in found:
+                out[i] = hits[i]
+            self.stats.cached_images += len(found)
+            missing = np.array([i for i, v in enumerate(hits) if v is None], dtype=np.int64)
+        chunks = [missing[i:i + self.batch_limit] for i in range(0, len(missing), self.batch_limit)]
+        results = await asyncio.gather(*(self._request(images[c]) for c in chunks))
+        for chunk, probs in zip(chunks, results, strict=True):
+            out[chunk] = probs
+        if self.cache is not None and keys is not None and len(missing):
+            await self.cache.set_many([keys[i] for i in missing], out[missing])
+        return out
+
+    async def _request(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        n = len(images)
+
+        async def attempt() -> NDArray[np.float32]:
+            async with self.budget.reservation(n):
+                await self.limiter.acquire()
+                async with self._slots:
+                    self.stats.attempts += 1
+                    probs = await self.adapter.predict_proba(images)
+            probs = np.asarray(probs, dtype=np.float32)
+            if probs.shape != (n, self.adapter.n_sources):
+                raise ValueError(
+                    f"adapter {self.adapter.identity} returned shape {probs.shape} for {n} images"
+                )
+            return probs
+
+        probs = await self.retry.call(attempt)
+        self.stats.requests += 1
+        self.stats.billed_images += n
+        return probs

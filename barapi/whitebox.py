@@ -1,0 +1,60 @@
+"""White-box adversarial reprogramming (AR): the upper-bound baseline.
+
+Same program, label map and loss as BAR, but the gradient comes from autograd through the
+local model (and so is exact and float, not quantised). Only possible for `LocalAdapter`;
+this is the one module of barapi that reads a model's internals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from barapi.adapters.base import Adapter
+from barapi.adapters.local import LocalAdapter
+from barapi.errors import ConfigError
+from barapi.labelmap import LabelMap
+from barapi.trainer import FloatArray, GradientFn, Task
+
+
+def check_white_box(adapter: Adapter) -> None:
+    """Raise ConfigError unless `adapter` is a local model whose gradients we can take."""
+    if not isinstance(adapter, LocalAdapter):
+        raise ConfigError("--method ar needs a local model (white-box gradients); "
+                          f"provider {adapter.identity} is a black box")
+
+
+def autograd_gradient(adapter: Adapter, task: Task, label_map: LabelMap) -> GradientFn:
+    """GradientFn for the AR baseline on a local model (pass to `Trainer(make_gradient=...)`
+    as ``functools.partial(autograd_gradient, adapter)``)."""
+    check_white_box(adapter)
+    assert isinstance(adapter, LocalAdapter)
+    device = adapter.device
+    program = task.program
+    upsample = torch.from_numpy(program.upsample).to(device)
+    mask = torch.from_numpy(program.canvas.mask).permute(2, 0, 1).to(device)
+    rows, cols = program.canvas.window_slice
+    groups = torch.from_numpy(label_map.assignment).to(device)
+    class_weights = torch.from_numpy(task.weights).to(device)
+    gamma = task.gamma
+    full_resolution = program.resolution == program.canvas.size
+
+    async def gradient(weights: FloatArray, windows: NDArray[np.uint8],
+                       labels: NDArray[np.int64]) -> tuple[float, FloatArray]:
+        w = torch.tensor(weights, device=device, requires_grad=True)
+        full = w if full_resolution else upsample @ w @ upsample.T
+        background = (torch.tanh(full) * mask + 1) / 2
+        x = background.unsqueeze(0).repeat(len(windows), 1, 1, 1)
+        x[:, :, rows, cols] = torch.from_numpy(windows).to(device).permute(0, 3, 1, 2) / 255.0
+        probs = adapter.probabilities(x)
+        h = probs[:, groups].mean(dim=2)
+        h = h / h.sum(dim=1, keepdim=True)
+        y = torch.from_numpy(labels).to(device)
+        p = h[torch.arange(len(y), device=device), y].clamp_min(1e-12)
+        loss = (-class_weights[y] * (1 - p) ** gamma * p.log()).mean()
+        loss.backward()
+        assert w.grad is not None
+        return float(loss.detach()), w.grad.cpu().numpy().astype(np.float32)
+
+    return gradient

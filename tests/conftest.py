@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from barapi.adapters.base import Adapter
+from barapi.config import RunConfig, make_config
+
+
+class LinearSoftmaxAdapter(Adapter):
+    """A deterministic numpy black box: softmax(A · mean colour of 4×4 cells); no torch."""
+
+    card = "local"
+
+    def __init__(self, n_sources: int = 20, seed: int = 0, max_batch: int = 64) -> None:
+        self.labels = [f"s{i}" for i in range(n_sources)]
+        self.max_batch = max_batch
+        self.identity = f"test/linear-{n_sources}-{seed}"
+        self.matrix = np.random.default_rng(seed).standard_normal((n_sources, 48)) * 4
+        self.calls: list[int] = []
+
+    async def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        assert images.dtype == np.uint8 and images.ndim == 4
+        self.calls.append(len(images))
+        n, s = len(images), images.shape[1]
+        cells = images.reshape(n, 4, s // 4, 4, s // 4, 3).mean(axis=(2, 4)) / 255.0 - 0.5
+        logits = cells.reshape(n, -1) @ self.matrix.T
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def linear_adapter() -> LinearSoftmaxAdapter:
+    return LinearSoftmaxAdapter()
+
+
+@pytest.fixture(scope="session")
+def lite0_32():
+    """The real EfficientNet-Lite0 black box, run at 32 px to keep tests fast."""
+    from barapi.adapters.local import create
+
+    return create(model="efficientnet-lite0", device="cpu", input_size=32)
+
+
+@pytest.fixture(scope="session")
+def lite0_64():
+    from barapi.adapters.local import create
+
+    return create(model="efficientnet-lite0", device="cpu", input_size=64)
+
+
+def tiny_config(**overrides: object) -> RunConfig:
+    """Small, fast settings on digits (a few seconds on 2 cores)."""
+    values: dict[str, object] = dict(canvas=32, window=16, input_size=32, resolution=4,
+                                     per_class=20, q=4, batch=20, epochs=2, m=2, device="cpu")
+    values.update(overrides)
+    return make_config(**values)
+
+
+def run(coro):  # noqa: ANN001, ANN201 - tiny helper
+    return asyncio.run(coro)

@@ -1,0 +1,122 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from barapi.data import Dataset, load_dataset, stratified_split
+from barapi.errors import ConfigError
+
+
+def write_png(path: Path, value: int, size: int = 8) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, dtype=np.uint8), mode="L").save(path)
+
+
+def test_digits_builtin() -> None:
+    data = load_dataset("digits")
+    assert data.images.shape == (1797, 8, 8, 3) and data.images.dtype == np.uint8
+    assert data.images.max() == 255 and data.n_classes == 10
+
+
+def test_image_folder_with_one_subfolder_per_class(tmp_path: Path) -> None:
+    for i in range(3):
+        write_png(tmp_path / "benign" / f"{i}.png", 10)
+        write_png(tmp_path / "malignant" / f"{i}.jpg", 200)
+    data = load_dataset(str(tmp_path))
+    assert data.classes == ["benign", "malignant"]
+    assert data.images.shape == (6, 8, 8, 3)
+    assert (data.images[data.labels == 1] > 150).all()
+
+
+def test_csv_of_paths_and_labels(tmp_path: Path) -> None:
+    rows = ["path,label"]
+    for i in range(4):
+        write_png(tmp_path / "img" / f"{i}.png", 50 * i)
+        rows.append(f"img/{i}.png,{'yes' if i % 2 else 'no'}")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    data = load_dataset(str(tmp_path / "list.csv"))
+    assert data.labels.tolist() == [0, 1, 0, 1] and data.classes == ["no", "yes"]
+
+
+def test_npz_correlation_matrices_scaled_globally(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = np.tanh(rng.standard_normal((10, 20, 20)))  # values in (-1, 1), like correlations
+    np.savez(tmp_path / "abide.npz", X=x, y=np.array([0, 1] * 5))
+    data = load_dataset(str(tmp_path / "abide.npz"))
+    assert data.images.shape == (10, 20, 20, 3)
+    flat = data.images[..., 0].astype(float).ravel()
+    assert np.corrcoef(flat, x.ravel())[0, 1] > 0.999  # one global min/max, order kept
+
+
+def test_folder_of_npy_matrices(tmp_path: Path) -> None:
+    np.save(tmp_path / "X.npy", np.zeros((4, 5, 5)))
+    np.save(tmp_path / "y.npy", np.array([1, 2, 1, 2]))
+    assert load_dataset(str(tmp_path)).images.shape == (4, 5, 5, 3)
+
+
+@pytest.mark.parametrize(("x", "y", "message"), [
+    (np.full((4, 5, 5), np.nan), [0, 1, 0, 1], "NaN"),
+    (np.zeros((4, 5)), [0, 1, 0, 1], "shape"),
+    (np.zeros((4, 5, 5)), [0, 1, 0], "4 samples but y has 3"),
+])
+def test_bad_arrays_are_named(tmp_path: Path, x: np.ndarray, y: list[int], message: str) -> None:
+    np.savez(tmp_path / "bad.npz", X=x, y=np.array(y))
+    with pytest.raises(ConfigError, match=message):
+        load_dataset(str(tmp_path / "bad.npz"))
+
+
+def test_npz_without_y_names_the_missing_array(tmp_path: Path) -> None:
+    np.savez(tmp_path / "bad.npz", X=np.zeros((2, 3, 3)))
+    with pytest.raises(ConfigError, match=r"bad\.npz: missing array\(s\) y"):
+        load_dataset(str(tmp_path / "bad.npz"))
+
+
+def test_corrupt_image_is_named(tmp_path: Path) -> None:
+    write_png(tmp_path / "a" / "ok.png", 1)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match=r"broken\.png"):
+        load_dataset(str(tmp_path))
+
+
+def test_inconsistent_image_sizes_are_named(tmp_path: Path) -> None:
+    write_png(tmp_path / "a" / "small.png", 1, size=8)
+    write_png(tmp_path / "b" / "large.png", 1, size=9)
+    with pytest.raises(ConfigError, match="differ in size"):
+        load_dataset(str(tmp_path))
+
+
+def test_unknown_dataset() -> None:
+    with pytest.raises(ConfigError, match="unknown dataset 'nope'"):
+        load_dataset("nope")
+
+
+def toy(counts: list[int]) -> Dataset:
+    labels = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
+    images = np.zeros((len(labels), 2, 2, 3), dtype=np.uint8)
+    return Dataset(images, labels, [str(c) for c in range(len(counts))], "toy")
+
+
+def test_split_is_stratified_disjoint_and_seeded() -> None:
+    data = toy([50, 30, 20])
+    split = stratified_split(data, 0.1, 0.2, seed=0)
+    assert np.bincount(split.test.labels).tolist() == [10, 6, 4]
+    assert np.bincount(split.val.labels).tolist() == [5, 3, 2]
+    assert len(split.train.labels) + len(split.val.labels) + len(split.test.labels) == 100
+    again = stratified_split(data, 0.1, 0.2, seed=0)
+    assert np.array_equal(split.train.labels, again.train.labels)
+
+
+def test_per_class_limit_and_rebalancing() -> None:
+    split = stratified_split(toy([50, 30, 20]), 0.1, 0.2, seed=0, per_class=10)
+    assert np.bincount(split.train.labels).tolist() == [10, 10, 10]
+    balanced = stratified_split(toy([50, 10, 10]), 0.1, 0.2, seed=0, rebalance=True)
+    assert len(set(np.bincount(balanced.train.labels).tolist())) == 1
+
+
+def test_single_class_and_too_few_samples_are_refused() -> None:
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        stratified_split(toy([10]), 0.1, 0.2, seed=0)
+    with pytest.raises(ConfigError, match="class '1' has 2 sample"):
+        stratified_split(toy([10, 2]), 0.1, 0.2, seed=0)

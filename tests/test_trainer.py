@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import LinearSoftmaxAdapter, tiny_config
+
+from barapi import api
+from barapi.checkpoint import load_checkpoint
+from barapi.config import RunConfig, make_config
+from barapi.program import Canvas, Program
+from barapi.query import QueryService
+from barapi.trainer import Task
+from barapi.zo import ZOEstimator
+
+
+def changed_fraction(config: RunConfig) -> tuple[float, float]:
+    """Share of background pixels that a random direction changes after 8-bit encoding,
+    and the mean number of grey levels they change by."""
+    canvas = Canvas(config.canvas, config.window_size)
+    program = Program(canvas, config.program_resolution)
+    est = ZOEstimator(config.q, config.beta, config.directions, config.two_sided)
+    u = est.sample(np.random.default_rng(0), program.shape)
+    window = np.zeros((1, canvas.window, canvas.window, 3), dtype=np.uint8)
+    images = program.compose(window, program.perturbation(est.points(program.zeros(), u)))
+    base, moved = images[0].astype(int), images[1:].astype(int)
+    background = canvas.mask[..., 0] == 1
+    diff = np.abs(moved - base)[:, background]
+    moved_levels = diff[diff > 0]
+    return float((diff > 0).mean()), float(moved_levels.mean()) if moved_levels.size else 0.0
+
+
+def test_default_perturbations_survive_8bit_quantisation() -> None:
+    changed, levels = changed_fraction(RunConfig())
+    assert changed > 0.5 and levels >= 2
+    paper_changed, _ = changed_fraction(make_config("paper"))
+    assert paper_changed < 0.01  # the paper's β barely moves any pixel (DESIGN.md)
+
+
+def test_default_perturbation_changes_the_loss(lite0_32) -> None:  # noqa: ANN001
+    config = RunConfig()
+    split = api.load_split(make_config(per_class=5))
+    task = Task(config, split)
+    service = QueryService(lite0_32)
+    from barapi.labelmap import random_map
+    label_map = random_map(10, config.m, 1000, seed=0)
+    est = ZOEstimator(config.q, config.beta, config.directions, config.two_sided)
+    u = est.sample(np.random.default_rng(0), task.program.shape)
+    points = est.points(task.program.zeros(), u)
+    windows = task.windows["train"][:config.batch]
+    probs = asyncio.run(service.predict_proba(task.program.compose(windows,
+                                                                   task.program.perturbation(points))))
+    losses = task.losses(label_map, probs, split.train.labels[:config.batch], len(points))
+    assert np.all(np.abs(losses[1:] - losses[0]) > 1e-6)
+
+
+def test_same_seed_gives_bit_identical_weights() -> None:
+    a = api.train(tiny_config(), adapter=LinearSoftmaxAdapter())
+    b = api.train(tiny_config(), adapter=LinearSoftmaxAdapter())
+    c = api.train(tiny_config(seed=1), adapter=LinearSoftmaxAdapter())
+    assert np.array_equal(a.final_weights, b.final_weights)
+    assert not np.array_equal(a.final_weights, c.final_weights)
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingAdapter(LinearSoftmaxAdapter):
+    def __init__(self, after_calls: int) -> None:
+        super().__init__()
+        self.after_calls = after_calls
+
+    async def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        if len(self.calls) >= self.after_calls:
+            raise Crash
+        return await super().predict_proba(images)
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    config = tiny_config(epochs=3, eval_every=2)
+    whole = api.train(config, adapter=LinearSoftmaxAdapter(), runs_root=tmp_path / "a")
+    with pytest.raises(Crash):
+        api.train(config, adapter=CrashingAdapter(after_calls=30), runs_root=tmp_path / "b")
+    (folder,) = (tmp_path / "b").iterdir()
+    _, meta = load_checkpoint(folder / "checkpoint.npz")
+    assert 0 < meta["step"] < whole.steps
+    resumed = api.train(config, adapter=LinearSoftmaxAdapter(), resume=folder)
+    assert resumed.steps == whole.steps
+    assert np.array_equal(resumed.final_weights, whole.final_weights)
+    assert np.array_equal(resumed.weights, whole.weights)
+    final, _ = load_checkpoint(folder / "checkpoint.npz")
+    (first,) = (tmp_path / "a").iterdir()
+    reference, _ = load_checkpoint(first / "checkpoint.npz")
+    assert np.array_equal(final["weights"], reference["weights"])
+    steps = [r["step"] for r in api.RunFolder.open(folder).metrics() if r["event"] == "step"]
+    assert steps == list(range(1, whole.steps + 1))  # no step logged twice
+
+
+def test_run_folder_contents(tmp_path: Path) -> None:
+    result = api.train(tiny_config(epochs=1), adapter=LinearSoftmaxAdapter(), runs_root=tmp_path)
+    folder = result.run_dir
+    assert folder is not None
+    for name in ("config.json", "metrics.jsonl", "checkpoint.npz", "program.png", "curves.png"):
+        assert (folder / name).is_file(), name
+    config = api.RunFolder.open(folder).read_json("config.json")
+    assert config["config"]["q"] == 4 and "numpy" in config["versions"]
+
+
+def test_tiny_end_to_end_run_beats_the_zero_shot_mapping(lite0_64) -> None:  # noqa: ANN001
+    config = tiny_config(canvas=64, window=32, input_size=64, resolution=4, q=10, lr=0.1,
+                         epochs=3, eval_every=5)
+    result = api.train(config, adapter=lite0_64)
+    assert result.test_accuracy > result.zero_shot_accuracy + 0.03

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from barapi.zo import ZOEstimator
+
+D = 12
+
+
+def quadratic(seed: int = 0):  # noqa: ANN201
+    rng = np.random.default_rng(seed)
+    m = rng.standard_normal((D, D))
+    a = m @ m.T / D + np.eye(D)
+    b = rng.standard_normal(D)
+    w = rng.standard_normal(D).astype(np.float32)
+
+    def f(points: np.ndarray) -> np.ndarray:
+        p = points.reshape(len(points), -1).astype(np.float64)
+        return 0.5 * np.einsum("ni,ij,nj->n", p, a, p) + p @ b
+
+    return f, w, a @ w + b
+
+
+@pytest.mark.parametrize("estimator", [
+    ZOEstimator(q=1, beta=0.05, directions="sphere"),
+    ZOEstimator(q=1, beta=0.05, directions="gaussian"),
+    ZOEstimator(q=1, beta=0.05, directions="gaussian", two_sided=True),
+])
+def test_estimator_is_unbiased_for_a_quadratic(estimator: ZOEstimator) -> None:
+    # β-smoothing adds only a constant to a quadratic, so the smoothed gradient is A w + b
+    f, w, true = quadratic()
+    rng = np.random.default_rng(1)
+    draws = 20_000
+    total = np.zeros(D)
+    for _ in range(draws):
+        u = estimator.sample(rng, (D,))
+        total += estimator.gradient(f(estimator.points(w, u)), u)
+    mean = total / draws
+    # relative error of the Monte-Carlo mean; a biased estimator (e.g. a wrong b) fails
+    assert np.linalg.norm(mean - true) / np.linalg.norm(true) < 0.08
+
+
+def test_sphere_directions_have_unit_norm_and_b_defaults_to_d() -> None:
+    est = ZOEstimator(q=5, directions="sphere")
+    u = est.sample(np.random.default_rng(0), (3, 4, 4))
+    assert np.allclose(np.sqrt((u.reshape(5, -1) ** 2).sum(1)), 1.0)
+    assert est.scale(48) == 48 and ZOEstimator(directions="gaussian").scale(48) == 1.0
+    assert est.n_evaluations == 6 and ZOEstimator(q=5, two_sided=True).n_evaluations == 10
+
+
+def test_cosine_with_true_gradient_grows_with_q() -> None:
+    dim = 200
+    rng = np.random.default_rng(0)
+    target = rng.standard_normal(dim)
+
+    def f(points: np.ndarray) -> np.ndarray:
+        return points.reshape(len(points), -1) @ target
+
+    cosines = []
+    for q in (1, 10, 100):
+        est = ZOEstimator(q=q, beta=0.01)
+        values = []
+        for _ in range(30):
+            u = est.sample(rng, (dim,))
+            g = est.gradient(f(est.points(np.zeros(dim, np.float32), u)), u)
+            values.append(g @ target / np.linalg.norm(g) / np.linalg.norm(target))
+        cosines.append(float(np.mean(values)))
+    assert cosines[0] < cosines[1] < cosines[2]
+    assert cosines[1] == pytest.approx(np.sqrt(10 / dim), rel=0.35)  # ≈ √(q/d)
+
+
+def test_bad_parameters_are_refused() -> None:
+    with pytest.raises(ValueError, match="q"):
+        ZOEstimator(q=0)
+    with pytest.raises(ValueError, match="beta"):
+        ZOEstimator(beta=0)
