@@ -34,6 +34,10 @@ class Adapter(ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections or devices."""
 
+    def __deepcopy__(self, memo: dict[int, object]) -> Adapter:
+        """Adapters are handles to a black box (connections, devices): copies share it."""
+        return self
+
     @property
     def n_sources(self) -> int:
         return len(self.labels)

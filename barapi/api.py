@@ -16,13 +16,15 @@ from numpy.typing import NDArray
 
 from barapi.adapters.base import Adapter
 from barapi.adapters.registry import create_adapter
-from barapi.budget import Budget
+from barapi.budget import Budget, to_nano
 from barapi.cache import ProbabilityCache
-from barapi.cards import load_card
+from barapi.cards import Card, build_card, load_card
 from barapi.checkpoint import load_checkpoint
 from barapi.config import RunConfig, make_config
 from barapi.data import Split, load_dataset, stratified_split
 from barapi.errors import ConfigError
+from barapi.estimate import Phase, reach
+from barapi.estimate import estimate as estimate_cost
 from barapi.labelmap import LabelMap, check_fits
 from barapi.program import Canvas, Program
 from barapi.query import QueryService
@@ -31,13 +33,14 @@ from barapi.report import save_curves_png, save_program_png
 from barapi.run_folder import RunFolder
 from barapi.trainer import RunResult, Trainer, evaluate, query_program, run_sync
 
-__all__ = ["FittedProgram", "RunFolder", "Session", "evaluate", "load_run", "load_split", "make_config",
-           "make_service", "open_adapter", "prepare", "train"]
+__all__ = ["FittedProgram", "RunFolder", "Session", "card_for", "default_cache", "evaluate",
+           "load_run", "load_split", "make_config", "make_service", "open_adapter", "prepare",
+           "train"]
 
 
 def open_adapter(config: RunConfig) -> Adapter:
     return create_adapter(config.provider, model=config.model, device=config.device,
-                          input_size=config.input_size)
+                          input_size=config.input_size or None)
 
 
 def load_split(config: RunConfig) -> Split:
@@ -45,9 +48,23 @@ def load_split(config: RunConfig) -> Split:
                             config.test_fraction, config.seed, config.per_class, config.rebalance)
 
 
+def card_for(adapter: Adapter, card_file: Path | None = None,
+             card_fields: dict[str, Any] | None = None) -> Card:
+    """The adapter's price/limit card with the user's overrides (file, then fields)."""
+    return load_card(adapter.card, card_file, **(card_fields or {}))
+
+
+def default_cache(card: Card, use_cache: bool | None = None,
+                  cache_dir: Path | None = None) -> ProbabilityCache | None:
+    """The shared answer cache, on by default for priced providers only (a $0 local model
+    is cheaper to ask again than to store 1,000 floats per image)."""
+    on = card.price_per_1000 > 0 if use_cache is None else use_cache
+    return ProbabilityCache(cache_dir) if on else None
+
+
 def make_service(adapter: Adapter, budget: float | None = None, ledger: Path | None = None,
-                 cache: ProbabilityCache | None = None) -> QueryService:
-    card = load_card(adapter.card)
+                 cache: ProbabilityCache | None = None, card: Card | None = None) -> QueryService:
+    card = card or card_for(adapter)
     return QueryService(adapter, Budget(card.price_per_1000, budget, ledger), cache,
                         RateLimiter(card.requests_per_second),
                         max_batch=card.max_images_per_request)
@@ -55,17 +72,49 @@ def make_service(adapter: Adapter, budget: float | None = None, ledger: Path | N
 
 @dataclass
 class Session:
-    """A validated, assembled run: nothing has been queried yet."""
+    """A validated, assembled run. Nothing has been queried yet; with `start=False` in
+    `prepare` no run folder exists yet either (see `start`)."""
 
     config: RunConfig
     adapter: Adapter
+    card: Card
     service: QueryService
     trainer: Trainer
     folder: RunFolder | None
+    runs_root: Path | None = None
+
+    def estimate(self) -> list[Phase]:
+        split = self.trainer.task.split
+        n_test = len(split.test.labels) if split.test is not None else 0
+        return estimate_cost(self.config, len(split.train.labels), len(split.val.labels), n_test,
+                             self.card, self.service.batch_limit)
+
+    def reach(self, budget: float) -> tuple[int, float]:
+        """(training steps, epochs) that `budget` dollars pay for, after what is spent."""
+        per_image = self.service.budget.cost_nano(1)
+        left = to_nano(budget) - self.service.budget.spent_nano
+        images = left // per_image if per_image else 10**12
+        return reach(self.config, len(self.trainer.task.split.train.labels), int(images))
+
+    def start(self) -> None:
+        """Create the run folder (if `runs_root` was given) and attach its spend ledger."""
+        if self.folder is None and self.runs_root is not None:
+            cache = self.service.cache
+            self.folder = RunFolder.create(
+                self.runs_root, self.config, card=self.card.model_dump(),
+                cache={"enabled": cache is not None,
+                       "dir": str(cache.directory.resolve()) if cache is not None else None})
+            self.service.budget.ledger = self.folder.ledger
+            self.trainer.folder = self.folder
 
     def run(self, progress: bool = False) -> RunResult:
+        self.start()
         self.trainer.progress = progress
-        result = run_sync(self.trainer)
+        try:
+            result = run_sync(self.trainer)
+        finally:
+            if self.service.cache is not None:
+                self.service.cache.close()
         stats = self.service.stats
         result.extra.update(queries=stats.images, billed_images=stats.billed_images,
                             cached_images=stats.cached_images, dollars=self.service.budget.spent)
@@ -79,13 +128,17 @@ class Session:
 
 def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split | None = None,
             runs_root: Path | str | None = None, resume: Path | str | None = None,
-            budget: float | None = None, cache: ProbabilityCache | None = None) -> Session:
-    """Validate and assemble a run of `config` (or the run folder `resume`).
+            budget: float | None = None, cache: ProbabilityCache | None = None,
+            card_file: Path | None = None, card_fields: dict[str, Any] | None = None,
+            cache_dir: Path | None = None, use_cache: bool | None = None,
+            start: bool = True) -> Session:
+    """Validate and assemble a run of `config` (or of the run folder `resume`).
 
-    Every check on the input (data, model, geometry, label map) happens here, before a run
-    folder is created or a query is sent. `adapter` replaces the provider named in the
+    Every check on the input (data, model, geometry, label map, card) happens here, before a
+    run folder is created or a query is sent. `adapter` replaces the provider named in the
     config (bring your own black box); `split` replaces the dataset. Without `runs_root` or
-    `resume` nothing is written to disk.
+    `resume` nothing is written to disk. `cache` (or `use_cache`/`cache_dir`) chooses the
+    answer cache; by default priced providers use the shared one under ~/.cache/barapi.
     """
     resumed = RunFolder.open(Path(resume)) if resume is not None else None
     if resumed is not None:
@@ -93,6 +146,14 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
     split = split or load_split(config)
     adapter = adapter or open_adapter(config)
     check_fits(split.train.n_classes, config.m, adapter.n_sources)
+    saved = resumed.session() if resumed is not None else {}
+    if "card" in saved:  # a resumed run keeps its prices unless the user overrides them again
+        card = build_card(saved["card"], card_file, card_fields)
+    else:
+        card = card_for(adapter, card_file, card_fields)
+    if "cache" in saved:
+        use_cache = saved["cache"]["enabled"] if use_cache is None else use_cache
+        cache_dir = cache_dir or (Path(saved["cache"]["dir"]) if saved["cache"]["dir"] else None)
     make_gradient = None
     if config.method == "ar":
         from barapi.whitebox import autograd_gradient, check_white_box
@@ -100,10 +161,14 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
         check_white_box(adapter)
         make_gradient = functools.partial(autograd_gradient, adapter)
     trainer = Trainer(config, QueryService(adapter), split, None, make_gradient)
-    folder = resumed or (RunFolder.create(Path(runs_root), config) if runs_root else None)
-    service = make_service(adapter, budget, folder.ledger if folder else None, cache)
-    trainer.service, trainer.folder = service, folder
-    return Session(config, adapter, service, trainer, folder)
+    cache = cache if cache is not None else default_cache(card, use_cache, cache_dir)
+    service = make_service(adapter, budget, resumed.ledger if resumed else None, cache, card)
+    trainer.service, trainer.folder = service, resumed
+    session = Session(config, adapter, card, service, trainer, resumed,
+                      Path(runs_root) if runs_root is not None else None)
+    if start:
+        session.start()
+    return session
 
 
 def train(config: RunConfig, progress: bool = False, **options: Any) -> RunResult:

@@ -18,7 +18,8 @@ def save_checkpoint(path: Path, arrays: dict[str, NDArray[Any]], meta: dict[str,
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, __meta__=np.array(json.dumps(meta)), **arrays)
+            payload: dict[str, Any] = {"__meta__": np.array(json.dumps(meta)), **arrays}
+            np.savez(handle, **payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o600)

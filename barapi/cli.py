@@ -49,6 +49,29 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
                         help="start from a named preset (paper: the paper's exact settings)")(command)
 
 
+def card_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option(
+        "--card-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+        help="TOML file overriding fields of the provider's price/limit card")(command)
+    return click.option("--card-set", multiple=True, metavar="FIELD=VALUE",
+                        help="override one card field, e.g. price_per_1000=1.5 (repeatable)")(command)
+
+
+def card_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
+    import tomllib
+
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        field, sep, raw = pair.partition("=")
+        if not sep or not field.strip():
+            raise click.BadParameter(f"expected FIELD=VALUE, got {pair!r}", param_hint="--card-set")
+        try:
+            values[field.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[field.strip()] = raw.strip()
+    return values
+
+
 def config_from(preset: str | None, options: dict[str, Any]) -> RunConfig:
     given = {k: v for k, v in options.items() if v is not None and k in RunConfig.model_fields}
     if "resolution" in given:
@@ -97,22 +120,80 @@ def _summary(result: Any, wall: float) -> dict[str, Any]:
             "stopped": result.stopped}
 
 
+def _print_estimate(phases: list[Any], card: Any) -> None:
+    click.echo(f"estimate ({card.name}: ${card.price_per_1000:g} per 1,000 images, "
+               f"{card.max_images_per_request} per request, "
+               f"{card.requests_per_second or 'no'} requests/s limit):", err=True)
+    for p in phases:
+        wall = f"{p.seconds / 60:.1f} min" if p.seconds is not None else "—"
+        click.echo(f"  {p.name:<14} {p.images:>10,} images {p.requests:>9,} requests "
+                   f"${p.dollars:>9.2f}   {wall:>10} at the rate limit", err=True)
+
+
 @main.command()
 @config_options
+@card_options
+@click.option("--train-size", type=int, default=None,
+              help="price a training split of this many images instead of the dataset's")
+@click.option("--json", "as_json", is_flag=True)
+def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
+             train_size: int | None, as_json: bool, **options: Any) -> None:
+    """Images, requests, dollars and wall time a run would cost; sends nothing."""
+    from barapi import api
+    from barapi.estimate import as_dicts
+    from barapi.estimate import estimate as estimate_cost
+
+    config = config_from(preset, options)
+    split = api.load_split(config)
+    adapter = api.open_adapter(config)
+    card = api.card_for(adapter, card_file, card_overrides(card_set))
+    n_train = train_size if train_size is not None else len(split.train.labels)
+    n_test = len(split.test.labels) if split.test is not None else 0
+    phases = estimate_cost(config, n_train, len(split.val.labels), n_test, card, adapter.max_batch)
+    if as_json:
+        click.echo(json.dumps({"card": card.name, "phases": as_dicts(phases)}))
+    else:
+        _print_estimate(phases, card)
+
+
+@main.command()
+@config_options
+@card_options
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="continue the run in this folder (other options are ignored)")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="where run folders are created")
-@click.option("--budget", type=float, default=None, help="hard limit in dollars")
+@click.option("--budget", type=float, default=None,
+              help="hard limit in dollars for the whole run folder (earlier spend included)")
+@click.option("--yes", is_flag=True, help="start even when the estimate exceeds --budget")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="answer cache (default: ~/.cache/barapi; shared between runs)")
+@click.option("--cache/--no-cache", "use_cache", default=None,
+              help="cache paid answers (default: on for priced providers, off for $0 ones)")
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: on a tty)")
-def run(preset: str | None, resume: Path | None, runs_dir: Path, budget: float | None,
-        as_json: bool, progress: bool | None, **options: Any) -> None:
+def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
+        resume: Path | None, runs_dir: Path, budget: float | None, yes: bool,
+        cache_dir: Path | None, use_cache: bool | None, as_json: bool, progress: bool | None,
+        **options: Any) -> None:
     """Reprogram the black box (default: local EfficientNet-Lite0 on scikit-learn digits)."""
     from barapi import api
 
-    session = api.prepare(config_from(preset, options), runs_root=runs_dir, resume=resume,
-                          budget=budget)
+    config = config_from(preset, options)
+    session = api.prepare(config, runs_root=runs_dir, resume=resume, budget=budget,
+                          card_file=card_file, card_fields=card_overrides(card_set),
+                          cache_dir=cache_dir, use_cache=use_cache, start=False)
+    phases = session.estimate()
+    if not as_json:
+        _print_estimate(phases, session.card)
+    spent = session.service.budget.spent
+    if budget is not None and spent + phases[-1].dollars > budget and not yes:
+        steps, epochs = session.reach(budget)
+        fail(f"the estimate ${phases[-1].dollars:.2f} (plus ${spent:.2f} already spent) exceeds "
+             f"the budget ${budget:.2f}, which pays for about {steps:,} training steps "
+             f"({epochs:.1f} epochs) after label mapping; lower --epochs or --q, raise --budget, "
+             f"or pass --yes to run until the budget is spent")
+    session.start()
     config = session.config
     if not as_json:
         click.echo(f"barapi: {config.method} on {config.dataset} through {config.provider}/"
@@ -134,8 +215,9 @@ def run(preset: str | None, resume: Path | None, runs_dir: Path, budget: float |
                    f"${summary['dollars']:.2f} · {summary['wall_seconds']:.0f} s\n"
                    f"run folder: {result.run_dir}")
     if result.stopped:
-        click.echo(f"stopped early: {result.stopped}; continue with: barapi run --resume "
-                   f"{result.run_dir} --budget MORE", err=True)
+        click.echo(f"stopped early: {result.stopped}\ncontinue with: barapi run --resume "
+                   f"{result.run_dir} --budget TOTAL (dollars for the whole run, "
+                   f"${result.extra['dollars']:.2f} already spent)", err=True)
         sys.exit(3)
 
 
@@ -150,7 +232,9 @@ def evaluate(run_dir: Path, part: str, as_json: bool) -> None:
     from barapi.trainer import Task
 
     fitted = api.load_run(run_dir)
-    service = api.make_service(api.open_adapter(fitted.config))
+    adapter = api.open_adapter(fitted.config)
+    card = api.card_for(adapter)
+    service = api.make_service(adapter, cache=api.default_cache(card), card=card)
     task = Task(fitted.config, api.load_split(fitted.config))
     ev = asyncio.run(api.evaluate(service, task, fitted.label_map, fitted.weights, part))
     payload = {"part": part, "accuracy": ev.accuracy, "loss": ev.loss,
@@ -170,7 +254,9 @@ def predict(run_dir: Path, images: tuple[Path, ...], as_json: bool) -> None:
     from barapi.data import _read_image
 
     fitted = api.load_run(run_dir)
-    service = api.make_service(api.open_adapter(fitted.config))
+    adapter = api.open_adapter(fitted.config)
+    card = api.card_for(adapter)
+    service = api.make_service(adapter, cache=api.default_cache(card), card=card)
     canvas = fitted.program.canvas
     windows = np.concatenate([canvas.embed(_read_image(p, str(p))[None]) for p in images])
     scores = asyncio.run(fitted.predict_proba(service, windows))

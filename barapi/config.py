@@ -28,8 +28,8 @@ class RunConfig(BaseModel):
     model: str = Field("efficientnet-lite0", description="model of the provider")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="local model device")
     input_size: int | None = Field(
-        None, description="local model input side in px (images are resized to it); "
-        "default: the model's native size")
+        112, description="local model input side in px (images are resized to it); 0 = the "
+        "model's native size (224 for EfficientNet-Lite0)")
     dataset: str = Field("digits", description="digits | mnist5k | fashion-mnist | PATH "
                          "(class folders, .csv of path,label, .npz with X and y)")
     val_fraction: float = Field(0.1, description="share of each class held out for validation")
@@ -47,7 +47,7 @@ class RunConfig(BaseModel):
         "zero-shot: label map only")
     mapping: Literal["frequency", "random"] = Field("frequency", description="label mapping")
     m: int = Field(4, description="source labels per target class")
-    loss: Literal["focal", "ce"] = Field("focal", description="training loss")
+    loss: Literal["focal", "ce"] = Field("ce", description="training loss")
     gamma: float = Field(2.0, description="focal loss γ")
     q: int = Field(10, description="random directions per step (q + 1 queries per sample)")
     beta: float = Field(0.05, description="smoothing radius β (in units of W)")
@@ -57,8 +57,10 @@ class RunConfig(BaseModel):
     lr: float = Field(0.05, description="initial step size")
     decay: float = Field(1.0, description="step size multiplier per epoch")
     batch: int = Field(20, description="minibatch size (images per program variant)")
-    epochs: int = Field(5, description="passes over the training split")
+    epochs: int = Field(6, description="passes over the training split")
     eval_every: int = Field(0, description="validate every N steps (0: once per epoch)")
+    evaluate: bool = Field(True, description="query the validation and test splits (zero-shot, "
+                           "model selection, test accuracy); off: only training is paid for")
     seed: int = Field(0, description="seed of split, label map, shuffling and directions")
 
     @model_validator(mode="after")

@@ -55,14 +55,16 @@ def to_rgb_uint8(x: NDArray[np.generic], source: str) -> NDArray[np.uint8]:
         )
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise ConfigError(f"{source}: X must hold real numbers, got dtype {x.dtype}")
-    if x.dtype != np.uint8:
-        x = x.astype(np.float64)
-        if not np.isfinite(x).all():
+    if x.dtype == np.uint8:
+        grey: NDArray[np.uint8] = x.astype(np.uint8, copy=False)
+    else:
+        values = x.astype(np.float64)
+        if not np.isfinite(values).all():
             raise ConfigError(f"{source}: X contains NaN or infinite values")
-        low, high = float(x.min()), float(x.max())
-        x = np.rint((x - low) / (high - low) * 255) if high > low else np.zeros_like(x)
-        x = x.astype(np.uint8)
-    return np.repeat(x[..., None], 3, axis=3) if x.ndim == 3 else x
+        low, high = float(values.min()), float(values.max())
+        scaled = np.rint((values - low) / (high - low) * 255) if high > low else np.zeros_like(values)
+        grey = scaled.astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=3) if grey.ndim == 3 else grey
 
 
 def encode_labels(raw: list[str] | NDArray[np.generic], source: str) -> tuple[NDArray[np.int64], list[str]]:

@@ -28,7 +28,7 @@ def as_images(X: ArrayLike, image_shape: tuple[int, ...] | None) -> NDArray[np.u
     x = np.asarray(X)
     if x.ndim == 2:
         if image_shape is None:
-            side = int(round(np.sqrt(x.shape[1])))
+            side = round(np.sqrt(x.shape[1]))
             if side * side != x.shape[1]:
                 raise ConfigError(f"X has {x.shape[1]} features per row, not a square image; "
                                   f"pass image_shape=(h, w) or (h, w, 3)")
@@ -47,12 +47,12 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, provider: str = "local", model: str = "efficientnet-lite0",
-                 input_size: int | None = None, device: str = "auto", canvas: int = 112,
+                 input_size: int | None = 112, device: str = "auto", canvas: int = 112,
                  window: int | None = None, resolution: int | None = 8, method: str = "bar",
-                 mapping: str = "frequency", m: int = 4, loss: str = "focal", gamma: float = 2.0,
+                 mapping: str = "frequency", m: int = 4, loss: str = "ce", gamma: float = 2.0,
                  q: int = 10, beta: float = 0.05, directions: str = "gaussian",
                  two_sided: bool = False, optimizer: str = "adam", lr: float = 0.05,
-                 decay: float = 1.0, batch: int = 20, epochs: int = 5, val_fraction: float = 0.15,
+                 decay: float = 1.0, batch: int = 20, epochs: int = 6, val_fraction: float = 0.15,
                  seed: int = 0, budget: float | None = None, image_shape: tuple[int, ...] | None = None,
                  adapter: Adapter | None = None) -> None:
         self.provider = provider
@@ -93,8 +93,12 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
     def _split(self, images: NDArray[np.uint8], labels: NDArray[np.int64]) -> Split:
         from sklearn.model_selection import train_test_split
 
-        index = np.arange(len(labels))
-        train, val = train_test_split(index, test_size=self.val_fraction, stratify=labels,
+        n, n_classes = len(labels), len(self.classes_)
+        n_val = max(n_classes, round(self.val_fraction * n))
+        if np.bincount(labels).min() < 2 or n - n_val < n_classes:
+            raise ConfigError(f"X has {n} samples for {n_classes} classes: fit needs at least 2 per "
+                              f"class (one for training, one for validation)")
+        train, val = train_test_split(np.arange(n), test_size=n_val, stratify=labels,
                                       random_state=self.seed)
         classes = [str(c) for c in self.classes_]
         def part(ix: NDArray[np.int64]) -> Dataset:
@@ -104,6 +108,7 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X: ArrayLike, y: ArrayLike) -> BARClassifier:
         from barapi import api
 
+        self.__dict__.pop("_adapter_dropped", None)
         check_classification_targets(y)
         images = as_images(X, self.image_shape)
         self.classes_, labels = np.unique(np.asarray(y), return_inverse=True)
@@ -125,6 +130,9 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
     def _get_adapter(self) -> Adapter:
         if self.adapter is not None:
             return self.adapter
+        if self.__dict__.get("_adapter_dropped"):
+            raise ConfigError("this BARClassifier was unpickled without its custom adapter; "
+                              "pass it again with set_params(adapter=...)")
         cached: Adapter | None = self.__dict__.get("_adapter")
         if cached is None:
             from barapi import api
@@ -151,8 +159,13 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def __getstate__(self) -> dict[str, Any]:
+        """Adapters (connections, devices) are not pickled: one built from `provider` is
+        rebuilt on first use; a user-supplied one must be passed again with set_params."""
         state = self.__dict__.copy()
         state.pop("_adapter", None)
+        if state.get("adapter") is not None:
+            state["adapter"] = None
+            state["_adapter_dropped"] = True
         return state
 
     def __sklearn_tags__(self) -> Any:

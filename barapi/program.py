@@ -129,10 +129,8 @@ class Program:
         weights = np.asarray(weights, dtype=np.float32)
         if weights.shape[-3:] != self.shape:
             raise ValueError(f"program weights must have shape {self.shape}, got {weights.shape}")
-        if self.resolution == self.canvas.size:
-            full = weights
-        else:
-            full = self.upsample @ weights @ self.upsample.T
+        full_resolution = self.resolution == self.canvas.size
+        full = weights if full_resolution else self.upsample @ weights @ self.upsample.T
         return np.tanh(np.moveaxis(full, -3, -1)) * self.canvas.mask
 
     def compose(self, windows: Uint8Images, perturbations: FloatArray) -> Uint8Images:

@@ -41,7 +41,9 @@ class RunFolder:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, root: Path, config: RunConfig) -> RunFolder:
+    def create(cls, root: Path, config: RunConfig, **session: Any) -> RunFolder:
+        """A new folder under `root`; `session` (card, cache settings) is stored beside the
+        config so that a resumed run pays the same prices and uses the same cache."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = root / f"{stamp}-{Path(config.dataset).stem}-{config.method}"
         path, n = base, 1
@@ -50,7 +52,7 @@ class RunFolder:
             path = base.with_name(f"{base.name}-{n}")
         path.mkdir(parents=True, mode=0o700)
         folder = cls(path)
-        folder.write_json("config.json", {"config": config.model_dump(),
+        folder.write_json("config.json", {"config": config.model_dump(), "session": session,
                                           "versions": package_versions()})
         return folder
 
@@ -62,6 +64,11 @@ class RunFolder:
 
     def config(self) -> RunConfig:
         return RunConfig(**self.read_json("config.json")["config"])
+
+    def session(self) -> dict[str, Any]:
+        """Card and cache settings the run was started with."""
+        stored: dict[str, Any] = self.read_json("config.json").get("session", {})
+        return stored
 
     @property
     def checkpoint(self) -> Path:

@@ -22,6 +22,7 @@ from barapi.checkpoint import load_checkpoint, save_checkpoint
 from barapi.config import RunConfig
 from barapi.data import Split
 from barapi.errors import BudgetExhausted, ConfigError, FatalProviderError
+from barapi.estimate import EVAL_CHUNK
 from barapi.labelmap import LabelMap, check_fits, frequency_map, random_map
 from barapi.losses import batched_focal_loss, class_weights
 from barapi.optim import Optimizer
@@ -31,7 +32,6 @@ from barapi.run_folder import RunFolder
 from barapi.zo import ZOEstimator
 
 FloatArray = NDArray[np.float32]
-EVAL_CHUNK = 512
 GradientFn = Callable[[FloatArray, NDArray[np.uint8], NDArray[np.int64]],
                       Awaitable[tuple[float, FloatArray]]]
 """(W, windows (B, w, w, 3), labels (B,)) → (loss at W, gradient of the loss at W)."""
@@ -223,7 +223,7 @@ class Trainer:
                      "classes": list(self.task.split.train.classes)}
             self._log({"event": "start", "step": 0, "zero_shot_test_accuracy": zero_shot,
                        "queries": self.service.stats.images})
-            if c.method != "zero-shot":
+            if c.method != "zero-shot" and c.evaluate:
                 await self._validate(state)
             self._save(state, optimizer)
         stopped = None
@@ -232,10 +232,12 @@ class Trainer:
         except (BudgetExhausted, FatalProviderError) as exc:
             stopped = str(exc)
             self._log({"event": "stopped", "step": state["step"], "reason": stopped})
-        if c.method == "zero-shot":
-            test = state["zero_shot_test_accuracy"]
-        else:
-            test = await self._test(state["label_map"], state["best_weights"])
+        test = state["zero_shot_test_accuracy"]
+        if c.method != "zero-shot":
+            try:
+                test = await self._test(state["label_map"], state["best_weights"])
+            except BudgetExhausted as exc:
+                test, stopped = float("nan"), stopped or f"{exc} (before the test evaluation)"
         state["finished"] = stopped is None
         self._save(state, optimizer)
         return RunResult(self.folder.path if self.folder else None, state["best_weights"],
@@ -244,8 +246,8 @@ class Trainer:
                          {"best_step": state["best_step"]})
 
     async def _test(self, label_map: LabelMap, weights: FloatArray) -> float:
-        """Test accuracy, or NaN when the split has no test part."""
-        if self.task.split.test is None:
+        """Test accuracy, or NaN when the split has no test part or evaluation is off."""
+        if self.task.split.test is None or not self.config.evaluate:
             return float("nan")
         return (await evaluate(self.service, self.task, label_map, weights, "test")).accuracy
 
@@ -278,7 +280,9 @@ class Trainer:
                            "billed": self.service.stats.billed_images,
                            "dollars": self.service.budget.spent,
                            "elapsed": time.monotonic() - start})
-                if state["step"] % eval_every == 0 or state["step"] == self.total_steps:
+                if not c.evaluate:
+                    state["best_weights"], state["best_step"] = state["weights"], state["step"]
+                elif state["step"] % eval_every == 0 or state["step"] == self.total_steps:
                     await self._validate(state)
                 self._save(state, optimizer)
                 bar.update(1)

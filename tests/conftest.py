@@ -60,5 +60,5 @@ def tiny_config(**overrides: object) -> RunConfig:
     return make_config(**values)
 
 
-def run(coro):  # noqa: ANN001, ANN201 - tiny helper
+def run(coro):
     return asyncio.run(coro)

@@ -120,3 +120,23 @@ def test_single_class_and_too_few_samples_are_refused() -> None:
         stratified_split(toy([10]), 0.1, 0.2, seed=0)
     with pytest.raises(ConfigError, match="class '1' has 2 sample"):
         stratified_split(toy([10, 2]), 0.1, 0.2, seed=0)
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="needs Debian's dataset-fashion-mnist package (.ci/run installs it)")
+def test_fashion_mnist_from_the_debian_package() -> None:
+    data = load_dataset("fashion-mnist")
+    assert data.images.shape == (70_000, 28, 28, 3) and data.classes[9] == "Ankle boot"
+    assert np.bincount(data.labels).tolist() == [7000] * 10
+
+
+def test_fashion_mnist_absent_says_how_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    monkeypatch.setattr("barapi.data.FASHION_DIR", tmp_path / "none")
+    with pytest.raises(ConfigError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist")
+
+
+def test_mnist5k_builtin() -> None:
+    data = load_dataset("mnist5k")
+    assert data.images.shape == (5000, 28, 28, 3) and data.n_classes == 10

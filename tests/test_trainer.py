@@ -39,7 +39,7 @@ def test_default_perturbations_survive_8bit_quantisation() -> None:
     assert paper_changed < 0.01  # the paper's β barely moves any pixel (DESIGN.md)
 
 
-def test_default_perturbation_changes_the_loss(lite0_32) -> None:  # noqa: ANN001
+def test_default_perturbation_changes_the_loss(lite0_32) -> None:
     config = RunConfig()
     split = api.load_split(make_config(per_class=5))
     task = Task(config, split)
@@ -109,7 +109,7 @@ def test_run_folder_contents(tmp_path: Path) -> None:
     assert config["config"]["q"] == 4 and "numpy" in config["versions"]
 
 
-def test_tiny_end_to_end_run_beats_the_zero_shot_mapping(lite0_64) -> None:  # noqa: ANN001
+def test_tiny_end_to_end_run_beats_the_zero_shot_mapping(lite0_64) -> None:
     config = tiny_config(canvas=64, window=32, input_size=64, resolution=4, q=10, lr=0.1,
                          epochs=3, eval_every=5)
     result = api.train(config, adapter=lite0_64)

@@ -6,7 +6,7 @@ from barapi.zo import ZOEstimator
 D = 12
 
 
-def quadratic(seed: int = 0):  # noqa: ANN201
+def quadratic(seed: int = 0):
     rng = np.random.default_rng(seed)
     m = rng.standard_normal((D, D))
     a = m @ m.T / D + np.eye(D)

@@ -1,0 +1,3 @@
+from barapi.cli import main
+
+main()

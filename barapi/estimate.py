@@ -1,0 +1,108 @@
+"""Cost of a run before any money moves: images, requests, dollars and wall time per phase.
+
+Counts follow the trainer exactly: frequency mapping queries every training image once
+under the blank program; each training step queries its minibatch under q + 1 (or 2q)
+program variants; evaluation queries the test split for the zero-shot mapping, the
+validation split at step 0, every `eval_every` steps and at the end, and the test split once
+more for the selected program. Requests are what the query layer packs: at most the card's
+images per request, within chunks of `EVAL_CHUNK` images for mapping and evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from barapi.budget import NANO, Budget
+from barapi.cards import Card
+from barapi.config import RunConfig
+from barapi.zo import ZOEstimator
+
+EVAL_CHUNK = 512
+"""Images per query-layer call when mapping and evaluating (the trainer uses it too)."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    images: int
+    requests: int
+    dollars: float
+    seconds: float | None
+
+
+def _requests(images: int, per_request: int, chunk: int | None = None) -> int:
+    if chunk is None:
+        return math.ceil(images / per_request)
+    full, rest = divmod(images, chunk)
+    return full * math.ceil(chunk / per_request) + math.ceil(rest / per_request)
+
+
+def _phase(name: str, images: int, requests: int, card: Card) -> Phase:
+    dollars = Budget(card.price_per_1000).cost_nano(images) / NANO
+    seconds = requests / card.requests_per_second if card.requests_per_second > 0 else None
+    return Phase(name, images, requests, dollars, seconds)
+
+
+def step_sizes(config: RunConfig, n_train: int) -> list[int]:
+    """Samples in each training step of one epoch (the last may be partial)."""
+    full, rest = divmod(n_train, config.batch)
+    return [config.batch] * full + ([rest] if rest else [])
+
+
+def validation_count(config: RunConfig, n_train: int) -> int:
+    """Validations in a run: at step 0, every `eval_every` steps, and after the last step."""
+    steps_per_epoch = len(step_sizes(config, n_train))
+    total = steps_per_epoch * config.epochs
+    every = config.eval_every or steps_per_epoch
+    return 1 + sum(1 for s in range(1, total + 1) if s % every == 0 or s == total)
+
+
+def estimate(config: RunConfig, n_train: int, n_val: int, n_test: int, card: Card,
+             per_request: int | None = None) -> list[Phase]:
+    """Phases "label mapping", "training", "evaluation" (and their "total").
+
+    `per_request`: images per request when the adapter allows fewer than the card.
+    """
+    m = min(card.max_images_per_request, per_request or card.max_images_per_request)
+    mapping = n_train if config.mapping == "frequency" else 0
+    phases = [_phase("label mapping", mapping, _requests(mapping, m, EVAL_CHUNK), card)]
+    train_images = train_requests = 0
+    if config.method == "bar":
+        variants = ZOEstimator(config.q, config.beta, config.directions, config.two_sided).n_evaluations
+        for size in step_sizes(config, n_train):
+            train_images += size * variants
+            train_requests += _requests(size * variants, m)
+        train_images *= config.epochs
+        train_requests *= config.epochs
+    phases.append(_phase("training", train_images, train_requests, card))
+    evals: list[int] = []
+    if config.evaluate:
+        evals.append(n_test)  # zero-shot mapping on the test split
+        if config.method != "zero-shot":
+            evals += [n_val] * validation_count(config, n_train) + [n_test]
+    phases.append(_phase("evaluation", sum(evals),
+                         sum(_requests(n, m, EVAL_CHUNK) for n in evals), card))
+    total_seconds = [p.seconds for p in phases]
+    phases.append(Phase("total", sum(p.images for p in phases), sum(p.requests for p in phases),
+                        sum(p.dollars for p in phases),
+                        None if None in total_seconds else sum(s or 0.0 for s in total_seconds)))
+    return phases
+
+
+def reach(config: RunConfig, n_train: int, budget_images: int) -> tuple[int, float]:
+    """(training steps, epochs) that `budget_images` pays for after mapping, at this config."""
+    variants = ZOEstimator(config.q, config.beta, config.directions, config.two_sided).n_evaluations
+    left = budget_images - (n_train if config.mapping == "frequency" else 0)
+    sizes = step_sizes(config, n_train)
+    steps = 0
+    while left >= sizes[steps % len(sizes)] * variants:
+        left -= sizes[steps % len(sizes)] * variants
+        steps += 1
+        if steps > 10_000_000:
+            break
+    return steps, steps / len(sizes)
+
+
+def as_dicts(phases: list[Phase]) -> list[dict[str, object]]:
+    return [asdict(p) for p in phases]

@@ -1,0 +1,52 @@
+"""Shared helpers: result files with machine facts, and Markdown tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from barapi.run_folder import package_versions
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "cpus": os.cpu_count(),
+                            "processor": platform.processor() or platform.machine()}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def write_results(name: str, rows: list[dict[str, Any]], command: str, **extra: Any) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "command": command, "date": time.strftime("%Y-%m-%d %H:%M"),
+               "machine": machine(), "versions": package_versions(), "rows": rows, **extra}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """`columns`: (key, header) pairs; floats below 1 are shown as percentages."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.1%}" if 0 <= value <= 1 else f"{value:,.1f}"
+        if isinstance(value, int):
+            return f"{value:,}"
+        return str(value)
+
+    lines = ["| " + " | ".join(h for _, h in columns) + " |",
+             "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(cell(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
+    return "\n".join(lines)

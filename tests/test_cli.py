@@ -1,0 +1,120 @@
+"""The command line, run as a user runs it (subprocesses of the installed `barapi`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY = ["--canvas", "48", "--window", "24", "--input-size", "48", "--resolution", "4",
+        "--per-class", "10", "--q", "3", "--epochs", "1", "--m", "2", "--device", "cpu"]
+
+
+def barapi(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "barapi", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("cli")
+    out = barapi("run", *TINY, "--json", "--runs-dir", "runs", cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["queries"] > 0 and 0 <= summary["test_accuracy"] <= 1
+    assert summary["zero_shot_test_accuracy"] >= 0
+    return Path(summary["run_dir"]) if Path(summary["run_dir"]).is_absolute() \
+        else cwd / summary["run_dir"]
+
+
+def test_run_writes_a_complete_run_folder(finished_run: Path) -> None:
+    names = {p.name for p in finished_run.iterdir()}
+    assert {"config.json", "metrics.jsonl", "checkpoint.npz", "program.png", "curves.png",
+            "summary.json"} <= names
+    records = [json.loads(x) for x in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    assert {"start", "step", "val"} <= {r["event"] for r in records}
+
+
+def test_evaluate_and_predict(finished_run: Path, tmp_path: Path) -> None:
+    out = barapi("evaluate", str(finished_run), "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert json.loads(out.stdout)["accuracy"] == pytest.approx(summary["test_accuracy"])
+    image = tmp_path / "three.png"
+    from sklearn.datasets import load_digits
+    Image.fromarray((load_digits().images[3] * 255 / 16).astype(np.uint8)).save(image)
+    out = barapi("predict", str(finished_run), str(image), "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["label"] in [str(i) for i in range(10)] and len(answer["scores"]) == 10
+
+
+def test_resume_of_a_finished_run_changes_nothing(finished_run: Path, tmp_path: Path) -> None:
+    before = (finished_run / "checkpoint.npz").read_bytes()
+    out = barapi("run", "--resume", str(finished_run), "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    import io
+    old, new = np.load(io.BytesIO(before)), np.load(finished_run / "checkpoint.npz")
+    assert np.array_equal(old["weights"], new["weights"])
+
+
+@pytest.mark.parametrize("method", ["ar", "zero-shot"])
+def test_other_methods_run(method: str, tmp_path: Path) -> None:
+    out = barapi("run", *TINY, "--method", method, "--json", "--runs-dir", "r", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    if method == "zero-shot":
+        assert summary["steps"] == 0
+        assert summary["test_accuracy"] == summary["zero_shot_test_accuracy"]
+
+
+def bad_npz(tmp_path: Path) -> str:
+    x = np.zeros((12, 6, 6))
+    x[3, 2, 2] = np.nan
+    np.savez(tmp_path / "bad.npz", X=x, y=np.arange(12) % 2)
+    return str(tmp_path / "bad.npz")
+
+
+def corrupt_folder(tmp_path: Path) -> str:
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        Image.fromarray(np.zeros((6, 6), np.uint8)).save(tmp_path / "imgs" / cls / "ok.png")
+    (tmp_path / "imgs" / "b" / "broken.png").write_bytes(b"\x89PNG garbage")
+    return str(tmp_path / "imgs")
+
+
+def single_class(tmp_path: Path) -> str:
+    np.savez(tmp_path / "one.npz", X=np.zeros((9, 6, 6)), y=np.zeros(9))
+    return str(tmp_path / "one.npz")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--provider", "nosuch"], "unknown provider 'nosuch'"),
+    (["--model", "resnet9000"], "unknown local model 'resnet9000'"),
+    (["--dataset", "nosuch"], "unknown dataset 'nosuch'"),
+    (["--window", "64", "--canvas", "32"], "window 64 is larger than the canvas 32"),
+    (["--m", "200"], "exceeds the black box's 1000 source labels"),
+    (["--q", "0"], "q must be at least 1"),
+    ([bad_npz], "NaN"),
+    ([corrupt_folder], "broken.png"),
+    ([single_class], "at least 2 classes"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_any_run(args: list, message: str,
+                                                          tmp_path: Path) -> None:
+    if callable(args[0]):
+        args = ["--dataset", args[0](tmp_path)]
+    out = barapi("run", *args, "--runs-dir", "runs", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was started, nothing was queried
+
+
+def test_providers_lists_the_local_adapter(tmp_path: Path) -> None:
+    out = barapi("providers", cwd=tmp_path)
+    assert "local" in out.stdout.split()
