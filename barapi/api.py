@@ -67,7 +67,8 @@ def make_service(adapter: Adapter, budget: float | None = None, ledger: Path | N
     card = card or card_for(adapter)
     return QueryService(adapter, Budget(card.price_per_1000, budget, ledger), cache,
                         RateLimiter(card.requests_per_second),
-                        max_batch=card.max_images_per_request)
+                        max_batch=card.max_images_per_request,
+                        max_bytes=card.max_bytes_per_request)
 
 
 @dataclass
@@ -86,15 +87,19 @@ class Session:
     def estimate(self) -> list[Phase]:
         split = self.trainer.task.split
         n_test = len(split.test.labels) if split.test is not None else 0
+        per_request = self.service.limit_for((self.config.canvas, self.config.canvas, 3))
         return estimate_cost(self.config, len(split.train.labels), len(split.val.labels), n_test,
-                             self.card, self.service.batch_limit)
+                             self.card, per_request)
 
     def reach(self, budget: float) -> tuple[int, float]:
-        """(training steps, epochs) that `budget` dollars pay for, after what is spent."""
+        """(training steps, epochs) that `budget` dollars pay for, after what is already spent
+        and after the run's evaluation queries."""
         per_image = self.service.budget.cost_nano(1)
         left = to_nano(budget) - self.service.budget.spent_nano
         images = left // per_image if per_image else 10**12
-        return reach(self.config, len(self.trainer.task.split.train.labels), int(images))
+        evaluation = next(p.images for p in self.estimate() if p.name == "evaluation")
+        return reach(self.config, len(self.trainer.task.split.train.labels),
+                     max(0, int(images) - evaluation))
 
     def start(self) -> None:
         """Create the run folder (if `runs_root` was given) and attach its spend ledger."""
@@ -117,7 +122,8 @@ class Session:
                 self.service.cache.close()
         stats = self.service.stats
         result.extra.update(queries=stats.images, billed_images=stats.billed_images,
-                            cached_images=stats.cached_images, dollars=self.service.budget.spent)
+                            cached_images=stats.cached_images, dollars=self.service.budget.spent,
+                            dollars_left=self.service.budget.left)
         if self.folder is not None:
             task = self.trainer.task
             save_program_png(self.folder.path / "program.png", task.program, result.weights,

@@ -115,7 +115,8 @@ def _summary(result: Any, wall: float) -> dict[str, Any]:
             "zero_shot_test_accuracy": result.zero_shot_accuracy,
             "best_val_accuracy": result.best_val_accuracy, "steps": result.steps,
             "queries": result.extra["queries"], "billed_images": result.extra["billed_images"],
-            "dollars": result.extra["dollars"], "wall_seconds": round(wall, 1),
+            "dollars": result.extra["dollars"], "dollars_left": result.extra.get("dollars_left"),
+            "wall_seconds": round(wall, 1),
             "run_dir": str(result.run_dir) if result.run_dir else None,
             "stopped": result.stopped}
 
@@ -147,9 +148,10 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
     split = api.load_split(config)
     adapter = api.open_adapter(config)
     card = api.card_for(adapter, card_file, card_overrides(card_set))
+    per_request = api.make_service(adapter, card=card).limit_for((config.canvas, config.canvas, 3))
     n_train = train_size if train_size is not None else len(split.train.labels)
     n_test = len(split.test.labels) if split.test is not None else 0
-    phases = estimate_cost(config, n_train, len(split.val.labels), n_test, card, adapter.max_batch)
+    phases = estimate_cost(config, n_train, len(split.val.labels), n_test, card, per_request)
     if as_json:
         click.echo(json.dumps({"card": card.name, "phases": as_dicts(phases)}))
     else:
@@ -186,13 +188,13 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
     phases = session.estimate()
     if not as_json:
         _print_estimate(phases, session.card)
-    spent = session.service.budget.spent
-    if budget is not None and spent + phases[-1].dollars > budget and not yes:
+    # --budget and the estimate both cover the whole run folder (a resumed run included)
+    if budget is not None and phases[-1].dollars > budget and not yes:
         steps, epochs = session.reach(budget)
-        fail(f"the estimate ${phases[-1].dollars:.2f} (plus ${spent:.2f} already spent) exceeds "
-             f"the budget ${budget:.2f}, which pays for about {steps:,} training steps "
-             f"({epochs:.1f} epochs) after label mapping; lower --epochs or --q, raise --budget, "
-             f"or pass --yes to run until the budget is spent")
+        fail(f"the estimate ${phases[-1].dollars:.2f} exceeds the budget ${budget:.2f}, which "
+             f"pays for about {steps:,} training steps ({epochs:.1f} epochs) besides label mapping "
+             f"and evaluation; "
+             f"lower --epochs or --q, raise --budget, or pass --yes to run until it is spent")
     session.start()
     config = session.config
     if not as_json:

@@ -19,7 +19,7 @@ from barapi.budget import Budget
 from barapi.cache import ProbabilityCache, image_keys
 from barapi.ratelimit import RateLimiter
 from barapi.retry import RetryPolicy
-from barapi.wire import check_batch
+from barapi.wire import check_batch, worst_case_png_bytes
 
 
 @dataclass
@@ -45,6 +45,7 @@ class QueryService:
     limiter: RateLimiter = field(default_factory=RateLimiter.unlimited)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_batch: int | None = None
+    max_bytes: int | None = None
     max_concurrency: int = 4
     stats: QueryStats = field(default_factory=QueryStats)
 
@@ -54,6 +55,13 @@ class QueryService:
     @property
     def batch_limit(self) -> int:
         return min(self.max_batch or self.adapter.max_batch, self.adapter.max_batch)
+
+    def limit_for(self, shape: tuple[int, ...]) -> int:
+        """Images per request for images of `shape` (H, W, 3): the batch limit, and as many
+        as fit in `max_bytes` at their worst-case encoded size."""
+        if self.max_bytes is None:
+            return self.batch_limit
+        return max(1, min(self.batch_limit, self.max_bytes // worst_case_png_bytes(shape)))
 
     async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         """(N, K) probabilities for (N, H, W, 3) uint8 images."""
@@ -69,12 +77,21 @@ class QueryService:
                 out[i] = hits[i]
             self.stats.cached_images += len(found)
             missing = np.array([i for i, v in enumerate(hits) if v is None], dtype=np.int64)
-        chunks = [missing[i:i + self.batch_limit] for i in range(0, len(missing), self.batch_limit)]
-        results = await asyncio.gather(*(self._request(images[c]) for c in chunks))
+        per_request = self.limit_for(images.shape[1:])
+        chunks = [missing[i:i + per_request] for i in range(0, len(missing), per_request)]
+        results = await asyncio.gather(*(self._request(images[c]) for c in chunks),
+                                       return_exceptions=True)
+        answered = [c for c, r in zip(chunks, results, strict=True) if isinstance(r, np.ndarray)]
         for chunk, probs in zip(chunks, results, strict=True):
-            out[chunk] = probs
-        if self.cache is not None and keys is not None and len(missing):
-            await self.cache.set_many([keys[i] for i in missing], out[missing])
+            if isinstance(probs, np.ndarray):
+                out[chunk] = probs
+        if self.cache is not None and keys is not None and answered:
+            # cache what was paid for even when another request of the batch failed
+            done = np.concatenate(answered)
+            await self.cache.set_many([keys[i] for i in done], out[done])
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return out
 
     async def _request(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:

@@ -198,6 +198,7 @@ class Trainer:
 
     async def _validate(self, state: dict[str, Any]) -> None:
         ev = await evaluate(self.service, self.task, state["label_map"], state["weights"], "val")
+        state["validated_step"] = state["step"]
         record = {"event": "val", "step": state["step"], "val_loss": ev.loss,
                   "val_accuracy": ev.accuracy, "queries": self.service.stats.images}
         self._log(record)
@@ -263,7 +264,14 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=state["step"], disable=not self.progress,
                    unit="step", dynamic_ncols=True)
         start = time.monotonic()
+
+        def validation_due(step: int) -> bool:
+            return c.evaluate and step > 0 and (step % eval_every == 0 or step == self.total_steps)
+
         try:
+            if validation_due(state["step"]) and state.get("validated_step") != state["step"]:
+                await self._validate(state)  # interrupted (e.g. by the budget) before it ran
+                self._save(state, optimizer)
             while state["step"] < self.total_steps:
                 step = state["step"]
                 epoch, position = divmod(step, self.steps_per_epoch)
@@ -282,7 +290,7 @@ class Trainer:
                            "elapsed": time.monotonic() - start})
                 if not c.evaluate:
                     state["best_weights"], state["best_step"] = state["weights"], state["step"]
-                elif state["step"] % eval_every == 0 or state["step"] == self.total_steps:
+                elif validation_due(state["step"]):
                     await self._validate(state)
                 self._save(state, optimizer)
                 bar.update(1)

@@ -48,6 +48,14 @@ def decode_png(data: bytes) -> Uint8Images:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def worst_case_png_bytes(shape: tuple[int, ...]) -> int:
+    """Upper bound on the PNG size of one (H, W, 3) image, whatever its content: the raw
+    scanlines (one filter byte each), zlib's stored-block overhead, and 1 KiB of headers."""
+    height, width = shape[0], shape[1]
+    raw = height * (width * 3 + 1)
+    return raw + 5 * (raw // 65_535 + 1) + 1024
+
+
 def check_batch(images: Uint8Images) -> None:
     """Raise ValueError unless `images` is a (N, H, W, 3) uint8 batch."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:

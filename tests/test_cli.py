@@ -118,3 +118,37 @@ def test_bad_input_is_one_line_and_exit_2_before_any_run(args: list, message: st
 def test_providers_lists_the_local_adapter(tmp_path: Path) -> None:
     out = barapi("providers", cwd=tmp_path)
     assert "local" in out.stdout.split()
+
+
+PRICED = [*TINY, "--card-set", "price_per_1000=1000", "--runs-dir", "runs", "--cache-dir", "cache"]
+
+
+def test_estimate_prints_the_cost_and_sends_nothing(tmp_path: Path) -> None:
+    out = barapi("estimate", *TINY, "--card-set", "price_per_1000=2", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    phases = {p["name"]: p for p in json.loads(out.stdout)["phases"]}
+    assert phases["label mapping"]["images"] == 100  # 10 per class, frequency mapping
+    assert phases["total"]["dollars"] == pytest.approx(phases["total"]["images"] * 0.002)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+
+
+def test_over_budget_estimate_stops_before_spending(tmp_path: Path) -> None:
+    out = barapi("run", *PRICED, "--budget", "50", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "exceeds the budget $50.00" in out.stderr and "--yes" in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_budget_runs_out_mid_run_then_resume_with_more(tmp_path: Path) -> None:
+    out = barapi("run", *PRICED, "--budget", "1100", "--yes", "--json", cwd=tmp_path)
+    assert out.returncode == 3, out.stderr
+    assert "budget of $1100.00 reached" in out.stderr and "--resume" in out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["stopped"] and summary["dollars"] <= 1100
+    folder = Path(summary["run_dir"]) if Path(summary["run_dir"]).is_absolute() \
+        else tmp_path / summary["run_dir"]
+    spent_before = summary["dollars"]
+    out = barapi("run", "--resume", str(folder), "--budget", "5000", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["stopped"] is None and spent_before < summary["dollars"] <= 5000

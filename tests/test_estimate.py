@@ -68,3 +68,12 @@ def test_every_shipped_card_states_its_sources() -> None:
     assert load_card("clarifai-nsfw").max_images_per_request == 128
     assert load_card("azure-s0-nostore").requests_per_second == 20
     assert load_card("azure-f0").requests_per_second == 2
+
+
+def test_reach_counts_whole_training_steps() -> None:
+    from barapi.estimate import reach
+
+    config = make_config(q=4, batch=20, mapping="random")
+    assert reach(config, 100, 350) == (3, 0.6)  # 100 images a step, 5 steps an epoch
+    frequency = make_config(q=4, batch=20, mapping="frequency")
+    assert reach(frequency, 100, 350) == (2, 0.4)  # the mapping's 100 images come first

@@ -78,3 +78,37 @@ def test_wrong_answer_shape_is_an_error() -> None:
 
     with pytest.raises(ValueError, match="returned shape"):
         asyncio.run(QueryService(Broken()).predict_proba(images(2)))
+
+
+def test_requests_respect_the_byte_limit_at_worst_case_png_size() -> None:
+    from barapi.wire import encode_png, worst_case_png_bytes
+
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert len(encode_png(noise)) <= worst_case_png_bytes(noise.shape)
+    adapter = LinearSoftmaxAdapter(max_batch=64)
+    limit = 5 * worst_case_png_bytes((64, 64, 3)) + 10
+    service = QueryService(adapter, max_bytes=limit)
+    asyncio.run(service.predict_proba(np.repeat(noise[None], 12, axis=0)))
+    assert adapter.calls == [5, 5, 2]
+
+
+def test_paid_answers_are_cached_even_when_another_request_fails(tmp_path: Path) -> None:
+    class FailsOnce(LinearSoftmaxAdapter):
+        failed = False
+
+        async def predict_proba(self, x: np.ndarray) -> np.ndarray:
+            if len(self.calls) == 1 and not self.failed:  # the second request of the batch
+                self.failed = True
+                raise ValueError("connection reset")
+            return await super().predict_proba(x)
+
+    adapter = FailsOnce(max_batch=10)
+    service = QueryService(adapter, Budget(price_per_1000=1000.0, limit=100.0),
+                           ProbabilityCache(tmp_path), max_concurrency=1)
+    x = images(30)
+    with pytest.raises(ValueError):
+        asyncio.run(service.predict_proba(x))
+    paid = service.budget.spent
+    asyncio.run(service.predict_proba(x))
+    assert service.stats.cached_images == 20  # the two answered requests were kept
+    assert service.budget.spent == pytest.approx(paid + 10.0)  # only the failed one is re-sent
