@@ -98,11 +98,10 @@ class QueryService:
         n = len(images)
 
         async def attempt() -> NDArray[np.float32]:
-            async with self.budget.reservation(n):
-                await self.limiter.acquire()
-                async with self._slots:
-                    self.stats.attempts += 1
-                    probs = await self.adapter.predict_proba(images)
+            async with self.budget.reservation(n), self._slots:
+                await self.limiter.acquire()  # last, so that the request leaves in its slot
+                self.stats.attempts += 1
+                probs = await self.adapter.predict_proba(images)
             probs = np.asarray(probs, dtype=np.float32)
             if probs.shape != (n, self.adapter.n_sources):
                 raise ValueError(
