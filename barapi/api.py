@@ -35,7 +35,7 @@ from barapi.trainer import RunResult, Trainer, evaluate, query_program, run_sync
 
 __all__ = ["FittedProgram", "RunFolder", "Session", "card_for", "default_cache", "evaluate",
            "load_run", "load_split", "make_config", "make_service", "open_adapter", "prepare",
-           "train"]
+           "run_service", "train"]
 
 
 def open_adapter(config: RunConfig) -> Adapter:
@@ -132,6 +132,22 @@ class Session:
         return result
 
 
+def run_settings(folder: RunFolder | None, adapter: Adapter, card_file: Path | None = None,
+                 card_fields: dict[str, Any] | None = None, use_cache: bool | None = None,
+                 cache_dir: Path | None = None) -> tuple[Card, ProbabilityCache | None]:
+    """Card and cache of a run: those stored in its folder (a resumed run keeps its prices
+    and its cache), or the adapter's card and the default cache; explicit arguments win."""
+    saved = folder.session() if folder is not None else {}
+    if "card" in saved:
+        card = build_card(saved["card"], card_file, card_fields)
+    else:
+        card = card_for(adapter, card_file, card_fields)
+    if "cache" in saved:
+        use_cache = saved["cache"]["enabled"] if use_cache is None else use_cache
+        cache_dir = cache_dir or (Path(saved["cache"]["dir"]) if saved["cache"]["dir"] else None)
+    return card, default_cache(card, use_cache, cache_dir)
+
+
 def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split | None = None,
             runs_root: Path | str | None = None, resume: Path | str | None = None,
             budget: float | None = None, cache: ProbabilityCache | None = None,
@@ -152,14 +168,8 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
     split = split or load_split(config)
     adapter = adapter or open_adapter(config)
     check_fits(split.train.n_classes, config.m, adapter.n_sources)
-    saved = resumed.session() if resumed is not None else {}
-    if "card" in saved:  # a resumed run keeps its prices unless the user overrides them again
-        card = build_card(saved["card"], card_file, card_fields)
-    else:
-        card = card_for(adapter, card_file, card_fields)
-    if "cache" in saved:
-        use_cache = saved["cache"]["enabled"] if use_cache is None else use_cache
-        cache_dir = cache_dir or (Path(saved["cache"]["dir"]) if saved["cache"]["dir"] else None)
+    card, stored_cache = run_settings(resumed, adapter, card_file, card_fields,
+                                      False if cache is not None else use_cache, cache_dir)
     make_gradient = None
     if config.method == "ar":
         from barapi.whitebox import autograd_gradient, check_white_box
@@ -167,7 +177,7 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
         check_white_box(adapter)
         make_gradient = functools.partial(autograd_gradient, adapter)
     trainer = Trainer(config, QueryService(adapter), split, None, make_gradient)
-    cache = cache if cache is not None else default_cache(card, use_cache, cache_dir)
+    cache = cache if cache is not None else stored_cache
     service = make_service(adapter, budget, resumed.ledger if resumed else None, cache, card)
     trainer.service, trainer.folder = service, resumed
     session = Session(config, adapter, card, service, trainer, resumed,
@@ -214,3 +224,11 @@ def load_run(path: Path | str) -> FittedProgram:
     label_map = LabelMap(arrays["label_map"], meta["n_sources"])
     return FittedProgram(config, arrays["best_weights"], label_map, meta["classes"])
 
+
+def run_service(path: Path | str, budget: float | None = None) -> tuple[FittedProgram, QueryService]:
+    """A finished run's program, and a query service with the run's card and cache settings
+    (evaluations and predictions are paid like the run's own queries, and cached alike)."""
+    fitted = load_run(path)
+    adapter = open_adapter(fitted.config)
+    card, cache = run_settings(RunFolder.open(Path(path)), adapter)
+    return fitted, make_service(adapter, budget, cache=cache, card=card)

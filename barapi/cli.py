@@ -233,10 +233,7 @@ def evaluate(run_dir: Path, part: str, as_json: bool) -> None:
     from barapi import api
     from barapi.trainer import Task
 
-    fitted = api.load_run(run_dir)
-    adapter = api.open_adapter(fitted.config)
-    card = api.card_for(adapter)
-    service = api.make_service(adapter, cache=api.default_cache(card), card=card)
+    fitted, service = api.run_service(run_dir)
     task = Task(fitted.config, api.load_split(fitted.config))
     ev = asyncio.run(api.evaluate(service, task, fitted.label_map, fitted.weights, part))
     payload = {"part": part, "accuracy": ev.accuracy, "loss": ev.loss,
@@ -253,14 +250,11 @@ def evaluate(run_dir: Path, part: str, as_json: bool) -> None:
 def predict(run_dir: Path, images: tuple[Path, ...], as_json: bool) -> None:
     """Predict target classes of IMAGES with a run's learned program."""
     from barapi import api
-    from barapi.data import _read_image
+    from barapi.data import read_image
 
-    fitted = api.load_run(run_dir)
-    adapter = api.open_adapter(fitted.config)
-    card = api.card_for(adapter)
-    service = api.make_service(adapter, cache=api.default_cache(card), card=card)
+    fitted, service = api.run_service(run_dir)
     canvas = fitted.program.canvas
-    windows = np.concatenate([canvas.embed(_read_image(p, str(p))[None]) for p in images])
+    windows = np.concatenate([canvas.embed(read_image(p, str(p))[None]) for p in images])
     scores = asyncio.run(fitted.predict_proba(service, windows))
     for path, row in zip(images, scores, strict=True):
         label = fitted.classes[int(row.argmax())]

@@ -77,7 +77,7 @@ def encode_labels(raw: list[str] | NDArray[np.generic], source: str) -> tuple[ND
     return labels.astype(np.int64), [str(c) for c in classes]
 
 
-def _read_image(path: Path, source: str) -> NDArray[np.uint8]:
+def read_image(path: Path, source: str) -> NDArray[np.uint8]:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
@@ -107,7 +107,7 @@ def load_folder(root: Path) -> Dataset:
     for class_dir in class_dirs:
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         for path in files:
-            images.append(_read_image(path, str(root)))
+            images.append(read_image(path, str(root)))
             paths.append(path)
             raw.append(class_dir.name)
     if not images:
@@ -126,7 +126,7 @@ def load_csv(path: Path) -> Dataset:
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
             raise ConfigError(f"{path}: row {line} must be 'path,label', got {row!r}")
         image_path = (path.parent / row[0].strip()).resolve()
-        images.append(_read_image(image_path, str(path)))
+        images.append(read_image(image_path, str(path)))
         paths.append(image_path)
         raw.append(row[1].strip())
     if not images:
