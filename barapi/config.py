@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from barapi.errors import ConfigError
+from barapi.zo import ZOEstimator
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Tsai, Chen & Ho (2020): full-resolution program, unit-sphere one-sided estimator with
@@ -53,6 +54,8 @@ class RunConfig(BaseModel):
     beta: float = Field(0.05, description="smoothing radius β (in units of W)")
     directions: Literal["sphere", "gaussian"] = Field("gaussian", description="ZO directions")
     two_sided: bool = Field(False, description="antithetic (two-sided) differences, 2q queries")
+    b: float | None = Field(None, description="ZO scale b (default: d for sphere directions, "
+                            "as in the paper; 1 for Gaussian ones)")
     optimizer: Literal["sgd", "adam"] = Field("adam", description="optimiser")
     lr: float = Field(0.05, description="initial step size")
     decay: float = Field(1.0, description="step size multiplier per epoch")
@@ -74,8 +77,8 @@ class RunConfig(BaseModel):
             raise ValueError(f"window {self.window} is larger than the canvas {self.canvas}")
         if self.resolution is not None and not 1 <= self.resolution <= self.canvas:
             raise ValueError(f"resolution must be between 1 and the canvas {self.canvas}")
-        if self.beta <= 0 or self.lr <= 0:
-            raise ValueError("beta and lr must be positive")
+        if self.beta <= 0 or self.lr <= 0 or (self.b is not None and self.b <= 0):
+            raise ValueError("beta, lr and b must be positive")
         if not 0 < self.decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {self.decay}")
         return self
@@ -83,6 +86,10 @@ class RunConfig(BaseModel):
     @property
     def window_size(self) -> int:
         return self.window if self.window is not None else self.canvas // 2
+
+    def estimator(self) -> ZOEstimator:
+        """The zeroth-order gradient estimator these settings describe."""
+        return ZOEstimator(self.q, self.beta, self.directions, self.two_sided, self.b)
 
     @property
     def program_resolution(self) -> int:

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from barapi.budget import NANO, Budget
 from barapi.cards import Card
 from barapi.config import RunConfig
-from barapi.zo import ZOEstimator
 
 EVAL_CHUNK = 512
 """Images per query-layer call when mapping and evaluating (the trainer uses it too)."""
@@ -69,7 +68,7 @@ def estimate(config: RunConfig, n_train: int, n_val: int, n_test: int, card: Car
     phases = [_phase("label mapping", mapping, _requests(mapping, m, EVAL_CHUNK), card)]
     train_images = train_requests = 0
     if config.method == "bar":
-        variants = ZOEstimator(config.q, config.beta, config.directions, config.two_sided).n_evaluations
+        variants = config.estimator().n_evaluations
         for size in step_sizes(config, n_train):
             train_images += size * variants
             train_requests += _requests(size * variants, m)
@@ -92,7 +91,7 @@ def estimate(config: RunConfig, n_train: int, n_val: int, n_test: int, card: Car
 
 def reach(config: RunConfig, n_train: int, budget_images: int) -> tuple[int, float]:
     """(training steps, epochs) that `budget_images` pays for after mapping, at this config."""
-    variants = ZOEstimator(config.q, config.beta, config.directions, config.two_sided).n_evaluations
+    variants = config.estimator().n_evaluations
     left = budget_images - (n_train if config.mapping == "frequency" else 0)
     sizes = step_sizes(config, n_train)
     steps = 0

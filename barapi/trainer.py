@@ -151,7 +151,7 @@ class Trainer:
         self.task = Task(config, split)
         self.folder = folder
         self.progress = progress
-        self.estimator = ZOEstimator(config.q, config.beta, config.directions, config.two_sided)
+        self.estimator = config.estimator()
         self._make_gradient = make_gradient
         self._step = 0
 
@@ -176,6 +176,9 @@ class Trainer:
         meta = {k: v for k, v in state.items()
                 if k not in ("weights", "best_weights", "label_map")}
         meta["optimizer_t"] = optimizer.state["t"]
+        # the RNG state is a pure function of these: default_rng([seed, 0, epoch]) shuffles,
+        # default_rng([seed, 1, step]) draws the step's directions
+        meta["rng"] = {"seed": self.config.seed, "next_step": state["step"]}
         meta["stats"] = vars(self.service.stats).copy()
         save_checkpoint(self.folder.checkpoint, {**arrays, **opt_arrays}, meta)
 
@@ -186,6 +189,7 @@ class Trainer:
         optimizer.state = {"t": meta.pop("optimizer_t"),
                            **{k[4:]: v for k, v in arrays.items() if k.startswith("opt_")}}
         stats = meta.pop("stats")
+        meta.pop("rng", None)
         for key, value in stats.items():
             setattr(self.service.stats, key, value)
         if meta["n_sources"] != self.service.adapter.n_sources:

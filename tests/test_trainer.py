@@ -13,7 +13,6 @@ from barapi.config import RunConfig, make_config
 from barapi.program import Canvas, Program
 from barapi.query import QueryService
 from barapi.trainer import Task
-from barapi.zo import ZOEstimator
 
 
 def changed_fraction(config: RunConfig) -> tuple[float, float]:
@@ -21,7 +20,7 @@ def changed_fraction(config: RunConfig) -> tuple[float, float]:
     and the mean number of grey levels they change by."""
     canvas = Canvas(config.canvas, config.window_size)
     program = Program(canvas, config.program_resolution)
-    est = ZOEstimator(config.q, config.beta, config.directions, config.two_sided)
+    est = config.estimator()
     u = est.sample(np.random.default_rng(0), program.shape)
     window = np.zeros((1, canvas.window, canvas.window, 3), dtype=np.uint8)
     images = program.compose(window, program.perturbation(est.points(program.zeros(), u)))
@@ -46,7 +45,7 @@ def test_default_perturbation_changes_the_loss(lite0_32) -> None:
     service = QueryService(lite0_32)
     from barapi.labelmap import random_map
     label_map = random_map(10, config.m, 1000, seed=0)
-    est = ZOEstimator(config.q, config.beta, config.directions, config.two_sided)
+    est = config.estimator()
     u = est.sample(np.random.default_rng(0), task.program.shape)
     points = est.points(task.program.zeros(), u)
     windows = task.windows["train"][:config.batch]
