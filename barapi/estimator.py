@@ -20,7 +20,6 @@ from barapi.config import make_config
 from barapi.data import Dataset, Split, to_rgb_uint8
 from barapi.errors import ConfigError
 from barapi.labelmap import LabelMap
-from barapi.query import QueryService
 
 
 def as_images(X: ArrayLike, image_shape: tuple[int, ...] | None) -> NDArray[np.uint8]:
@@ -101,6 +100,7 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
         train, val = train_test_split(np.arange(n), test_size=n_val, stratify=labels,
                                       random_state=self.seed)
         classes = [str(c) for c in self.classes_]
+
         def part(ix: NDArray[np.int64]) -> Dataset:
             return Dataset(images[ix], labels[ix], classes, "X")
         return Split(part(np.sort(train)), part(np.sort(val)), None)
@@ -133,12 +133,13 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
         if self.__dict__.get("_adapter_dropped"):
             raise ConfigError("this BARClassifier was unpickled without its custom adapter; "
                               "pass it again with set_params(adapter=...)")
+        key = (self.provider, self.model, self.device, self.input_size)
         cached: Adapter | None = self.__dict__.get("_adapter")
-        if cached is None:
+        if cached is None or self.__dict__.get("_adapter_key") != key:
             from barapi import api
 
             cached = api.open_adapter(self._config())
-            self.__dict__["_adapter"] = cached
+            self.__dict__.update(_adapter=cached, _adapter_key=key)
         return cached
 
     def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
@@ -174,4 +175,4 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
 
-__all__ = ["BARClassifier", "QueryService", "as_images"]
+__all__ = ["BARClassifier", "as_images"]
