@@ -40,7 +40,8 @@ __all__ = ["FittedProgram", "RunFolder", "Session", "card_for", "default_cache",
 
 def open_adapter(config: RunConfig) -> Adapter:
     return create_adapter(config.provider, model=config.model, device=config.device,
-                          input_size=config.input_size or None)
+                          input_size=config.input_size or None, endpoint=config.endpoint,
+                          insecure=config.insecure)
 
 
 def load_split(config: RunConfig) -> Split:

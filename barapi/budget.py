@@ -103,12 +103,16 @@ class Budget:
     @contextlib.asynccontextmanager
     async def reservation(self, images: int) -> AsyncIterator[None]:
         """Reserve `images`' cost; commit on success or on an error after which the request
-        may have been billed; release when the provider refused it (a ProviderError)."""
+        may have been billed; release when the provider refused it (a ProviderError that was
+        not billed)."""
         cost = self.reserve(images)
         try:
             yield
-        except ProviderError:
-            self.release(cost)
+        except ProviderError as exc:
+            if exc.billed:
+                self.commit(cost, images)
+            else:
+                self.release(cost)
             raise
         except BaseException:
             self.commit(cost, images)

@@ -100,7 +100,8 @@ class CLIGroup(click.Group):
         except BarapiError as exc:
             fail(str(exc))
         except KeyboardInterrupt:
-            click.echo("barapi: interrupted; resume with `barapi run --resume RUN_DIR`", err=True)
+            click.echo("barapi: interrupted (a stopped run continues with "
+                       "`barapi run --resume RUN_DIR`)", err=True)
             sys.exit(130)
 
 
@@ -264,6 +265,44 @@ def predict(run_dir: Path, images: tuple[Path, ...], as_json: bool) -> None:
                                                       strict=True))}))
         else:
             click.echo(f"{path}\t{label}\t{row.max():.3f}")
+
+
+@main.group()
+def emulate() -> None:
+    """Serve a loopback emulator of a paid API (127.0.0.1 only), answering from a local model."""
+
+
+@emulate.command("clarifai")
+@click.option("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
+@click.option("--input-size", type=int, default=112, show_default=True,
+              help="side the emulator's EfficientNet-Lite0 runs at")
+@click.option("--max-rps", type=float, default=0.0, help="throttle (11005) above this rate")
+@click.option("--unavailable-every", type=int, default=0, help="every n-th request: UNAVAILABLE")
+@click.option("--fail-input-every", type=int, default=0, help="every n-th input fails (MIXED_STATUS)")
+@click.option("--quota-images", type=int, default=None, help="quota exhausted after this many")
+@click.option("--delay", type=float, default=0.0, help="seconds added to every answer")
+def emulate_clarifai(port: int, input_size: int, max_rps: float, unavailable_every: int,
+                     fail_input_every: int, quota_images: int | None, delay: float) -> None:
+    """Clarifai PostModelOutputs over gRPC; the key it accepts is CLARIFAI_PAT."""
+    from barapi.adapters.local import create
+    from barapi.emulate import ClarifaiEmulator, Faults
+    from barapi.keys import read_key
+
+    key = read_key("CLARIFAI_PAT").reveal()
+    faults = Faults(max_rps, unavailable_every, fail_input_every, quota_images, delay)
+
+    async def serve() -> None:
+        emulator = ClarifaiEmulator(create(device="cpu", input_size=input_size), key, faults)
+        bound = await emulator.start(port)
+        click.echo(f"clarifai emulator on 127.0.0.1:{bound}", err=True)
+        try:
+            assert emulator.server is not None
+            await emulator.server.wait_for_termination()
+        finally:
+            click.echo(f"billed images: {emulator.counters.billed_images}", err=True)
+            await emulator.stop()
+
+    asyncio.run(serve())
 
 
 @main.command()

@@ -27,6 +27,9 @@ class RunConfig(BaseModel):
 
     provider: str = Field("local", description="black box: an adapter name (see `barapi providers`)")
     model: str = Field("efficientnet-lite0", description="model of the provider")
+    endpoint: str | None = Field(None, description="provider address host:port (e.g. a "
+                                 "loopback emulator); default: the provider's own")
+    insecure: bool = Field(False, description="plaintext connection to --endpoint (loopback only)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="local model device")
     input_size: int | None = Field(
         112, description="local model input side in px (images are resized to it); 0 = the "

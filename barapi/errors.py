@@ -12,7 +12,13 @@ class ConfigError(BarapiError, ValueError):
 
 
 class ProviderError(BarapiError):
-    """A black box refused or failed a request."""
+    """A black box refused or failed a request.
+
+    `billed` is True when the provider charged for (part of) the request anyway, e.g. a
+    batch where some inputs failed: its reservation is then committed, not released.
+    """
+
+    billed: bool = False
 
 
 class TransientError(ProviderError):

@@ -1,0 +1,145 @@
+"""Clarifai prediction (Moderation, NSFW or any concept model) over gRPC.
+
+Uses the official `clarifai-grpc` stubs on a `grpc.aio` channel. The channel is built by
+`ClarifaiChannel` (which the stubs require) and rebuilt with the same options but with gRPC's
+own retries disabled: Clarifai's channel config retries UNAVAILABLE 5 times out of sight,
+which would bill attempts barapi cannot count. barapi's QueryService retries instead.
+In-band status codes are mapped to barapi's error kinds (see `classify`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import grpc
+import numpy as np
+from numpy.typing import NDArray
+
+from barapi.adapters.base import Adapter
+from barapi.errors import ConfigError, FatalProviderError, ProviderError, TransientError
+from barapi.keys import Secret, read_key
+from barapi.wire import encode_png
+
+try:
+    from clarifai_grpc.channel.clarifai_channel import ClarifaiChannel
+    from clarifai_grpc.grpc.api import resources_pb2, service_pb2, service_pb2_grpc
+    from clarifai_grpc.grpc.api.status import status_code_pb2
+except ImportError as exc:  # pragma: no cover - only without the extra
+    raise ConfigError("the clarifai provider needs clarifai-grpc: pip install 'barapi[cloud]'") from exc
+
+CONCEPTS = {"moderation-recognition": ["safe", "suggestive", "explicit", "drug", "gore"],
+            "nsfw-recognition": ["nsfw", "sfw"]}
+CARDS = {"moderation-recognition": "clarifai-moderation", "nsfw-recognition": "clarifai-nsfw"}
+SUCCESS, MIXED = status_code_pb2.SUCCESS, status_code_pb2.MIXED_STATUS
+TRANSIENT = {11005, 10030, 21354, 21355, 40031, 40032}
+FATAL = {11000, 11001, 11002, 11003, 11004, 11006, 11007, 11008, 11009, 69000, 69001}
+GRPC_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                  grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
+GRPC_FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+MAX_MESSAGE = 1024 * 1024 * 1024
+
+
+def classify(code: int, description: str) -> ProviderError:
+    """barapi's error kind for an in-band Clarifai status code (other than SUCCESS)."""
+    known = code in status_code_pb2.StatusCode.values()
+    name = status_code_pb2.StatusCode.Name(code) if known else "unknown"
+    message = f"Clarifai status {code} ({name}): {description}"
+    if code in TRANSIENT or 98000 <= code < 99000:
+        return TransientError(message)
+    if code in FATAL:
+        return FatalProviderError(message)
+    return ProviderError(message)
+
+
+class ClarifaiAdapter(Adapter):
+    """A Clarifai concept model as a black box; labels in a fixed order, whatever the server's
+    sort. `endpoint` "host:port" with `insecure=True` points it at a loopback emulator."""
+
+    def __init__(self, model: str = "moderation-recognition", *, key: Secret,
+                 endpoint: str | None = None, insecure: bool = False, user_id: str = "clarifai",
+                 app_id: str = "main", version_id: str = "", labels: list[str] | None = None,
+                 max_batch: int = 128, timeout: float = 60.0) -> None:
+        if labels is None and model not in CONCEPTS:
+            raise ConfigError(f"Clarifai model {model!r}: pass its concept names as labels "
+                              f"(known: {', '.join(CONCEPTS)})")
+        self.model, self.labels = model, list(labels or CONCEPTS[model])
+        self.card = CARDS.get(model, "clarifai-moderation")
+        self.max_batch, self.timeout = max_batch, timeout
+        self.identity = f"clarifai/{user_id}/{app_id}/{model}@{version_id or 'latest'}"
+        self._key, self._ids = key, resources_pb2.UserAppIDSet(user_id=user_id, app_id=app_id)
+        self._version = version_id
+        self._index = {name: i for i, name in enumerate(self.labels)}
+        target = endpoint or "api.clarifai.com:443"
+        host = target.rsplit(":", 1)[0]
+        # ClarifaiChannel sets the stubs' module-global deserializer; we then open our own
+        # channel with the same limits and gRPC retries off.
+        with contextlib.suppress(ValueError):
+            if insecure:
+                ClarifaiChannel.get_aio_insecure_grpc_channel(base=host, port=int(target.rsplit(":", 1)[1]))
+            else:
+                ClarifaiChannel.get_aio_grpc_channel(base=host)
+        self._target, self._insecure = target, insecure
+        self._channel: grpc.aio.Channel | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _stub(self) -> service_pb2_grpc.V2Stub:
+        """A stub on a channel of the running event loop (grpc.aio channels are bound to the
+        loop they were made in; the CLI and scikit-learn run one loop per call)."""
+        loop = asyncio.get_running_loop()
+        if self._channel is None or self._loop is not loop:
+            options = [("grpc.enable_retries", 0), ("grpc.max_receive_message_length", MAX_MESSAGE),
+                       ("grpc.max_send_message_length", MAX_MESSAGE)]
+            self._channel = (
+                grpc.aio.insecure_channel(self._target, options=options) if self._insecure else
+                grpc.aio.secure_channel(self._target, grpc.ssl_channel_credentials(), options=options))
+            self._loop = loop
+        return service_pb2_grpc.V2Stub(self._channel)
+
+    async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        request = service_pb2.PostModelOutputsRequest(
+            user_app_id=self._ids, model_id=self.model, version_id=self._version,
+            inputs=[resources_pb2.Input(data=resources_pb2.Data(
+                image=resources_pb2.Image(base64=encode_png(im)))) for im in images])
+        try:
+            response = await self._stub().PostModelOutputs(
+                request, metadata=(("authorization", f"Key {self._key.reveal()}"),),
+                timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            message = f"Clarifai gRPC {exc.code().name}: {exc.details()}"
+            if exc.code() in GRPC_TRANSIENT:
+                raise TransientError(message) from None
+            if exc.code() in GRPC_FATAL:
+                raise FatalProviderError(message) from None
+            raise ProviderError(message) from None
+        if response.status.code == MIXED:
+            failed = [f"image {i}: {o.status.code} {o.status.description}"
+                      for i, o in enumerate(response.outputs) if o.status.code != SUCCESS]
+            error = ProviderError(f"Clarifai MIXED_STATUS, failed inputs: {'; '.join(failed)}")
+            error.billed = True  # the inputs that succeeded were billed
+            raise error
+        if response.status.code != SUCCESS:
+            raise classify(response.status.code, response.status.description)
+        if len(response.outputs) != len(images):
+            raise ProviderError(f"Clarifai answered {len(response.outputs)} outputs for "
+                                f"{len(images)} images")
+        probs = np.zeros((len(images), len(self.labels)), dtype=np.float32)
+        for row, output in zip(probs, response.outputs, strict=True):
+            for concept in output.data.concepts:
+                column = self._index.get(concept.name)
+                if column is not None:
+                    row[column] = concept.value
+        return probs
+
+    async def aclose(self) -> None:
+        if self._channel is not None and self._loop is asyncio.get_running_loop():
+            await self._channel.close()
+        self._channel = None
+
+
+def create(model: str = "moderation-recognition", endpoint: str | None = None,
+           insecure: bool = False, key_file: str | None = None, **_: Any) -> ClarifaiAdapter:
+    """Entry point for ``--provider clarifai``; the key comes from CLARIFAI_PAT."""
+    return ClarifaiAdapter(model, key=read_key("CLARIFAI_PAT", key_file), endpoint=endpoint,
+                           insecure=insecure)

@@ -1,0 +1,128 @@
+"""Loopback emulators of paid prediction APIs, answering from a real local model.
+
+`ClarifaiEmulator` serves ``clarifai.api.V2/PostModelOutputs`` with a `grpc.aio` server built
+from the `clarifai-grpc` package, on 127.0.0.1 only. Its concepts come from a local
+EfficientNet-Lite0: ImageNet class i counts towards concept i mod K (K = 5 for Moderation,
+2 for NSFW), so each concept's score is the summed probability of its 1,000/K classes. It
+checks the key, counts billable images, and injects faults on demand (`Faults`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from clarifai_grpc.grpc.api import resources_pb2, service_pb2, service_pb2_grpc
+from clarifai_grpc.grpc.api.status import status_code_pb2, status_pb2
+
+from barapi.adapters.base import Adapter
+from barapi.adapters.clarifai import CONCEPTS
+from barapi.wire import decode_png
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Faults:
+    """What to break. Counters are per emulator; 0 / None switch a fault off."""
+
+    max_rps: float = 0.0  # above this request rate: CONN_THROTTLED (11005)
+    unavailable_every: int = 0  # every n-th request fails with gRPC UNAVAILABLE
+    fail_input_every: int = 0  # every n-th input fails (30002) → MIXED_STATUS (10010)
+    quota_images: int | None = None  # after this many billed images: CONN_EXCEEDS_LIMITS (11006)
+    delay: float = 0.0  # seconds added to every answer
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    billed_images: int = 0
+    throttled: int = 0
+    unavailable: int = 0
+    rejected_auth: int = 0
+
+
+class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
+    def __init__(self, model: Adapter, key: str, faults: Faults | None = None) -> None:
+        self.model, self.key = model, key
+        self.faults = faults or Faults()
+        self.counters = Counters()
+        self._last = 0.0
+        self._inputs_seen = 0
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    def _status(self, code: int, description: str = "") -> Any:
+        return status_pb2.Status(code=code, description=description)
+
+    async def PostModelOutputs(self, request: Any, context: Any) -> Any:
+        c, f = self.counters, self.faults
+        c.requests += 1
+        metadata = dict(context.invocation_metadata())
+        if metadata.get("authorization") != f"Key {self.key}":
+            c.rejected_auth += 1
+            return service_pb2.MultiOutputResponse(status=self._status(11009, "API key not found"))
+        if f.unavailable_every and c.requests % f.unavailable_every == 0:
+            c.unavailable += 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "emulated outage")
+        now = time.monotonic()
+        if f.max_rps and now - self._last < 1.0 / f.max_rps:
+            c.throttled += 1
+            return service_pb2.MultiOutputResponse(status=self._status(11005, "throttled"))
+        self._last = now
+        n = len(request.inputs)
+        if f.quota_images is not None and c.billed_images + n > f.quota_images:
+            return service_pb2.MultiOutputResponse(status=self._status(11006, "quota exhausted"))
+        if request.model_id not in CONCEPTS:
+            return service_pb2.MultiOutputResponse(status=self._status(21200, "model not found"))
+        names = CONCEPTS[request.model_id]
+        decoded: dict[int, np.ndarray] = {}
+        for i, item in enumerate(request.inputs):
+            self._inputs_seen += 1
+            try:
+                image = decode_png(item.data.image.base64)
+            except Exception:
+                continue
+            if not (f.fail_input_every and self._inputs_seen % f.fail_input_every == 0):
+                decoded[i] = image
+        if f.delay:
+            await asyncio.sleep(f.delay)
+        good = sorted(decoded)
+        scores: dict[int, np.ndarray] = {}
+        for i in good:  # batched when sizes agree, as they do for barapi's queries
+            if i in scores:
+                continue
+            same = [j for j in good if decoded[j].shape == decoded[i].shape]
+            full = await self.model.predict_proba(np.stack([decoded[j] for j in same]))
+            folded = np.stack([full[:, k::len(names)].sum(axis=1) for k in range(len(names))], 1)
+            scores.update(zip(same, folded, strict=True))
+        outputs = []
+        for i in range(n):
+            if i not in scores:
+                outputs.append(resources_pb2.Output(status=self._status(30002, "input failed")))
+                continue
+            concepts = sorted(((float(v), name) for v, name in zip(scores[i], names, strict=True)),
+                              reverse=True)  # like the service: highest first
+            outputs.append(resources_pb2.Output(
+                status=self._status(status_code_pb2.SUCCESS),
+                data=resources_pb2.Data(concepts=[resources_pb2.Concept(id=name, name=name, value=v)
+                                                  for v, name in concepts])))
+        bad = n - len(good)
+        c.billed_images += len(good)
+        code = status_code_pb2.MIXED_STATUS if bad else status_code_pb2.SUCCESS
+        return service_pb2.MultiOutputResponse(status=self._status(code), outputs=outputs)
+
+    async def start(self, port: int = 0) -> int:
+        self.server = grpc.aio.server()
+        service_pb2_grpc.add_V2Servicer_to_server(self, self.server)
+        self.port = self.server.add_insecure_port(f"{HOST}:{port}")
+        await self.server.start()
+        return self.port
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=0.5)

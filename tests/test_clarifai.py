@@ -1,0 +1,193 @@
+"""The official clarifai-grpc client against the loopback emulator (127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from clarifai_grpc.grpc.api import resources_pb2, service_pb2, service_pb2_grpc
+
+from barapi import api
+from barapi.adapters.clarifai import ClarifaiAdapter
+from barapi.budget import Budget
+from barapi.cards import load_card
+from barapi.emulate import ClarifaiEmulator, Faults
+from barapi.errors import FatalProviderError, ProviderError
+from barapi.keys import Secret
+from barapi.query import QueryService
+from barapi.retry import RetryPolicy
+
+KEY = "emulator-test-key"
+
+
+def images(n: int, seed: int = 0, side: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+
+
+def with_emulator(model: Any, faults: Faults | None,
+                  body: Callable[[ClarifaiEmulator, ClarifaiAdapter], Awaitable[Any]],
+                  key: str = KEY, **adapter_options: Any) -> Any:
+    async def scenario() -> Any:
+        emulator = ClarifaiEmulator(model, KEY, faults)
+        port = await emulator.start()
+        adapter = ClarifaiAdapter(key=Secret(key), endpoint=f"127.0.0.1:{port}", insecure=True,
+                                  **adapter_options)
+        try:
+            return await body(emulator, adapter)
+        finally:
+            await adapter.aclose()
+            await emulator.stop()
+
+    return asyncio.run(scenario())
+
+
+def service(adapter: ClarifaiAdapter, limit: float = 25.0) -> QueryService:
+    card = load_card(adapter.card)
+    return QueryService(adapter, Budget(card.price_per_1000, limit), max_batch=card.max_images_per_request,
+                        retry=RetryPolicy(attempts=12, base=0.02, cap=0.3))
+
+
+def test_answers_in_fixed_label_order_from_the_real_model(lite0_32: Any) -> None:
+    x = images(6)
+
+    async def body(_: ClarifaiEmulator, adapter: ClarifaiAdapter) -> np.ndarray:
+        return await adapter.predict_proba(x)
+
+    probs = with_emulator(lite0_32, None, body)
+    full = asyncio.run(lite0_32.predict_proba(x))
+    expected = np.stack([full[:, k::5].sum(axis=1) for k in range(5)], axis=1)
+    assert probs.shape == (6, 5) and np.allclose(probs, expected, atol=1e-6)
+
+
+def test_batches_split_at_128_and_counts_agree(lite0_32: Any) -> None:
+    async def body(emulator: ClarifaiEmulator, adapter: ClarifaiAdapter) -> QueryService:
+        svc = service(adapter)
+        await svc.predict_proba(images(300, side=16))
+        assert emulator.counters.requests == 3
+        assert emulator.counters.billed_images == svc.stats.billed_images == 300
+        return svc
+
+    svc = with_emulator(lite0_32, None, body)
+    assert svc.budget.spent == pytest.approx(300 * 1.2 / 1000)
+
+
+def test_throttling_and_unavailable_are_retried_by_barapi_alone(lite0_32: Any) -> None:
+    async def body(emulator: ClarifaiEmulator, adapter: ClarifaiAdapter) -> None:
+        svc = service(adapter)
+        svc.max_concurrency = 4
+        await asyncio.gather(*(svc.predict_proba(images(10, seed=s, side=16)) for s in range(6)))
+        c = emulator.counters
+        assert c.throttled > 0 and c.unavailable > 0
+        assert c.requests == svc.stats.attempts  # gRPC's own retry policy is off
+        assert c.billed_images == svc.stats.billed_images == 60
+        assert svc.budget.spent == pytest.approx(60 * 1.2 / 1000)  # refusals were not billed
+
+    with_emulator(lite0_32, Faults(max_rps=20, unavailable_every=3), body)
+
+
+@pytest.mark.parametrize(("faults", "key", "message"), [
+    (None, "wrong-key", "11009"),
+    (Faults(quota_images=5), KEY, "11006"),
+])
+def test_auth_and_quota_errors_are_fatal_and_never_retried(lite0_32: Any, faults: Faults | None,
+                                                           key: str, message: str) -> None:
+    async def body(emulator: ClarifaiEmulator, adapter: ClarifaiAdapter) -> None:
+        svc = service(adapter)
+        with pytest.raises(FatalProviderError, match=message):
+            await svc.predict_proba(images(10, side=16))
+        assert emulator.counters.requests == 1 and svc.budget.spent == 0
+
+    with_emulator(lite0_32, faults, body, key=key)
+
+
+def test_mixed_status_names_the_failed_images_and_is_billed(lite0_32: Any) -> None:
+    async def body(emulator: ClarifaiEmulator, adapter: ClarifaiAdapter) -> None:
+        svc = service(adapter)
+        with pytest.raises(ProviderError, match=r"image 2: 30002"):
+            await svc.predict_proba(images(5, side=16))
+        assert emulator.counters.billed_images == 4
+        assert svc.budget.spent == pytest.approx(5 * 1.2 / 1000)  # worst case committed
+
+    with_emulator(lite0_32, Faults(fail_input_every=3), body)
+
+
+def test_undecodable_input_is_a_per_input_failure(lite0_32: Any) -> None:
+    async def body(emulator: ClarifaiEmulator, _: ClarifaiAdapter) -> Any:
+        import grpc
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{emulator.port}") as channel:
+            stub = service_pb2_grpc.V2Stub(channel)
+            request = service_pb2.PostModelOutputsRequest(
+                model_id="nsfw-recognition",
+                inputs=[resources_pb2.Input(data=resources_pb2.Data(
+                    image=resources_pb2.Image(base64=b"not an image")))])
+            return await stub.PostModelOutputs(request, metadata=(("authorization", f"Key {KEY}"),))
+
+    response = with_emulator(lite0_32, None, body)
+    assert response.status.code == 10010 and response.outputs[0].status.code == 30002
+
+
+def test_end_to_end_run_against_the_emulator_matches_its_billing(lite0_32: Any, tmp_path: Any) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    binary = digits.target < 2  # a two-class task, as the paper runs on few-output APIs
+    np.savez(tmp_path / "digits01.npz", X=digits.images[binary], y=digits.target[binary])
+    config = api.make_config(provider="clarifai", dataset=str(tmp_path / "digits01.npz"),
+                             canvas=32, window=16, resolution=4, per_class=10, q=2, epochs=1, m=2,
+                             batch=10)
+
+    async def body(emulator: ClarifaiEmulator, adapter: ClarifaiAdapter) -> tuple[Any, Any]:
+        session = api.prepare(config, adapter=adapter, budget=25.0, runs_root=tmp_path / "runs",
+                              cache_dir=tmp_path / "cache")
+        estimate = session.estimate()[-1]
+        result = await session.trainer.run()
+        return emulator.counters.billed_images, session, estimate, result
+
+    billed, session, estimate, result = with_emulator(lite0_32, None, body)
+    stats = session.service.stats
+    assert billed == stats.billed_images and stats.images == estimate.images  # hits cost $0
+    ledger = sum(int(line.split('"images": ')[1].split(",")[0])
+                 for line in (session.folder.ledger).read_text().splitlines())
+    assert ledger == billed and session.service.budget.spent == pytest.approx(billed * 1.2 / 1000)
+    assert 0 <= result.test_accuracy <= 1
+
+
+def test_cli_run_against_the_emulator_subprocess(tmp_path: Any) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    binary = digits.target < 2
+    np.savez(tmp_path / "d01.npz", X=digits.images[binary], y=digits.target[binary])
+    env = {**os.environ, "CLARIFAI_PAT": KEY}
+    server = subprocess.Popen([sys.executable, "-m", "barapi", "emulate", "clarifai", "--port", "0",
+                               "--input-size", "32"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stderr.readline() if server.stderr else ""
+        assert "127.0.0.1:" in line, line
+        port = line.strip().rsplit(":", 1)[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "barapi", "run", "--provider", "clarifai", "--model",
+             "moderation-recognition", "--endpoint", f"127.0.0.1:{port}", "--insecure",
+             "--budget", "25", "--dataset", str(tmp_path / "d01.npz"), "--canvas", "32",
+             "--window", "16", "--resolution", "4", "--per-class", "10", "--q", "2", "--epochs", "1",
+             "--m", "2", "--batch", "10", "--runs-dir", "runs", "--cache-dir", "cache", "--json"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert KEY not in run.stdout + run.stderr
+        summary = json.loads(run.stdout)
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, tail = server.communicate(timeout=30)
+    billed = int(next(x for x in tail.splitlines() if x.startswith("billed images:")).split(":")[1])
+    assert billed == summary["billed_images"]
+    assert summary["dollars"] == pytest.approx(billed * 1.2 / 1000)
