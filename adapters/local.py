@@ -104,7 +104,7 @@ class LocalAdapter(Adapter):
         parts = []
         with torch.inference_mode():
             for start in range(0, len(images), self.chunk):
-                x = torch.from_numpy(np.ascontiguousarray(images[start:start + self.chunk]))
+                x = torch.from_numpy(np.array(images[start:start + self.chunk]))  # own, writable copy
                 x = x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
                 parts.append(self.probabilities(x).cpu().numpy())
         return np.concatenate(parts)

@@ -21,7 +21,7 @@ from barapi.cache import ProbabilityCache
 from barapi.cards import Card, build_card, load_card
 from barapi.checkpoint import load_checkpoint
 from barapi.config import RunConfig, make_config
-from barapi.data import Split, load_dataset, stratified_split
+from barapi.data import Split, load_dataset, select_classes, stratified_split
 from barapi.errors import ConfigError
 from barapi.estimate import Phase, reach
 from barapi.estimate import estimate as estimate_cost
@@ -41,12 +41,15 @@ __all__ = ["FittedProgram", "RunFolder", "Session", "card_for", "default_cache",
 def open_adapter(config: RunConfig) -> Adapter:
     return create_adapter(config.provider, model=config.model, device=config.device,
                           input_size=config.input_size or None, endpoint=config.endpoint,
-                          insecure=config.insecure)
+                          insecure=config.insecure, labels=config.labels)
 
 
 def load_split(config: RunConfig) -> Split:
-    return stratified_split(load_dataset(config.dataset), config.val_fraction,
-                            config.test_fraction, config.seed, config.per_class, config.rebalance)
+    data = load_dataset(config.dataset)
+    if config.classes:
+        data = select_classes(data, [c.strip() for c in config.classes.split(",") if c.strip()])
+    return stratified_split(data, config.val_fraction, config.test_fraction, config.seed,
+                            config.per_class, config.rebalance)
 
 
 def card_for(adapter: Adapter, card_file: Path | None = None,

@@ -292,17 +292,56 @@ def emulate_clarifai(port: int, input_size: int, max_rps: float, unavailable_eve
     faults = Faults(max_rps, unavailable_every, fail_input_every, quota_images, delay)
 
     async def serve() -> None:
+        import signal
+
         emulator = ClarifaiEmulator(create(device="cpu", input_size=input_size), key, faults)
         bound = await emulator.start(port)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT is ignored in background jobs
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         click.echo(f"clarifai emulator on 127.0.0.1:{bound}", err=True)
         try:
-            assert emulator.server is not None
-            await emulator.server.wait_for_termination()
+            await stop.wait()
         finally:
             click.echo(f"billed images: {emulator.counters.billed_images}", err=True)
             await emulator.stop()
 
     asyncio.run(serve())
+
+
+@emulate.command("azure")
+@click.option("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
+@click.option("--tags", default="negative,positive", show_default=True,
+              help="the project's tag names, comma-separated")
+@click.option("--input-size", type=int, default=112, show_default=True,
+              help="side the emulator's EfficientNet-Lite0 runs at")
+@click.option("--max-rps", type=float, default=0.0, help="429 with Retry-After above this rate")
+@click.option("--unavailable-every", type=int, default=0, help="every n-th request: 503")
+@click.option("--quota-images", type=int, default=None, help="403 quota after this many")
+@click.option("--delay", type=float, default=0.0, help="seconds added to every answer")
+def emulate_azure(port: int, tags: str, input_size: int, max_rps: float, unavailable_every: int,
+                  quota_images: int | None, delay: float) -> None:
+    """Custom Vision v3.1 prediction over HTTP; the key it accepts is AZURE_CV_PREDICTION_KEY."""
+    import signal
+    import threading
+
+    from barapi.adapters.local import create
+    from barapi.emulate import AzureEmulator, Faults
+    from barapi.keys import read_key
+
+    key = read_key("AZURE_CV_PREDICTION_KEY").reveal()
+    faults = Faults(max_rps, unavailable_every, 0, quota_images, delay)
+    emulator = AzureEmulator(create(device="cpu", input_size=input_size), key,
+                             [t.strip() for t in tags.split(",") if t.strip()], faults, port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT is ignored in background jobs
+        signal.signal(sig, lambda *_: stop.set())
+    with emulator:
+        click.echo(f"azure emulator on http://127.0.0.1:{emulator.port}", err=True)
+        try:
+            stop.wait()
+        finally:
+            click.echo(f"billed images: {emulator.counters.billed_images}", err=True)
 
 
 @main.command()

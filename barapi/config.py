@@ -30,12 +30,16 @@ class RunConfig(BaseModel):
     endpoint: str | None = Field(None, description="provider address host:port (e.g. a "
                                  "loopback emulator); default: the provider's own")
     insecure: bool = Field(False, description="plaintext connection to --endpoint (loopback only)")
+    labels: str | None = Field(None, description="the provider's class names, comma-separated, "
+                               "where it cannot list them itself (Azure tags)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="local model device")
     input_size: int | None = Field(
         112, description="local model input side in px (images are resized to it); 0 = the "
         "model's native size (224 for EfficientNet-Lite0)")
     dataset: str = Field("digits", description="digits | mnist5k | fashion-mnist | PATH "
                          "(class folders, .csv of path,label, .npz with X and y)")
+    classes: str | None = Field(None, description="keep only these classes, comma-separated "
+                                "(e.g. 0,1 for a binary task on a few-output API)")
     val_fraction: float = Field(0.1, description="share of each class held out for validation")
     test_fraction: float = Field(0.2, description="share of each class held out for testing")
     per_class: int | None = Field(None, description="at most this many training samples per class")

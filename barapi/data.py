@@ -219,6 +219,19 @@ def load_dataset(spec: str) -> Dataset:
     raise ConfigError(f"{path}: expected a folder, a .csv or an .npz file")
 
 
+def select_classes(data: Dataset, names: list[str]) -> Dataset:
+    """The samples of the named classes only, relabelled 0..len(names)-1 in that order."""
+    unknown = [n for n in names if n not in data.classes]
+    if unknown:
+        raise ConfigError(f"dataset {data.name}: no class named {', '.join(map(repr, unknown))}; "
+                          f"classes are {', '.join(data.classes)}")
+    old = [data.classes.index(n) for n in names]
+    keep = np.isin(data.labels, old)
+    relabel = np.zeros(data.n_classes, dtype=np.int64)
+    relabel[old] = np.arange(len(old))
+    return Dataset(data.images[keep], relabel[data.labels[keep]], list(names), data.name)
+
+
 @dataclass(frozen=True)
 class Split:
     """Train, validation (model selection) and test (reporting only; None in `fit`) parts."""

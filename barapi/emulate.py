@@ -10,6 +10,7 @@ checks the key, counts billable images, and injects faults on demand (`Faults`).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -126,3 +127,106 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop(grace=0.5)
+
+
+class AzureEmulator:
+    """Custom Vision v3.1 classification prediction on http://127.0.0.1:PORT.
+
+    Routes ``POST /customvision/v3.1/prediction/{project}/classify/iterations/{name}/image``
+    and ``.../image/nostore``; bodies as application/octet-stream or multipart `imageData`
+    (what the SDK sends). Tags fold the model's 1,000 classes like the Clarifai emulator.
+    Gateway errors use Azure's nested body ``{"error": {"code", "message"}}``; 429s carry
+    Retry-After. Runs in a background thread; use as a context manager.
+    """
+
+    def __init__(self, model: Adapter, key: str, tags: list[str], faults: Faults | None = None,
+                 port: int = 0) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.model, self.key, self.tags = model, key, list(tags)
+        self.faults = faults or Faults()
+        self.counters = Counters()
+        self._lock = threading.Lock()
+        self._last = 0.0
+        emulator = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status, payload, headers = emulator.answer(self.path, dict(self.headers), body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                for name, value in {**headers, "Content-Type": "application/json",
+                                    "Content-Length": str(len(data))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer((HOST, port), Handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @staticmethod
+    def _error(status: int, message: str) -> tuple[int, Any, dict[str, str]]:
+        return status, {"error": {"code": str(status), "message": message}}, {}
+
+    def answer(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, dict[str, str]]:
+        c, f = self.counters, self.faults
+        parts = path.strip("/").split("/")
+        if len(parts) < 8 or parts[:3] != ["customvision", "v3.1", "prediction"] or parts[7] != "image":
+            return self._error(404, f"no route {path}")
+        with self._lock:
+            c.requests += 1
+            if headers.get("Prediction-Key") != self.key:
+                c.rejected_auth += 1
+                return self._error(401, "Access denied due to invalid subscription key.")
+            if f.unavailable_every and c.requests % f.unavailable_every == 0:
+                c.unavailable += 1
+                return self._error(503, "emulated outage")
+            now = time.monotonic()
+            if f.max_rps and now - self._last < 1.0 / f.max_rps:
+                c.throttled += 1
+                status, payload, _ = self._error(429, "Rate limit is exceeded.")
+                return status, payload, {"Retry-After": f"{1.0 / f.max_rps:.3f}"}
+            self._last = now
+            if f.quota_images is not None and c.billed_images + 1 > f.quota_images:
+                return self._error(403, "Out of call volume quota.")
+            c.billed_images += 1  # counted now, so that concurrent requests respect the quota
+        content_type = headers.get("Content-Type", "")
+        if content_type.startswith("multipart/"):
+            from email.parser import BytesParser
+
+            message = BytesParser().parsebytes(
+                f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+            parts_in_body: list[Any] = list(message.get_payload())
+            fields = {p.get_param("name", header="content-disposition"): p.get_payload(decode=True)
+                      for p in parts_in_body}
+            found = fields.get("imageData")
+            body = found if isinstance(found, bytes) else b""
+        try:
+            image = decode_png(body)
+        except Exception:
+            with self._lock:
+                c.billed_images -= 1  # a rejected image is not billed
+            return self._error(400, "BadRequestImageFormat")
+        if f.delay:
+            time.sleep(f.delay)
+        full = asyncio.run(self.model.predict_proba(image[None]))[0]
+        k = len(self.tags)
+        scores = [float(full[i::k].sum()) for i in range(k)]
+        ranked = sorted(zip(scores, range(k), self.tags, strict=True), reverse=True)
+        predictions = [{"probability": s, "tagId": f"tag-{i}", "tagName": t} for s, i, t in ranked]
+        return 200, {"id": "emulated", "project": parts[3], "iteration": parts[6],
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ"), "predictions": predictions}, {}
+
+    def __enter__(self) -> AzureEmulator:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

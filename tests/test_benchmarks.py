@@ -12,3 +12,10 @@ def test_digits_quick() -> None:
     rows = digits.main(["--quick", "--device", "cpu"])
     assert [r["method"] for r in rows] == list(digits.METHODS)
     assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
+
+
+def test_providers_quick() -> None:
+    from benchmarks import providers
+
+    rows = providers.main(["--quick"])
+    assert all(r["emulator_billed"] == r["barapi_billed"] > 0 for r in rows)

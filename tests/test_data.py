@@ -140,3 +140,13 @@ def test_fashion_mnist_absent_says_how_to_install(monkeypatch: pytest.MonkeyPatc
 def test_mnist5k_builtin() -> None:
     data = load_dataset("mnist5k")
     assert data.images.shape == (5000, 28, 28, 3) and data.n_classes == 10
+
+
+def test_select_classes_makes_a_smaller_task() -> None:
+    from barapi.data import select_classes
+
+    data = select_classes(load_dataset("digits"), ["7", "1"])
+    assert data.classes == ["7", "1"] and set(data.labels.tolist()) == {0, 1}
+    assert len(data.labels) == 179 + 182
+    with pytest.raises(ConfigError, match="no class named '11'"):
+        select_classes(load_dataset("digits"), ["1", "11"])

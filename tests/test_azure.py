@@ -1,0 +1,146 @@
+"""barapi's Azure Custom Vision transport against the loopback REST emulator (127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from barapi import api
+from barapi.adapters.azure import AzureCustomVisionAdapter
+from barapi.budget import Budget
+from barapi.cards import load_card
+from barapi.emulate import AzureEmulator, Faults
+from barapi.errors import FatalProviderError, ProviderError
+from barapi.keys import Secret
+from barapi.query import QueryService
+from barapi.retry import RetryPolicy
+from barapi.wire import encode_png
+
+KEY = "azure-test-key"
+TAGS = ["cat", "dog", "fish"]
+
+
+def images(n: int, seed: int = 0, side: int = 16) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+
+
+def adapter(emulator: AzureEmulator, key: str = KEY) -> AzureCustomVisionAdapter:
+    return AzureCustomVisionAdapter("proj-1/iter1", key=Secret(key), labels=TAGS,
+                                    endpoint=f"http://127.0.0.1:{emulator.port}")
+
+
+def service(a: AzureCustomVisionAdapter) -> QueryService:
+    card = load_card(a.card)
+    return QueryService(a, Budget(card.price_per_1000, 10.0), max_batch=card.max_images_per_request,
+                        retry=RetryPolicy(attempts=12, base=0.02, cap=0.5))
+
+
+def test_predictions_in_fixed_tag_order_from_the_real_model(lite0_32: Any) -> None:
+    x = images(3)
+    with AzureEmulator(lite0_32, KEY, TAGS) as emulator:
+        probs = asyncio.run(adapter(emulator).predict_proba(x))
+    full = asyncio.run(lite0_32.predict_proba(x))
+    expected = np.stack([full[:, k::3].sum(axis=1) for k in range(3)], axis=1)
+    assert np.allclose(probs, expected, atol=1e-6)
+    assert emulator.counters.billed_images == 3
+
+
+def test_one_image_per_request_and_429_retry_after_honoured(lite0_32: Any) -> None:
+    with AzureEmulator(lite0_32, KEY, TAGS, Faults(max_rps=30, unavailable_every=4)) as emulator:
+        a = adapter(emulator)
+        svc = service(a)
+        asyncio.run(svc.predict_proba(images(12)))
+    c = emulator.counters
+    assert c.throttled > 0 and c.unavailable > 0 and c.requests == svc.stats.attempts
+    assert c.billed_images == svc.stats.billed_images == 12 and svc.stats.requests == 12
+    assert svc.budget.spent == pytest.approx(12 * 2 / 1000)
+
+
+@pytest.mark.parametrize(("faults", "key", "message"), [
+    (None, "wrong", "401"), (Faults(quota_images=2), KEY, "403: Out of call volume quota"),
+])
+def test_gateway_auth_and_quota_are_fatal(lite0_32: Any, faults: Faults | None, key: str,
+                                          message: str) -> None:
+    with AzureEmulator(lite0_32, KEY, TAGS, faults) as emulator:
+        svc = service(adapter(emulator, key))
+        with pytest.raises(FatalProviderError, match=message):
+            asyncio.run(svc.predict_proba(images(4)))
+    assert emulator.counters.billed_images == svc.stats.billed_images
+
+
+def test_oversized_images_are_refused_before_sending(lite0_32: Any) -> None:
+    noise = images(1, side=1200)  # ~4.3 MB as PNG
+    with AzureEmulator(lite0_32, KEY, TAGS) as emulator, pytest.raises(ProviderError, match="4 MB"):
+        asyncio.run(adapter(emulator).predict_proba(noise))
+    assert emulator.counters.requests == 0
+
+
+def test_multipart_body_as_the_sdk_sends_it(lite0_32: Any) -> None:
+    with AzureEmulator(lite0_32, KEY, TAGS) as emulator:
+        response = httpx.post(
+            f"http://127.0.0.1:{emulator.port}/customvision/v3.1/prediction/p/classify/iterations/i/image",
+            headers={"Prediction-Key": KEY}, files={"imageData": ("x.png", encode_png(images(1)[0]))})
+    assert response.status_code == 200
+    assert {p["tagName"] for p in response.json()["predictions"]} == set(TAGS)
+
+
+def test_end_to_end_run_matches_the_emulators_billing(lite0_32: Any, tmp_path: Any) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    keep = digits.target < 3
+    np.savez(tmp_path / "d012.npz", X=digits.images[keep], y=digits.target[keep])
+    config = api.make_config(provider="azure", dataset=str(tmp_path / "d012.npz"), canvas=32,
+                             window=16, resolution=4, per_class=4, q=1, epochs=1, m=1, batch=6)
+    with AzureEmulator(lite0_32, KEY, TAGS) as emulator:
+        session = api.prepare(config, adapter=adapter(emulator), budget=5.0,
+                              runs_root=tmp_path / "runs", cache_dir=tmp_path / "cache")
+        estimate = session.estimate()[-1]
+        session.service.retry = RetryPolicy(attempts=12, base=0.02, cap=0.5)
+        session.run()
+    stats = session.service.stats
+    assert emulator.counters.billed_images == stats.billed_images
+    assert stats.images == estimate.images
+    assert session.service.budget.spent == pytest.approx(stats.billed_images * 2 / 1000)
+
+
+def test_cli_run_against_the_emulator_subprocess(tmp_path: Any) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    keep = digits.target < 2
+    np.savez(tmp_path / "d01.npz", X=digits.images[keep], y=digits.target[keep])
+    env = {**os.environ, "AZURE_CV_PREDICTION_KEY": KEY}
+    server = subprocess.Popen([sys.executable, "-m", "barapi", "emulate", "azure", "--port", "0",
+                               "--tags", "no,yes", "--input-size", "32"], env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stderr.readline() if server.stderr else ""
+        assert "127.0.0.1:" in line, line
+        port = line.strip().rsplit(":", 1)[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "barapi", "run", "--provider", "azure", "--model", "proj/iter",
+             "--labels", "no,yes", "--endpoint", f"127.0.0.1:{port}", "--insecure", "--budget", "5",
+             "--dataset", str(tmp_path / "d01.npz"), "--canvas", "32", "--window", "16",
+             "--resolution", "4", "--per-class", "5", "--q", "1", "--epochs", "1", "--m", "1",
+             "--batch", "5", "--runs-dir", "runs", "--cache-dir", "cache", "--json"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert KEY not in run.stdout + run.stderr
+        summary = json.loads(run.stdout)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, tail = server.communicate(timeout=30)
+    billed = int(next(x for x in tail.splitlines() if x.startswith("billed images:")).split(":")[1])
+    assert billed == summary["billed_images"]
+    assert summary["dollars"] == pytest.approx(billed * 2 / 1000)
