@@ -154,7 +154,7 @@ class AzureEmulator:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status, payload, headers = emulator.answer(self.path, dict(self.headers), body)
+                status, payload, headers = emulator.answer(self.path, self.headers, body)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 for name, value in {**headers, "Content-Type": "application/json",
@@ -174,7 +174,9 @@ class AzureEmulator:
     def _error(status: int, message: str) -> tuple[int, Any, dict[str, str]]:
         return status, {"error": {"code": str(status), "message": message}}, {}
 
-    def answer(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, dict[str, str]]:
+    def answer(self, path: str, headers: Any, body: bytes) -> tuple[int, Any, dict[str, str]]:
+        """Status, JSON body and extra headers for one request; `headers` are looked up
+        case-insensitively (the SDK sends "Prediction-key")."""
         c, f = self.counters, self.faults
         parts = path.strip("/").split("/")
         if len(parts) < 8 or parts[:3] != ["customvision", "v3.1", "prediction"] or parts[7] != "image":

@@ -19,3 +19,10 @@ def test_providers_quick() -> None:
 
     rows = providers.main(["--quick"])
     assert all(r["emulator_billed"] == r["barapi_billed"] > 0 for r in rows)
+
+
+def test_azure_transport_quick() -> None:
+    from benchmarks import azure_transport
+
+    rows = azure_transport.main(["--quick"])
+    assert all(r["sdk_img_s"] > 0 and r["httpx_img_s"] > 0 for r in rows)
