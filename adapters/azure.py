@@ -78,7 +78,9 @@ class AzureCustomVisionAdapter(Adapter):
                         "Prediction-Key": self._key.reveal(),
                         "Content-Type": "application/octet-stream"})
             except httpx.TimeoutException as exc:
-                raise TimeoutError(f"Azure Custom Vision timed out: {exc}") from None
+                timeout = TransientError(f"Azure Custom Vision timed out: {exc}")
+                timeout.billed = True  # it may have been processed: retried, and paid for
+                raise timeout from None
             except httpx.TransportError as exc:
                 raise TransientError(f"Azure Custom Vision unreachable: {exc}") from None
             status = response.status_code

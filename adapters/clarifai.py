@@ -71,24 +71,24 @@ class ClarifaiAdapter(Adapter):
         self._key, self._ids = key, resources_pb2.UserAppIDSet(user_id=user_id, app_id=app_id)
         self._version = version_id
         self._index = {name: i for i, name in enumerate(self.labels)}
-        target = endpoint or "api.clarifai.com:443"
-        host = target.rsplit(":", 1)[0]
-        # ClarifaiChannel sets the stubs' module-global deserializer; we then open our own
-        # channel with the same limits and gRPC retries off.
-        with contextlib.suppress(ValueError):
-            if insecure:
-                ClarifaiChannel.get_aio_insecure_grpc_channel(base=host, port=int(target.rsplit(":", 1)[1]))
-            else:
-                ClarifaiChannel.get_aio_grpc_channel(base=host)
-        self._target, self._insecure = target, insecure
+        self._target = endpoint or "api.clarifai.com:443"
+        self._insecure = insecure
         self._channel: grpc.aio.Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _stub(self) -> service_pb2_grpc.V2Stub:
+    async def _stub(self) -> service_pb2_grpc.V2Stub:
         """A stub on a channel of the running event loop (grpc.aio channels are bound to the
         loop they were made in; the CLI and scikit-learn run one loop per call)."""
         loop = asyncio.get_running_loop()
         if self._channel is None or self._loop is not loop:
+            # The stubs need ClarifaiChannel to have run once (it sets a module-global
+            # deserializer); its channel carries a hidden retry policy, so we close it and
+            # open our own with the same limits and gRPC retries off.
+            host, _, port = self._target.rpartition(":")
+            with contextlib.suppress(ValueError):
+                official = (ClarifaiChannel.get_aio_insecure_grpc_channel(base=host, port=int(port))
+                            if self._insecure else ClarifaiChannel.get_aio_grpc_channel(base=host))
+                await official.close()
             options = [("grpc.enable_retries", 0), ("grpc.max_receive_message_length", MAX_MESSAGE),
                        ("grpc.max_send_message_length", MAX_MESSAGE)]
             self._channel = (
@@ -103,22 +103,25 @@ class ClarifaiAdapter(Adapter):
             inputs=[resources_pb2.Input(data=resources_pb2.Data(
                 image=resources_pb2.Image(base64=encode_png(im)))) for im in images])
         try:
-            response = await self._stub().PostModelOutputs(
+            response = await (await self._stub()).PostModelOutputs(
                 request, metadata=(("authorization", f"Key {self._key.reveal()}"),),
                 timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             message = f"Clarifai gRPC {exc.code().name}: {exc.details()}"
             if exc.code() in GRPC_TRANSIENT:
-                raise TransientError(message) from None
+                error = TransientError(message)
+                # a request that timed out may have been processed: retried, and paid for
+                error.billed = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                raise error from None
             if exc.code() in GRPC_FATAL:
                 raise FatalProviderError(message) from None
             raise ProviderError(message) from None
         if response.status.code == MIXED:
             failed = [f"image {i}: {o.status.code} {o.status.description}"
                       for i, o in enumerate(response.outputs) if o.status.code != SUCCESS]
-            error = ProviderError(f"Clarifai MIXED_STATUS, failed inputs: {'; '.join(failed)}")
-            error.billed = True  # the inputs that succeeded were billed
-            raise error
+            mixed = ProviderError(f"Clarifai MIXED_STATUS, failed inputs: {'; '.join(failed)}")
+            mixed.billed = True  # the inputs that succeeded were billed
+            raise mixed
         if response.status.code != SUCCESS:
             raise classify(response.status.code, response.status.description)
         if len(response.outputs) != len(images):

@@ -46,6 +46,7 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, provider: str = "local", model: str = "efficientnet-lite0",
+                 endpoint: str | None = None, insecure: bool = False, labels: str | None = None,
                  input_size: int | None = 112, device: str = "auto", canvas: int = 112,
                  window: int | None = None, resolution: int | None = 8, method: str = "bar",
                  mapping: str = "frequency", m: int = 4, loss: str = "ce", gamma: float = 2.0,
@@ -56,6 +57,9 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
                  adapter: Adapter | None = None) -> None:
         self.provider = provider
         self.model = model
+        self.endpoint = endpoint
+        self.insecure = insecure
+        self.labels = labels
         self.input_size = input_size
         self.device = device
         self.canvas = canvas
@@ -81,10 +85,10 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
         self.image_shape = image_shape
         self.adapter = adapter
 
-    _CONFIG_KEYS = ("provider", "model", "input_size", "device", "canvas", "window", "resolution",
-                    "method", "mapping", "m", "loss", "gamma", "q", "beta", "directions",
-                    "two_sided", "optimizer", "lr", "decay", "batch", "epochs", "val_fraction",
-                    "seed")
+    _CONFIG_KEYS = ("provider", "model", "endpoint", "insecure", "labels", "input_size", "device",
+                    "canvas", "window", "resolution", "method", "mapping", "m", "loss", "gamma",
+                    "q", "beta", "directions", "two_sided", "optimizer", "lr", "decay", "batch",
+                    "epochs", "val_fraction", "seed")
 
     def _config(self) -> Any:
         return make_config(**{k: getattr(self, k) for k in self._CONFIG_KEYS})
@@ -133,7 +137,8 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
         if self.__dict__.get("_adapter_dropped"):
             raise ConfigError("this BARClassifier was unpickled without its custom adapter; "
                               "pass it again with set_params(adapter=...)")
-        key = (self.provider, self.model, self.device, self.input_size)
+        key = (self.provider, self.model, self.endpoint, self.insecure, self.labels, self.device,
+               self.input_size)
         cached: Adapter | None = self.__dict__.get("_adapter")
         if cached is None or self.__dict__.get("_adapter_key") != key:
             from barapi import api

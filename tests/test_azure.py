@@ -144,3 +144,14 @@ def test_cli_run_against_the_emulator_subprocess(tmp_path: Any) -> None:
     billed = int(next(x for x in tail.splitlines() if x.startswith("billed images:")).split(":")[1])
     assert billed == summary["billed_images"]
     assert summary["dollars"] == pytest.approx(billed * 2 / 1000)
+
+
+def test_timeouts_are_retried_and_counted_as_billed(lite0_32: Any) -> None:
+    with AzureEmulator(lite0_32, KEY, TAGS, Faults(delay=0.3)) as emulator:
+        a = AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=TAGS, timeout=0.1,
+                                     endpoint=f"http://127.0.0.1:{emulator.port}")
+        svc = QueryService(a, Budget(2.0, 10.0), retry=RetryPolicy(attempts=3, base=0.01, cap=0.02))
+        with pytest.raises(Exception, match="timed out"):
+            asyncio.run(svc.predict_proba(images(1)))
+    assert svc.stats.attempts == 3  # retried
+    assert svc.budget.spent == pytest.approx(3 * 2 / 1000)  # each attempt may have been billed

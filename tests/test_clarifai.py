@@ -191,3 +191,25 @@ def test_cli_run_against_the_emulator_subprocess(tmp_path: Any) -> None:
     billed = int(next(x for x in tail.splitlines() if x.startswith("billed images:")).split(":")[1])
     assert billed == summary["billed_images"]
     assert summary["dollars"] == pytest.approx(billed * 1.2 / 1000)
+
+
+def test_sklearn_estimator_against_the_emulator(lite0_32: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.datasets import load_digits
+
+    from barapi.estimator import BARClassifier
+
+    monkeypatch.setenv("CLARIFAI_PAT", KEY)
+    digits = load_digits()
+    keep = digits.target < 2
+    x, y = digits.data[keep][:60], digits.target[keep][:60]
+
+    async def serve_and_fit(emulator: ClarifaiEmulator, _: ClarifaiAdapter) -> tuple[float, int]:
+        clf = BARClassifier(provider="clarifai", model="nsfw-recognition", m=1, insecure=True,
+                            endpoint=f"127.0.0.1:{emulator.port}", canvas=16, window=8,
+                            resolution=4, q=2, epochs=1, budget=5.0)
+        await asyncio.to_thread(clf.fit, x, y)
+        score = await asyncio.to_thread(clf.score, x, y)
+        return score, emulator.counters.billed_images
+
+    score, billed = with_emulator(lite0_32, None, serve_and_fit)
+    assert 0 <= score <= 1 and billed > 0
