@@ -141,8 +141,25 @@ class ClarifaiAdapter(Adapter):
         self._channel = None
 
 
+def parse_model(spec: str) -> dict[str, str]:
+    """"MODEL", "MODEL@VERSION" or "USER/APP/MODEL[@VERSION]" → adapter keyword arguments."""
+    path, _, version = spec.partition("@")
+    parts = path.split("/")
+    if len(parts) == 1:
+        return {"model": parts[0], "version_id": version}
+    if len(parts) == 3 and all(parts):
+        return {"user_id": parts[0], "app_id": parts[1], "model": parts[2], "version_id": version}
+    raise ConfigError(f"Clarifai model must be MODEL[@VERSION] or USER/APP/MODEL[@VERSION], "
+                      f"got {spec!r}")
+
+
 def create(model: str = "moderation-recognition", endpoint: str | None = None,
-           insecure: bool = False, key_file: str | None = None, **_: Any) -> ClarifaiAdapter:
-    """Entry point for ``--provider clarifai``; the key comes from CLARIFAI_PAT."""
-    return ClarifaiAdapter(model, key=read_key("CLARIFAI_PAT", key_file), endpoint=endpoint,
-                           insecure=insecure)
+           insecure: bool = False, labels: str | None = None, key_file: str | None = None,
+           **_: Any) -> ClarifaiAdapter:
+    """Entry point for ``--provider clarifai``; the key comes from CLARIFAI_PAT. `labels`
+    (comma-separated concept names) is needed for models other than the two built in."""
+    names = [n.strip() for n in labels.split(",") if n.strip()] if labels else None
+    ids = parse_model(model)
+    return ClarifaiAdapter(ids["model"], key=read_key("CLARIFAI_PAT", key_file), endpoint=endpoint,
+                           insecure=insecure, labels=names, user_id=ids.get("user_id", "clarifai"),
+                           app_id=ids.get("app_id", "main"), version_id=ids["version_id"])

@@ -213,3 +213,17 @@ def test_sklearn_estimator_against_the_emulator(lite0_32: Any, monkeypatch: pyte
 
     score, billed = with_emulator(lite0_32, None, serve_and_fit)
     assert 0 <= score <= 1 and billed > 0
+
+
+def test_model_names_with_user_app_and_version() -> None:
+    from barapi.adapters.clarifai import parse_model
+    from barapi.errors import ConfigError
+
+    assert parse_model("nsfw-recognition") == {"model": "nsfw-recognition", "version_id": ""}
+    assert parse_model("me/app1/my-model@v3") == {"user_id": "me", "app_id": "app1",
+                                                  "model": "my-model", "version_id": "v3"}
+    with pytest.raises(ConfigError, match="USER/APP/MODEL"):
+        parse_model("a/b")
+    adapter = ClarifaiAdapter("my-model", key=Secret(KEY), labels=["x", "y", "z"], user_id="me",
+                              app_id="app1", version_id="v3")
+    assert adapter.identity == "clarifai/me/app1/my-model@v3" and adapter.n_sources == 3
