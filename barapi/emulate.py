@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +130,46 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
             await self.server.stop(grace=0.5)
 
 
+Answer = tuple[int, Any, dict[str, str]]
+"""HTTP status, JSON-serialisable body, extra response headers."""
+
+
+class LoopbackHTTPServer:
+    """A threaded HTTP server on 127.0.0.1 that answers POSTs with JSON from
+    `answer(path, headers, body)`; a context manager that starts and stops it."""
+
+    def __init__(self, answer: Callable[[str, Any, bytes], Answer], port: int = 0) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status, payload, headers = answer(self.path, self.headers, body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                for name, value in {**headers, "Content-Type": "application/json",
+                                    "Content-Length": str(len(data))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer((HOST, port), Handler)
+        self.port: int = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> LoopbackHTTPServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class AzureEmulator:
     """Custom Vision v3.1 classification prediction on http://127.0.0.1:PORT.
 
@@ -142,39 +183,20 @@ class AzureEmulator:
     def __init__(self, model: Adapter, key: str, tags: list[str], faults: Faults | None = None,
                  port: int = 0) -> None:
         import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.model, self.key, self.tags = model, key, list(tags)
         self.faults = faults or Faults()
         self.counters = Counters()
         self._lock = threading.Lock()
         self._last = 0.0
-        emulator = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status, payload, headers = emulator.answer(self.path, self.headers, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for name, value in {**headers, "Content-Type": "application/json",
-                                    "Content-Length": str(len(data))}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *_: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer((HOST, port), Handler)
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._http = LoopbackHTTPServer(self.answer, port)
+        self.port = self._http.port
 
     @staticmethod
-    def _error(status: int, message: str) -> tuple[int, Any, dict[str, str]]:
+    def _error(status: int, message: str) -> Answer:
         return status, {"error": {"code": str(status), "message": message}}, {}
 
-    def answer(self, path: str, headers: Any, body: bytes) -> tuple[int, Any, dict[str, str]]:
+    def answer(self, path: str, headers: Any, body: bytes) -> Answer:
         """Status, JSON body and extra headers for one request; `headers` are looked up
         case-insensitively (the SDK sends "Prediction-key")."""
         c, f = self.counters, self.faults
@@ -226,9 +248,8 @@ class AzureEmulator:
                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ"), "predictions": predictions}, {}
 
     def __enter__(self) -> AzureEmulator:
-        self._thread.start()
+        self._http.__enter__()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._http.__exit__()

@@ -7,16 +7,16 @@ counting accepted requests and billable images. Binds to 127.0.0.1 only.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import numpy as np
 from numpy.typing import NDArray
 
 from barapi.adapters.base import Adapter
+from barapi.emulate import Answer, LoopbackHTTPServer
 from barapi.errors import TransientError
 
 
@@ -29,29 +29,11 @@ class RateLimitedEndpoint:
         self.first = self.last = 0.0
         self._next_allowed = 0.0
         self._lock = threading.Lock()
-        endpoint = self
+        self._http = LoopbackHTTPServer(self.answer)
+        self.port = self._http.port
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                shape = tuple(int(v) for v in self.headers["X-Shape"].split(","))
-                status, payload, headers = endpoint.answer(body, shape)
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                data = json.dumps(payload).encode()
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *_: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def answer(self, body: bytes, shape: tuple[int, ...]) -> tuple[int, object, dict[str, str]]:
+    def answer(self, path: str, headers: Any, body: bytes) -> Answer:
+        shape = tuple(int(v) for v in headers["X-Shape"].split(","))
         now = time.monotonic()
         with self._lock:
             if now < self._next_allowed:
@@ -71,12 +53,11 @@ class RateLimitedEndpoint:
         return 200, probs.tolist(), {}
 
     def __enter__(self) -> RateLimitedEndpoint:
-        self._thread.start()
+        self._http.__enter__()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._http.__exit__()
 
 
 class LoopbackAdapter(Adapter):

@@ -26,3 +26,10 @@ def test_azure_transport_quick() -> None:
 
     rows = azure_transport.main(["--quick"])
     assert all(r["sdk_img_s"] > 0 and r["httpx_img_s"] > 0 for r in rows)
+
+
+def test_scheduler_quick() -> None:
+    from benchmarks import scheduler
+
+    rates, costs = scheduler.main(["--quick"])
+    assert all(r["billed_images"] > 0 for r in rates) and all(c["time_ratio"] > 0 for c in costs)
