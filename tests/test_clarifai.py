@@ -227,3 +227,27 @@ def test_model_names_with_user_app_and_version() -> None:
     adapter = ClarifaiAdapter("my-model", key=Secret(KEY), labels=["x", "y", "z"], user_id="me",
                               app_id="app1", version_id="v3")
     assert adapter.identity == "clarifai/me/app1/my-model@v3" and adapter.n_sources == 3
+
+
+def test_run_completes_under_injected_faults_without_overspending(lite0_32: Any, tmp_path: Any) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    keep = digits.target < 2
+    np.savez(tmp_path / "d01.npz", X=digits.images[keep], y=digits.target[keep])
+    config = api.make_config(provider="clarifai", dataset=str(tmp_path / "d01.npz"), canvas=32,
+                             window=16, resolution=4, per_class=10, q=2, epochs=1, m=2, batch=5)
+
+    async def body(emulator: ClarifaiEmulator, adapter: ClarifaiAdapter) -> tuple[Any, Any, Any]:
+        session = api.prepare(config, adapter=adapter, budget=1.0, runs_root=tmp_path / "runs",
+                              cache_dir=tmp_path / "cache")
+        session.service.retry = RetryPolicy(attempts=12, base=0.02, cap=0.3)
+        result = await session.trainer.run()
+        return emulator.counters, session, result
+
+    counters, session, result = with_emulator(lite0_32, Faults(max_rps=40, unavailable_every=4),
+                                              body)
+    assert result.stopped is None and counters.throttled + counters.unavailable > 0
+    assert counters.billed_images == session.service.stats.billed_images
+    assert session.service.budget.spent == pytest.approx(counters.billed_images * 1.2 / 1000)
+    assert session.service.budget.spent <= 1.0
