@@ -88,12 +88,14 @@ class Session:
     folder: RunFolder | None
     runs_root: Path | None = None
 
-    def estimate(self) -> list[Phase]:
+    def estimate(self, n_train: int | None = None) -> list[Phase]:
+        """The run's cost per phase; `n_train` prices a training split of another size."""
         split = self.trainer.task.split
         n_test = len(split.test.labels) if split.test is not None else 0
         per_request = self.service.limit_for((self.config.canvas, self.config.canvas, 3))
-        return estimate_cost(self.config, len(split.train.labels), len(split.val.labels), n_test,
-                             self.card, per_request)
+        train = len(split.train.labels) if n_train is None else n_train
+        return estimate_cost(self.config, train, len(split.val.labels), n_test, self.card,
+                             per_request)
 
     def reach(self, budget: float) -> tuple[int, float]:
         """(training steps, epochs) that `budget` dollars pay for, after what is already spent

@@ -143,20 +143,14 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
     """Images, requests, dollars and wall time a run would cost; sends nothing."""
     from barapi import api
     from barapi.estimate import as_dicts
-    from barapi.estimate import estimate as estimate_cost
 
-    config = config_from(preset, options)
-    split = api.load_split(config)
-    adapter = api.open_adapter(config)
-    card = api.card_for(adapter, card_file, card_overrides(card_set))
-    per_request = api.make_service(adapter, card=card).limit_for((config.canvas, config.canvas, 3))
-    n_train = train_size if train_size is not None else len(split.train.labels)
-    n_test = len(split.test.labels) if split.test is not None else 0
-    phases = estimate_cost(config, n_train, len(split.val.labels), n_test, card, per_request)
+    session = api.prepare(config_from(preset, options), card_file=card_file,
+                          card_fields=card_overrides(card_set), use_cache=False, start=False)
+    phases = session.estimate(train_size)
     if as_json:
-        click.echo(json.dumps({"card": card.name, "phases": as_dicts(phases)}))
+        click.echo(json.dumps({"card": session.card.name, "phases": as_dicts(phases)}))
     else:
-        _print_estimate(phases, card)
+        _print_estimate(phases, session.card)
 
 
 @main.command()

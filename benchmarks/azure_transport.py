@@ -24,7 +24,7 @@ from barapi.emulate import AzureEmulator, Faults
 from barapi.keys import Secret
 from barapi.wire import encode_png
 from benchmarks.common import markdown_table, write_results
-from benchmarks.providers import StandIn
+from benchmarks.loopback import NumpyModel
 
 KEY = "benchmark-key"
 
@@ -68,7 +68,7 @@ async def httpx_rate(port: int, images: np.ndarray, concurrency: int) -> float:
 
 
 def throttled_behaviour(images: np.ndarray) -> dict[str, str]:
-    with AzureEmulator(StandIn(), KEY, ["a", "b"], Faults(max_rps=0.5)) as emulator:  # type: ignore[arg-type]
+    with AzureEmulator(NumpyModel(), KEY, ["a", "b"], Faults(max_rps=0.5)) as emulator:
         client = sdk_client(emulator.port)
         client.classify_image_with_no_store("p", "i", io.BytesIO(encode_png(images[0])))
         try:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     images = np.random.default_rng(0).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
     pngs = [encode_png(im) for im in images]
     rows = []
-    with AzureEmulator(StandIn(), KEY, ["a", "b"]) as emulator:  # type: ignore[arg-type]
+    with AzureEmulator(NumpyModel(), KEY, ["a", "b"]) as emulator:
         for concurrency in (1, 8):
             sdk = sdk_rate(emulator.port, pngs, concurrency)
             ours = asyncio.run(httpx_rate(emulator.port, images, concurrency))

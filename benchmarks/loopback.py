@@ -20,6 +20,26 @@ from barapi.emulate import Answer, LoopbackHTTPServer
 from barapi.errors import TransientError
 
 
+class NumpyModel(Adapter):
+    """A cheap numpy black box: softmax over K classes of a fixed random projection of 4×4 mean
+    colours. Stands in where the model's speed must not dominate a measurement."""
+
+    card = "local"
+
+    def __init__(self, n_sources: int = 1000, max_batch: int = 256) -> None:
+        self.labels = [str(i) for i in range(n_sources)]
+        self.max_batch = max_batch
+        self.identity = f"numpy/{n_sources}"
+        self.matrix = np.random.default_rng(0).standard_normal((n_sources, 48))
+
+    async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        n, s = len(images), images.shape[1]
+        cells = images.reshape(n, 4, s // 4, 4, s // 4, 3).mean(axis=(2, 4)).reshape(n, -1) / 255
+        logits = cells @ self.matrix.T
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 class RateLimitedEndpoint:
     """POST /predict, body = raw uint8 images, header X-Shape: N,H,W,3 → JSON probabilities."""
 

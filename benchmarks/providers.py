@@ -25,25 +25,9 @@ from barapi.cards import load_card
 from barapi.emulate import AzureEmulator, ClarifaiEmulator
 from barapi.keys import Secret
 from benchmarks.common import markdown_table, write_results
+from benchmarks.loopback import NumpyModel
 
 KEY = "benchmark-key"
-
-
-class StandIn:
-    """1,000-class softmax of a fixed random projection of 4×4 mean colours (numpy only)."""
-
-    n_sources = 1000
-
-    def __init__(self) -> None:
-        self.labels = [str(i) for i in range(1000)]
-        self.matrix = np.random.default_rng(0).standard_normal((1000, 48))
-
-    async def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        n, s = len(images), images.shape[1]
-        cells = images.reshape(n, 4, s // 4, 4, s // 4, 3).mean(axis=(2, 4)).reshape(n, -1) / 255
-        logits = cells @ self.matrix.T
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
 
 
 def row(name: str, card: Any, requests: int, span: float, billed: int, ours: int) -> dict[str, Any]:
@@ -54,7 +38,7 @@ def row(name: str, card: Any, requests: int, span: float, billed: int, ours: int
 
 
 async def clarifai(seconds: float) -> dict[str, Any]:
-    emulator = ClarifaiEmulator(StandIn(), KEY)  # type: ignore[arg-type]
+    emulator = ClarifaiEmulator(NumpyModel(), KEY)
     port = await emulator.start()
     adapter = ClarifaiAdapter(key=Secret(KEY), endpoint=f"127.0.0.1:{port}", insecure=True)
     card = load_card(adapter.card)
@@ -71,7 +55,7 @@ async def clarifai(seconds: float) -> dict[str, Any]:
 
 
 async def azure(seconds: float) -> dict[str, Any]:
-    with AzureEmulator(StandIn(), KEY, ["a", "b"]) as emulator:  # type: ignore[arg-type]
+    with AzureEmulator(NumpyModel(), KEY, ["a", "b"]) as emulator:
         adapter = AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=["a", "b"],
                                            endpoint=f"http://127.0.0.1:{emulator.port}")
         card = load_card(adapter.card)

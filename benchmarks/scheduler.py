@@ -21,7 +21,7 @@ from barapi.budget import Budget
 from barapi.query import QueryService
 from barapi.ratelimit import RateLimiter
 from benchmarks.common import markdown_table, write_results
-from benchmarks.loopback import LoopbackAdapter, RateLimitedEndpoint
+from benchmarks.loopback import LoopbackAdapter, NumpyModel, RateLimitedEndpoint
 
 
 async def achieved_rate(rate: float, seconds: float, per_request: int) -> dict[str, float]:
@@ -47,9 +47,7 @@ async def overhead(adapter_name: str, batches: int, batch: int, size: int) -> di
 
         adapter = create(model="efficientnet-lite0", device="cpu", input_size=size)
     else:
-        from tests.conftest import LinearSoftmaxAdapter
-
-        adapter = LinearSoftmaxAdapter(max_batch=batch)
+        adapter = NumpyModel(n_sources=20, max_batch=batch)
     service = QueryService(adapter, Budget(price_per_1000=0.0))
     rng = np.random.default_rng(0)
     data = [rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8) for _ in range(batches)]
