@@ -32,9 +32,9 @@ from barapi.run_folder import RunFolder
 from barapi.zo import ZOEstimator
 
 FloatArray = NDArray[np.float32]
-GradientFn = Callable[[FloatArray, NDArray[np.uint8], NDArray[np.int64]],
+GradientFn = Callable[[FloatArray, NDArray[np.uint8], NDArray[np.int64], int],
                       Awaitable[tuple[float, FloatArray]]]
-"""(W, windows (B, w, w, 3), labels (B,)) → (loss at W, gradient of the loss at W)."""
+"""(W, windows (B, w, w, 3), labels (B,), step) → (loss at W, gradient of the loss at W)."""
 
 
 @dataclass
@@ -104,12 +104,14 @@ async def build_label_map(service: QueryService, task: Task) -> LabelMap:
 
 
 def zo_gradient(service: QueryService, task: Task, label_map: LabelMap,
-                estimator: ZOEstimator, rng_for_step: Callable[[], np.random.Generator]) -> GradientFn:
-    """The black-box gradient: q random directions, minibatch × (q + 1) queried images."""
+                estimator: ZOEstimator, seed: int) -> GradientFn:
+    """The black-box gradient: q random directions, minibatch × (q + 1) queried images. The
+    directions of step t come from default_rng([seed, 1, t]), so a resumed run repeats them."""
 
     async def gradient(weights: FloatArray, windows: NDArray[np.uint8],
-                       labels: NDArray[np.int64]) -> tuple[float, FloatArray]:
-        directions = estimator.sample(rng_for_step(), task.program.shape)
+                       labels: NDArray[np.int64], step: int) -> tuple[float, FloatArray]:
+        rng = np.random.default_rng([seed, 1, step])
+        directions = estimator.sample(rng, task.program.shape)
         points = estimator.points(weights, directions)
         images = task.program.compose(windows, task.program.perturbation(points))
         probs = await service.predict_proba(images)
@@ -153,7 +155,6 @@ class Trainer:
         self.progress = progress
         self.estimator = config.estimator()
         self._make_gradient = make_gradient
-        self._step = 0
 
     @property
     def steps_per_epoch(self) -> int:
@@ -262,8 +263,7 @@ class Trainer:
         if self._make_gradient is not None:
             gradient = self._make_gradient(task, state["label_map"])
         else:
-            gradient = zo_gradient(self.service, task, state["label_map"], self.estimator,
-                                   lambda: np.random.default_rng([c.seed, 1, self._step]))
+            gradient = zo_gradient(self.service, task, state["label_map"], self.estimator, c.seed)
         eval_every = c.eval_every or self.steps_per_epoch
         bar = tqdm(total=self.total_steps, initial=state["step"], disable=not self.progress,
                    unit="step", dynamic_ncols=True)
@@ -281,9 +281,8 @@ class Trainer:
                 epoch, position = divmod(step, self.steps_per_epoch)
                 order = np.random.default_rng([c.seed, 0, epoch]).permutation(len(train.labels))
                 batch = order[position * c.batch:(position + 1) * c.batch]
-                self._step = step
                 loss, grad = await gradient(state["weights"], task.windows["train"][batch],
-                                            train.labels[batch])
+                                            train.labels[batch], step)
                 lr = optimizer.step_size()
                 state["weights"] = optimizer.step(state["weights"], grad)
                 state["step"] = step + 1

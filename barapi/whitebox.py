@@ -41,7 +41,7 @@ def autograd_gradient(adapter: Adapter, task: Task, label_map: LabelMap) -> Grad
     full_resolution = program.resolution == program.canvas.size
 
     async def gradient(weights: FloatArray, windows: NDArray[np.uint8],
-                       labels: NDArray[np.int64]) -> tuple[float, FloatArray]:
+                       labels: NDArray[np.int64], step: int) -> tuple[float, FloatArray]:
         w = torch.tensor(weights, device=device, requires_grad=True)
         full = w if full_resolution else upsample @ w @ upsample.T
         background = (torch.tanh(full) * mask + 1) / 2
