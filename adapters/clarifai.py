@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from barapi.adapters.base import Adapter
-from barapi.errors import ConfigError, FatalProviderError, ProviderError, TransientError
+from barapi.errors import ConfigError, FatalProviderError, PartialAnswer, ProviderError, TransientError
 from barapi.keys import Secret, read_key
 from barapi.wire import encode_png
 
@@ -116,23 +116,23 @@ class ClarifaiAdapter(Adapter):
             if exc.code() in GRPC_FATAL:
                 raise FatalProviderError(message) from None
             raise ProviderError(message) from None
-        if response.status.code == MIXED:
-            failed = [f"image {i}: {o.status.code} {o.status.description}"
-                      for i, o in enumerate(response.outputs) if o.status.code != SUCCESS]
-            mixed = ProviderError(f"Clarifai MIXED_STATUS, failed inputs: {'; '.join(failed)}")
-            mixed.billed = True  # the inputs that succeeded were billed
-            raise mixed
-        if response.status.code != SUCCESS:
+        if response.status.code not in (SUCCESS, MIXED):
             raise classify(response.status.code, response.status.description)
         if len(response.outputs) != len(images):
             raise ProviderError(f"Clarifai answered {len(response.outputs)} outputs for "
                                 f"{len(images)} images")
         probs = np.zeros((len(images), len(self.labels)), dtype=np.float32)
+        ok = np.array([o.status.code == SUCCESS for o in response.outputs])
         for row, output in zip(probs, response.outputs, strict=True):
             for concept in output.data.concepts:
                 column = self._index.get(concept.name)
                 if column is not None:
                     row[column] = concept.value
+        if not ok.all():  # MIXED_STATUS: the answered inputs are billed, the others are not
+            failed = [f"image {i}: {o.status.code} {o.status.description}"
+                      for i, o in enumerate(response.outputs) if o.status.code != SUCCESS]
+            raise PartialAnswer(f"Clarifai MIXED_STATUS, failed inputs: {'; '.join(failed)}",
+                                probs, ok)
         return probs
 
     async def aclose(self) -> None:

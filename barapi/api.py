@@ -25,7 +25,8 @@ from barapi.data import Split, load_dataset, select_classes, stratified_split
 from barapi.errors import ConfigError
 from barapi.estimate import Phase, reach
 from barapi.estimate import estimate as estimate_cost
-from barapi.labelmap import LabelMap, check_fits
+from barapi.head import OutputHead, head_from_arrays
+from barapi.labelmap import check_fits
 from barapi.program import Canvas, Program
 from barapi.query import QueryService
 from barapi.ratelimit import RateLimiter
@@ -173,7 +174,8 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
         config = resumed.config()
     split = split or load_split(config)
     adapter = adapter or open_adapter(config)
-    check_fits(split.train.n_classes, config.m, adapter.n_sources)
+    if config.head == "map":
+        check_fits(split.train.n_classes, config.m, adapter.n_sources)
     card, stored_cache = run_settings(resumed, adapter, card_file, card_fields,
                                       False if cache is not None else use_cache, cache_dir)
     make_gradient = None
@@ -200,11 +202,11 @@ def train(config: RunConfig, progress: bool = False, **options: Any) -> RunResul
 
 @dataclass
 class FittedProgram:
-    """A learned program with its label map: predicts target classes through a black box."""
+    """A learned program with its output head: predicts target classes through a black box."""
 
     config: RunConfig
     weights: NDArray[np.float32]
-    label_map: LabelMap
+    head: OutputHead
     classes: list[str]
 
     @property
@@ -218,7 +220,7 @@ class FittedProgram:
         """(N, C) target-class scores for (N, h, w, 3) uint8 samples."""
         windows = self.program.canvas.embed(images)
         probs = await query_program(service, self.program, windows, self.weights)
-        return self.label_map.scores(probs)
+        return self.head.scores(probs)
 
 
 def load_run(path: Path | str) -> FittedProgram:
@@ -227,8 +229,8 @@ def load_run(path: Path | str) -> FittedProgram:
         raise ConfigError(f"{path}: run has no checkpoint yet")
     config = folder.config()
     arrays, meta = load_checkpoint(folder.checkpoint)
-    label_map = LabelMap(arrays["label_map"], meta["n_sources"])
-    return FittedProgram(config, arrays["best_weights"], label_map, meta["classes"])
+    head = head_from_arrays(arrays, "best_head.", meta["n_sources"])
+    return FittedProgram(config, arrays["best_weights"], head, meta["classes"])
 
 
 def run_service(path: Path | str, budget: float | None = None) -> tuple[FittedProgram, QueryService]:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from barapi.errors import BudgetExhausted, ProviderError
+from barapi.errors import BudgetExhausted, PartialAnswer, ProviderError
 
 NANO = 1_000_000_000
 
@@ -108,6 +108,11 @@ class Budget:
         cost = self.reserve(images)
         try:
             yield
+        except PartialAnswer as exc:  # only the answered inputs are charged
+            paid = self.cost_nano(exc.billed_images)
+            self.release(cost - paid)
+            self.commit(paid, exc.billed_images)
+            raise
         except ProviderError as exc:
             if exc.billed:
                 self.commit(cost, images)

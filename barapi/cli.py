@@ -114,6 +114,8 @@ def main() -> None:
 def _summary(result: Any, wall: float) -> dict[str, Any]:
     return {"test_accuracy": result.test_accuracy,
             "zero_shot_test_accuracy": result.zero_shot_accuracy,
+            "probe_test_accuracy": result.probe_accuracy,
+            "early_stop": result.extra.get("early_stop", False),
             "best_val_accuracy": result.best_val_accuracy, "steps": result.steps,
             "queries": result.extra["queries"], "billed_images": result.extra["billed_images"],
             "dollars": result.extra["dollars"], "dollars_left": result.extra.get("dollars_left"),
@@ -122,10 +124,12 @@ def _summary(result: Any, wall: float) -> dict[str, Any]:
             "stopped": result.stopped}
 
 
-def _print_estimate(phases: list[Any], card: Any) -> None:
+def _print_estimate(phases: list[Any], card: Any, patience: int = 0) -> None:
     click.echo(f"estimate ({card.name}: ${card.price_per_1000:g} per 1,000 images, "
                f"{card.max_images_per_request} per request, "
                f"{card.requests_per_second or 'no'} requests/s limit):", err=True)
+    if patience:
+        click.echo(f"  (at most: --patience {patience} may stop training earlier)", err=True)
     for p in phases:
         wall = f"{p.seconds / 60:.1f} min" if p.seconds is not None else "—"
         click.echo(f"  {p.name:<14} {p.images:>10,} images {p.requests:>9,} requests "
@@ -150,7 +154,7 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
     if as_json:
         click.echo(json.dumps({"card": session.card.name, "phases": as_dicts(phases)}))
     else:
-        _print_estimate(phases, session.card)
+        _print_estimate(phases, session.card, session.config.patience)
 
 
 @main.command()
@@ -182,7 +186,7 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
                           cache_dir=cache_dir, use_cache=use_cache, start=False)
     phases = session.estimate()
     if not as_json:
-        _print_estimate(phases, session.card)
+        _print_estimate(phases, session.card, session.config.patience)
     # --budget and the estimate both cover the whole run folder (a resumed run included)
     if budget is not None and phases[-1].dollars > budget and not yes:
         steps, epochs = session.reach(budget)
@@ -206,8 +210,11 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
     if as_json:
         click.echo(json.dumps(summary))
     else:
+        probe = ("" if result.probe_accuracy != result.probe_accuracy  # NaN: no linear head
+                 else f", linear probe {result.probe_accuracy:.1%}")
+        patience = " · stopped by --patience" if result.extra.get("early_stop") else ""
         click.echo(f"test accuracy {result.test_accuracy:.1%} (zero-shot mapping "
-                   f"{result.zero_shot_accuracy:.1%} on the same split) · best val "
+                   f"{result.zero_shot_accuracy:.1%}{probe} on the same split){patience} · best val "
                    f"{result.best_val_accuracy:.1%} · {summary['queries']:,} queries · "
                    f"${summary['dollars']:.2f} · {summary['wall_seconds']:.0f} s\n"
                    f"run folder: {result.run_dir}")
@@ -230,7 +237,7 @@ def evaluate(run_dir: Path, part: str, as_json: bool) -> None:
 
     fitted, service = api.run_service(run_dir)
     task = Task(fitted.config, api.load_split(fitted.config))
-    ev = asyncio.run(api.evaluate(service, task, fitted.label_map, fitted.weights, part))
+    ev = asyncio.run(api.evaluate(service, task, fitted.head, fitted.weights, part))
     payload = {"part": part, "accuracy": ev.accuracy, "loss": ev.loss,
                "samples": len(ev.predictions), "queries": service.stats.images}
     click.echo(json.dumps(payload) if as_json else

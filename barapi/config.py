@@ -15,10 +15,12 @@ from barapi.zo import ZOEstimator
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Tsai, Chen & Ho (2020): full-resolution program, unit-sphere one-sided estimator with
-    # b = d and β = 0.01, frequency mapping, focal loss, SGD with exponential decay.
+    # b = d and β = 0.01, frequency mapping, focal loss, SGD with exponential decay, a fixed
+    # number of epochs.
     "paper": {"canvas": 224, "input_size": 224, "resolution": None, "directions": "sphere",
               "two_sided": False, "beta": 0.01, "q": 10, "optimizer": "sgd", "lr": 0.05,
-              "decay": 0.9, "mapping": "frequency", "loss": "focal", "gamma": 2.0, "m": 10},
+              "decay": 0.9, "mapping": "frequency", "loss": "focal", "gamma": 2.0, "m": 10,
+              "head": "map", "patience": 0},
 }
 
 
@@ -53,6 +55,12 @@ class RunConfig(BaseModel):
     method: Literal["bar", "ar", "zero-shot"] = Field(
         "bar", description="bar: black-box ZO; ar: white-box autograd (local only); "
         "zero-shot: label map only")
+    head: Literal["map", "linear"] = Field(
+        "linear", description="output head: map = the paper's fixed many-to-one label map; "
+        "linear = logistic regression on the black box's log-probabilities, fitted to the "
+        "unprogrammed answers (the linear probe) and trained with the program")
+    head_l2: float = Field(0.01, description="L2 strength of the linear head")
+    head_lr: float = Field(0.01, description="Adam step size of the linear head")
     mapping: Literal["frequency", "random"] = Field("frequency", description="label mapping")
     m: int = Field(4, description="source labels per target class")
     loss: Literal["focal", "ce"] = Field("ce", description="training loss")
@@ -69,12 +77,16 @@ class RunConfig(BaseModel):
     batch: int = Field(20, description="minibatch size (images per program variant)")
     epochs: int = Field(6, description="passes over the training split")
     eval_every: int = Field(0, description="validate every N steps (0: once per epoch)")
+    patience: int = Field(2, description="stop after this many validations without a better "
+                          "validation accuracy (0: train every epoch)")
     evaluate: bool = Field(True, description="query the validation and test splits (zero-shot, "
                            "model selection, test accuracy); off: only training is paid for")
     seed: int = Field(0, description="seed of split, label map, shuffling and directions")
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
+        if self.patience < 0:
+            raise ValueError(f"patience must be non-negative, got {self.patience}")
         positive = {"canvas": self.canvas, "batch": self.batch, "epochs": self.epochs,
                     "q": self.q, "m": self.m}
         for name, value in positive.items():
@@ -84,8 +96,10 @@ class RunConfig(BaseModel):
             raise ValueError(f"window {self.window} is larger than the canvas {self.canvas}")
         if self.resolution is not None and not 1 <= self.resolution <= self.canvas:
             raise ValueError(f"resolution must be between 1 and the canvas {self.canvas}")
-        if self.beta <= 0 or self.lr <= 0 or (self.b is not None and self.b <= 0):
-            raise ValueError("beta, lr and b must be positive")
+        if min(self.beta, self.lr, self.head_lr) <= 0 or (self.b is not None and self.b <= 0):
+            raise ValueError("beta, lr, head_lr and b must be positive")
+        if self.head_l2 < 0:
+            raise ValueError(f"head_l2 must be non-negative, got {self.head_l2}")
         if not 0 < self.decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {self.decay}")
         return self

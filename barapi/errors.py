@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BarapiError(Exception):
     """Base class: a problem barapi reports to the user as one line."""
@@ -19,6 +21,19 @@ class ProviderError(BarapiError):
     """
 
     billed: bool = False
+
+
+class PartialAnswer(ProviderError):
+    """Some inputs of a request failed, the others were answered and billed (Clarifai's
+    MIXED_STATUS). `probs` (N, K) holds the answers where `ok` (N,) is True; only those
+    `billed_images` are charged."""
+
+    billed = True
+
+    def __init__(self, message: str, probs: Any, ok: Any) -> None:
+        super().__init__(message)
+        self.probs, self.ok = probs, ok
+        self.billed_images = int(ok.sum())
 
 
 class TransientError(ProviderError):

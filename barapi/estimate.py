@@ -1,7 +1,7 @@
 """Cost of a run before any money moves: images, requests, dollars and wall time per phase.
 
-Counts follow the trainer exactly: frequency mapping queries every training image once
-under the blank program; each training step queries its minibatch under q + 1 (or 2q)
+Counts follow the trainer exactly: frequency mapping or fitting a linear head queries every
+training image once under the blank program; each training step queries its minibatch under q + 1 (or 2q)
 program variants; evaluation queries the test split for the zero-shot mapping, the
 validation split at step 0, every `eval_every` steps and at the end, and the test split once
 more for the selected program. Requests are what the query layer packs: at most the card's
@@ -64,7 +64,7 @@ def estimate(config: RunConfig, n_train: int, n_val: int, n_test: int, card: Car
     `per_request`: images per request when the adapter allows fewer than the card.
     """
     m = min(card.max_images_per_request, per_request or card.max_images_per_request)
-    mapping = n_train if config.mapping == "frequency" else 0
+    mapping = mapping_images(config, n_train)
     phases = [_phase("label mapping", mapping, _requests(mapping, m, EVAL_CHUNK), card)]
     train_images = train_requests = 0
     if config.method == "bar":
@@ -89,10 +89,15 @@ def estimate(config: RunConfig, n_train: int, n_val: int, n_test: int, card: Car
     return phases
 
 
+def mapping_images(config: RunConfig, n_train: int) -> int:
+    """The unprogrammed training split is queried once for a frequency map or a linear head."""
+    return n_train if config.mapping == "frequency" or config.head == "linear" else 0
+
+
 def reach(config: RunConfig, n_train: int, budget_images: int) -> tuple[int, float]:
     """(training steps, epochs) that `budget_images` pays for after mapping, at this config."""
     variants = config.estimator().n_evaluations
-    left = budget_images - (n_train if config.mapping == "frequency" else 0)
+    left = budget_images - mapping_images(config, n_train)
     sizes = step_sizes(config, n_train)
     steps = 0
     while left >= sizes[steps % len(sizes)] * variants:

@@ -19,7 +19,6 @@ from barapi.adapters.base import Adapter
 from barapi.config import make_config
 from barapi.data import Dataset, Split, to_rgb_uint8
 from barapi.errors import ConfigError
-from barapi.labelmap import LabelMap
 
 
 def as_images(X: ArrayLike, image_shape: tuple[int, ...] | None) -> NDArray[np.uint8]:
@@ -124,8 +123,7 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
         result = session.run()
         self.config_ = config
         self.program_weights_ = result.weights
-        self.label_map_ = result.label_map.assignment
-        self.n_sources_ = result.label_map.n_sources
+        self.head_ = result.head
         self.best_val_accuracy_ = result.best_val_accuracy
         self.n_queries_ = result.extra["queries"]
         self.n_features_in_ = int(np.prod(np.asarray(X).shape[1:]))
@@ -156,7 +154,7 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "program_weights_")
         images = as_images(X, self.image_shape)
         fitted = api.FittedProgram(self.config_, self.program_weights_,
-                                   LabelMap(self.label_map_, self.n_sources_),
+                                   self.head_,
                                    [str(c) for c in self.classes_])
         service = api.make_service(self._get_adapter(), self.budget)
         return asyncio.run(fitted.predict_proba(service, images))

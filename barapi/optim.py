@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-FloatArray = NDArray[np.float32]
+FloatArray = NDArray[np.floating]
 OptimizerName = Literal["sgd", "adam"]
 
 
@@ -40,12 +40,12 @@ class Optimizer:
         return self.lr * self.decay ** (self.state["t"] / max(self.decay_steps, 1))
 
     def step(self, weights: FloatArray, grad: FloatArray) -> FloatArray:
-        """Return the updated parameters (does not modify `weights`)."""
+        """Return the updated parameters in their own dtype (does not modify `weights`)."""
         lr = self.step_size()
         t = self.state["t"] + 1
         self.state["t"] = t
         if self.name == "sgd":
-            return (weights - lr * grad).astype(np.float32)
+            return (weights - lr * grad).astype(weights.dtype)
         m = self.state.get("m", np.zeros_like(weights, dtype=np.float64))
         v = self.state.get("v", np.zeros_like(weights, dtype=np.float64))
         m = self.beta1 * m + (1 - self.beta1) * grad
@@ -53,4 +53,4 @@ class Optimizer:
         self.state["m"], self.state["v"] = m, v
         m_hat = m / (1 - self.beta1**t)
         v_hat = v / (1 - self.beta2**t)
-        return (weights - lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(np.float32)
+        return (weights - lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(weights.dtype)

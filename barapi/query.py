@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from barapi.adapters.base import Adapter
 from barapi.budget import Budget
 from barapi.cache import ProbabilityCache, image_keys
+from barapi.errors import PartialAnswer
 from barapi.ratelimit import RateLimiter
 from barapi.retry import RetryPolicy
 from barapi.wire import check_batch, worst_case_png_bytes
@@ -81,10 +82,14 @@ class QueryService:
         chunks = [missing[i:i + per_request] for i in range(0, len(missing), per_request)]
         results = await asyncio.gather(*(self._request(images[c]) for c in chunks),
                                        return_exceptions=True)
-        answered = [c for c, r in zip(chunks, results, strict=True) if isinstance(r, np.ndarray)]
+        answered = []
         for chunk, probs in zip(chunks, results, strict=True):
             if isinstance(probs, np.ndarray):
                 out[chunk] = probs
+                answered.append(chunk)
+            elif isinstance(probs, PartialAnswer):
+                out[chunk[probs.ok]] = probs.probs[probs.ok]
+                answered.append(chunk[probs.ok])
         if self.cache is not None and keys is not None and answered:
             # cache what was paid for even when another request of the batch failed
             done = np.concatenate(answered)
@@ -95,6 +100,24 @@ class QueryService:
         return out
 
     async def _request(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """One request's answers; inputs that failed inside an answered request are asked
+        again once, on their own. A PartialAnswer that escapes carries every answer paid for."""
+        try:
+            return await self._send(images)
+        except PartialAnswer as first:
+            failed = np.flatnonzero(~first.ok)
+            try:
+                again = await self._send(images[failed])
+            except PartialAnswer as second:
+                first.probs[failed[second.ok]] = second.probs[second.ok]
+                first.ok[failed[second.ok]] = True
+                still = ", ".join(str(i) for i in np.flatnonzero(~first.ok))
+                first.args = (f"inputs {still} of a request failed twice ({second})",)
+                raise first from None
+            first.probs[failed] = again
+            return np.asarray(first.probs, dtype=np.float32)
+
+    async def _send(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         n = len(images)
 
         async def attempt() -> NDArray[np.float32]:
@@ -109,7 +132,12 @@ class QueryService:
                 )
             return probs
 
-        probs = await self.retry.call(attempt)
+        try:
+            probs = await self.retry.call(attempt)
+        except PartialAnswer as partial:
+            self.stats.requests += 1
+            self.stats.billed_images += partial.billed_images
+            raise
         self.stats.requests += 1
         self.stats.billed_images += n
         return probs

@@ -23,6 +23,7 @@ from barapi.config import RunConfig
 from barapi.data import Split
 from barapi.errors import BudgetExhausted, ConfigError, FatalProviderError
 from barapi.estimate import EVAL_CHUNK
+from barapi.head import LinearHead, OutputHead, head_arrays, head_from_arrays
 from barapi.labelmap import LabelMap, check_fits, frequency_map, random_map
 from barapi.losses import batched_focal_loss, class_weights
 from barapi.optim import Optimizer
@@ -32,9 +33,11 @@ from barapi.run_folder import RunFolder
 from barapi.zo import ZOEstimator
 
 FloatArray = NDArray[np.float32]
-GradientFn = Callable[[FloatArray, NDArray[np.uint8], NDArray[np.int64], int],
-                      Awaitable[tuple[float, FloatArray]]]
-"""(W, windows (B, w, w, 3), labels (B,), step) → (loss at W, gradient of the loss at W)."""
+Probabilities = NDArray[np.float32]
+GradientFn = Callable[[FloatArray, OutputHead, NDArray[np.uint8], NDArray[np.int64], int],
+                      Awaitable[tuple[float, FloatArray, Probabilities]]]
+"""(W, head, windows (B, w, w, 3), labels (B,), step) → (loss at W through the head, its
+gradient in W, the (V·B, K) probabilities the step obtained: V variants, variant-major)."""
 
 
 @dataclass
@@ -68,10 +71,10 @@ class Task:
     def gamma(self) -> float:
         return self.config.gamma if self.config.loss == "focal" else 0.0
 
-    def losses(self, label_map: LabelMap, probs: NDArray[np.float32], labels: NDArray[np.int64],
+    def losses(self, head: OutputHead, probs: NDArray[np.float32], labels: NDArray[np.int64],
                n_variants: int) -> NDArray[np.float64]:
         """Loss per program variant from (V·B, K) probabilities, variant-major."""
-        h = label_map.scores(probs).reshape(n_variants, len(labels), -1)
+        h = head.scores(probs).reshape(n_variants, len(labels), -1)
         return batched_focal_loss(h, labels, self.gamma, self.weights)
 
 
@@ -83,54 +86,81 @@ async def query_program(service: QueryService, program: Program, windows: NDArra
     return np.concatenate(parts)
 
 
-async def evaluate(service: QueryService, task: Task, label_map: LabelMap, weights: FloatArray,
+async def evaluate(service: QueryService, task: Task, head: OutputHead, weights: FloatArray,
                    part: str = "test") -> Evaluation:
-    data = getattr(task.split, part)
     probs = await query_program(service, task.program, task.windows[part], weights)
-    h = label_map.scores(probs)
+    return score(task, head, probs, part)
+
+
+def score(task: Task, head: OutputHead, probs: NDArray[np.float32], part: str) -> Evaluation:
+    """Loss and accuracy of `head` on the (N, K) answers for split `part`."""
+    data = getattr(task.split, part)
+    h = head.scores(probs)
     loss = float(batched_focal_loss(h[None], data.labels, task.gamma, task.weights)[0])
     predictions = h.argmax(axis=1)
     return Evaluation(loss, float((predictions == data.labels).mean()), predictions)
 
 
-async def build_label_map(service: QueryService, task: Task) -> LabelMap:
+async def build_heads(service: QueryService,
+                      task: Task) -> tuple[LabelMap | None, OutputHead]:
+    """The label map (None where the black box has too few outputs for it and the head does
+    not need it) and the head to train: that map, or a linear head fitted to the answers on
+    the unprogrammed training samples (the linear probe)."""
     c, train = task.config, task.split.train
     n_sources = service.adapter.n_sources
-    check_fits(train.n_classes, c.m, n_sources)
-    if c.mapping == "random":
-        return random_map(train.n_classes, c.m, n_sources, c.seed)
-    probs = await query_program(service, task.program, task.windows["train"], task.program.zeros())
-    return frequency_map(probs, train.labels, train.n_classes, c.m)
+    if c.head == "map":
+        check_fits(train.n_classes, c.m, n_sources)
+    fits = train.n_classes * c.m <= n_sources
+    probs = None
+    if c.head == "linear" or (fits and c.mapping == "frequency"):
+        probs = await query_program(service, task.program, task.windows["train"],
+                                    task.program.zeros())
+    label_map = None
+    if fits:
+        label_map = (frequency_map(probs, train.labels, train.n_classes, c.m)
+                     if probs is not None and c.mapping == "frequency"
+                     else random_map(train.n_classes, c.m, n_sources, c.seed))
+    if c.head == "map":
+        assert label_map is not None
+        return label_map, label_map
+    assert probs is not None
+    return label_map, LinearHead.fit(probs, train.labels, train.n_classes, task.gamma,
+                                     task.weights, c.head_l2)
 
 
-def zo_gradient(service: QueryService, task: Task, label_map: LabelMap,
-                estimator: ZOEstimator, seed: int) -> GradientFn:
+def zo_gradient(service: QueryService, task: Task, estimator: ZOEstimator,
+                seed: int) -> GradientFn:
     """The black-box gradient: q random directions, minibatch × (q + 1) queried images. The
     directions of step t come from default_rng([seed, 1, t]), so a resumed run repeats them."""
 
-    async def gradient(weights: FloatArray, windows: NDArray[np.uint8],
-                       labels: NDArray[np.int64], step: int) -> tuple[float, FloatArray]:
+    async def gradient(weights: FloatArray, head: OutputHead, windows: NDArray[np.uint8],
+                       labels: NDArray[np.int64], step: int) -> tuple[float, FloatArray,
+                                                                      Probabilities]:
         rng = np.random.default_rng([seed, 1, step])
         directions = estimator.sample(rng, task.program.shape)
         points = estimator.points(weights, directions)
         images = task.program.compose(windows, task.program.perturbation(points))
         probs = await service.predict_proba(images)
-        losses = task.losses(label_map, probs, labels, len(points))
-        return estimator.mean_loss(losses), estimator.gradient(losses, directions)
+        losses = task.losses(head, probs, labels, len(points))
+        return estimator.mean_loss(losses), estimator.gradient(losses, directions), probs
 
     return gradient
 
 
 @dataclass
 class RunResult:
-    """`weights` is the program selected on the validation split; `final_weights` the last."""
+    """`weights` and `head` are the program and head selected on the validation split;
+    `final_weights` the last program. `zero_shot_accuracy` is the label map's on the
+    unprogrammed test split (NaN where the black box has too few outputs for a map);
+    `probe_accuracy` the fitted linear head's there (NaN with a label-map head)."""
 
     run_dir: Path | None
     weights: FloatArray
     final_weights: FloatArray
-    label_map: LabelMap
+    head: OutputHead
     test_accuracy: float
     zero_shot_accuracy: float
+    probe_accuracy: float
     best_val_accuracy: float
     steps: int
     stopped: str | None = None
@@ -141,12 +171,14 @@ class Trainer:
     """Runs one configuration against one QueryService, optionally in a run folder.
 
     Randomness is derived from (seed, epoch) for shuffling and (seed, step) for directions,
-    so a resumed run repeats exactly the queries an uninterrupted one would make.
+    so a resumed run repeats exactly the queries an uninterrupted one would make. A linear
+    head is trained alongside the program, by Adam on its exact gradient from the step's
+    answers (no extra queries).
     """
 
     def __init__(self, config: RunConfig, service: QueryService, split: Split,
                  folder: RunFolder | None = None,
-                 make_gradient: Callable[[Task, LabelMap], GradientFn] | None = None,
+                 make_gradient: Callable[[Task], GradientFn] | None = None,
                  progress: bool = False) -> None:
         self.config = config
         self.service = service
@@ -168,102 +200,150 @@ class Trainer:
         if self.folder is not None:
             self.folder.log(record)
 
-    def _save(self, state: dict[str, Any], optimizer: Optimizer) -> None:
+    def _head_optimizer(self) -> Optimizer:
+        c = self.config
+        return Optimizer("adam", c.head_lr, c.decay, self.steps_per_epoch)
+
+    def _save(self, state: dict[str, Any], optimizers: dict[str, Optimizer]) -> None:
         if self.folder is None:
             return
         arrays = {"weights": state["weights"], "best_weights": state["best_weights"],
-                  "label_map": state["label_map"].assignment}
-        opt_arrays = {f"opt_{k}": v for k, v in optimizer.state.items() if isinstance(v, np.ndarray)}
+                  **head_arrays(state["head"], "head."),
+                  **head_arrays(state["best_head"], "best_head.")}
         meta = {k: v for k, v in state.items()
-                if k not in ("weights", "best_weights", "label_map")}
-        meta["optimizer_t"] = optimizer.state["t"]
+                if k not in ("weights", "best_weights", "head", "best_head")}
+        for name, optimizer in optimizers.items():
+            arrays.update({f"{name}.{k}": v for k, v in optimizer.state.items()
+                           if isinstance(v, np.ndarray)})
+            meta[f"{name}_t"] = optimizer.state["t"]
         # the RNG state is a pure function of these: default_rng([seed, 0, epoch]) shuffles,
         # default_rng([seed, 1, step]) draws the step's directions
         meta["rng"] = {"seed": self.config.seed, "next_step": state["step"]}
         meta["stats"] = vars(self.service.stats).copy()
-        save_checkpoint(self.folder.checkpoint, {**arrays, **opt_arrays}, meta)
+        save_checkpoint(self.folder.checkpoint, arrays, meta)
 
-    def _restore(self, optimizer: Optimizer) -> dict[str, Any] | None:
+    def _restore(self, optimizers: dict[str, Optimizer]) -> dict[str, Any] | None:
         if self.folder is None or not self.folder.checkpoint.exists():
             return None
         arrays, meta = load_checkpoint(self.folder.checkpoint)
-        optimizer.state = {"t": meta.pop("optimizer_t"),
-                           **{k[4:]: v for k, v in arrays.items() if k.startswith("opt_")}}
+        for name, optimizer in optimizers.items():
+            prefix = f"{name}."
+            optimizer.state = {"t": meta.pop(f"{name}_t"),
+                               **{k[len(prefix):]: v for k, v in arrays.items()
+                                  if k.startswith(prefix)}}
         stats = meta.pop("stats")
         meta.pop("rng", None)
         for key, value in stats.items():
             setattr(self.service.stats, key, value)
-        if meta["n_sources"] != self.service.adapter.n_sources:
+        n_sources = meta["n_sources"]
+        if n_sources != self.service.adapter.n_sources:
             raise ConfigError(f"{self.folder.path}: checkpoint was made with a black box of "
-                              f"{meta['n_sources']} outputs, this one has "
+                              f"{n_sources} outputs, this one has "
                               f"{self.service.adapter.n_sources}")
         self.folder.truncate_metrics(meta["step"])
         return {**meta, "weights": arrays["weights"], "best_weights": arrays["best_weights"],
-                "label_map": LabelMap(arrays["label_map"], meta["n_sources"])}
+                "head": head_from_arrays(arrays, "head.", n_sources),
+                "best_head": head_from_arrays(arrays, "best_head.", n_sources)}
 
     async def _validate(self, state: dict[str, Any]) -> None:
-        ev = await evaluate(self.service, self.task, state["label_map"], state["weights"], "val")
+        ev = await evaluate(self.service, self.task, state["head"], state["weights"], "val")
         state["validated_step"] = state["step"]
         record = {"event": "val", "step": state["step"], "val_loss": ev.loss,
                   "val_accuracy": ev.accuracy, "queries": self.service.stats.images}
         self._log(record)
         better = (ev.accuracy, -ev.loss) > (state["best_val_accuracy"], -state["best_val_loss"])
         if better:
-            state.update(best_weights=state["weights"].copy(), best_val_accuracy=ev.accuracy,
-                         best_val_loss=ev.loss, best_step=state["step"])
+            state.update(best_weights=state["weights"].copy(), best_head=state["head"],
+                         best_val_accuracy=ev.accuracy, best_val_loss=ev.loss,
+                         best_step=state["step"])
+
+    async def _start(self) -> dict[str, Any]:
+        """Initial state: heads built, zero-shot (and probe) test accuracy measured."""
+        label_map, head = await build_heads(self.service, self.task)
+        weights = self.task.program.zeros()
+        zero_shot = probe = float("nan")
+        if self.task.split.test is not None and self.config.evaluate:
+            probs = await query_program(self.service, self.task.program, self.task.windows["test"],
+                                        weights)
+            if label_map is not None:
+                zero_shot = score(self.task, label_map, probs, "test").accuracy
+            if isinstance(head, LinearHead):
+                probe = score(self.task, head, probs, "test").accuracy
+        self._log({"event": "start", "step": 0, "zero_shot_test_accuracy": zero_shot,
+                   "probe_test_accuracy": probe, "queries": self.service.stats.images})
+        return {"step": 0, "weights": weights, "best_weights": weights.copy(),
+                "best_val_accuracy": -1.0, "best_val_loss": float("inf"), "best_step": 0,
+                "head": head, "best_head": head, "zero_shot_test_accuracy": zero_shot,
+                "probe_test_accuracy": probe, "finished": False,
+                "n_sources": self.service.adapter.n_sources,
+                "classes": list(self.task.split.train.classes)}
 
     async def run(self) -> RunResult:
         c = self.config
-        optimizer = Optimizer(c.optimizer, c.lr, c.decay, self.steps_per_epoch)
-        state = self._restore(optimizer)
+        optimizers = {"opt": Optimizer(c.optimizer, c.lr, c.decay, self.steps_per_epoch),
+                      "head_opt": self._head_optimizer()}
+        state = self._restore(optimizers)
         if state is None:
             if self.folder is not None:
                 self.folder.truncate_metrics(-1)  # records of an attempt that never checkpointed
-            label_map = await build_label_map(self.service, self.task)
-            weights = self.task.program.zeros()
-            zero_shot = await self._test(label_map, weights)
-            state = {"step": 0, "weights": weights, "best_weights": weights.copy(),
-                     "best_val_accuracy": -1.0, "best_val_loss": float("inf"), "best_step": 0,
-                     "label_map": label_map, "zero_shot_test_accuracy": zero_shot,
-                     "finished": False, "n_sources": self.service.adapter.n_sources,
-                     "classes": list(self.task.split.train.classes)}
-            self._log({"event": "start", "step": 0, "zero_shot_test_accuracy": zero_shot,
-                       "queries": self.service.stats.images})
+            state = await self._start()
             if c.method != "zero-shot" and c.evaluate:
                 await self._validate(state)
-            self._save(state, optimizer)
+            self._save(state, optimizers)
         stopped = None
         try:
-            await self._train(state, optimizer)
+            await self._train(state, optimizers)
         except (BudgetExhausted, FatalProviderError) as exc:
             stopped = str(exc)
             self._log({"event": "stopped", "step": state["step"], "reason": stopped})
-        test = state["zero_shot_test_accuracy"]
+        initial = (state["probe_test_accuracy"] if isinstance(state["head"], LinearHead)
+                   else state["zero_shot_test_accuracy"])
+        test = initial
         if c.method != "zero-shot":
             try:
-                test = await self._test(state["label_map"], state["best_weights"])
+                test = await self._test(state["best_head"], state["best_weights"])
             except BudgetExhausted as exc:
                 test, stopped = float("nan"), stopped or f"{exc} (before the test evaluation)"
         state["finished"] = stopped is None
-        self._save(state, optimizer)
+        self._save(state, optimizers)
         return RunResult(self.folder.path if self.folder else None, state["best_weights"],
-                         state["weights"], state["label_map"], test, state["zero_shot_test_accuracy"],
+                         state["weights"], state["best_head"], test,
+                         state["zero_shot_test_accuracy"], state["probe_test_accuracy"],
                          state["best_val_accuracy"], state["step"], stopped,
-                         {"best_step": state["best_step"]})
+                         {"best_step": state["best_step"],
+                          "early_stop": bool(state.get("early_stop"))})
 
-    async def _test(self, label_map: LabelMap, weights: FloatArray) -> float:
+    async def _test(self, head: OutputHead, weights: FloatArray) -> float:
         """Test accuracy, or NaN when the split has no test part or evaluation is off."""
         if self.task.split.test is None or not self.config.evaluate:
             return float("nan")
-        return (await evaluate(self.service, self.task, label_map, weights, "test")).accuracy
+        return (await evaluate(self.service, self.task, head, weights, "test")).accuracy
 
-    async def _train(self, state: dict[str, Any], optimizer: Optimizer) -> None:
+    def _update_head(self, state: dict[str, Any], optimizer: Optimizer, probs: Probabilities,
+                     labels: NDArray[np.int64]) -> None:
+        """One Adam step of a linear head on the step's answers (every variant's)."""
+        head = state["head"]
+        if not isinstance(head, LinearHead):
+            return
+        tiled = np.tile(labels, len(probs) // len(labels))
+        _, grad = head.loss_and_gradient(probs, tiled, self.task.gamma, self.task.weights)
+        state["head"] = head.with_parameters(optimizer.step(head.parameters, grad))
+
+    def _out_of_patience(self, state: dict[str, Any], eval_every: int) -> bool:
+        """`patience` validations in a row found nothing better than the best program."""
+        c = self.config
+        return (c.evaluate and c.patience > 0
+                and state["step"] - state["best_step"] >= c.patience * eval_every
+                and state.get("validated_step") == state["step"])
+
+    async def _train(self, state: dict[str, Any], optimizers: dict[str, Optimizer]) -> None:
         c, task = self.config, self.task
         train = task.split.train
+        optimizer = optimizers["opt"]
         if self._make_gradient is not None:
-            gradient = self._make_gradient(task, state["label_map"])
+            gradient = self._make_gradient(task)
         else:
-            gradient = zo_gradient(self.service, task, state["label_map"], self.estimator, c.seed)
+            gradient = zo_gradient(self.service, task, self.estimator, c.seed)
         eval_every = c.eval_every or self.steps_per_epoch
         bar = tqdm(total=self.total_steps, initial=state["step"], disable=not self.progress,
                    unit="step", dynamic_ncols=True)
@@ -275,16 +355,19 @@ class Trainer:
         try:
             if validation_due(state["step"]) and state.get("validated_step") != state["step"]:
                 await self._validate(state)  # interrupted (e.g. by the budget) before it ran
-                self._save(state, optimizer)
-            while state["step"] < self.total_steps:
+                self._save(state, optimizers)
+            while state["step"] < self.total_steps and not self._out_of_patience(state,
+                                                                                 eval_every):
                 step = state["step"]
                 epoch, position = divmod(step, self.steps_per_epoch)
                 order = np.random.default_rng([c.seed, 0, epoch]).permutation(len(train.labels))
                 batch = order[position * c.batch:(position + 1) * c.batch]
-                loss, grad = await gradient(state["weights"], task.windows["train"][batch],
-                                            train.labels[batch], step)
+                labels = train.labels[batch]
+                loss, grad, probs = await gradient(state["weights"], state["head"],
+                                                   task.windows["train"][batch], labels, step)
                 lr = optimizer.step_size()
                 state["weights"] = optimizer.step(state["weights"], grad)
+                self._update_head(state, optimizers["head_opt"], probs, labels)
                 state["step"] = step + 1
                 self._log({"event": "step", "step": step + 1, "epoch": epoch, "loss": loss,
                            "lr": lr, "queries": self.service.stats.images,
@@ -292,15 +375,21 @@ class Trainer:
                            "dollars": self.service.budget.spent,
                            "elapsed": time.monotonic() - start})
                 if not c.evaluate:
-                    state["best_weights"], state["best_step"] = state["weights"], state["step"]
+                    state.update(best_weights=state["weights"], best_head=state["head"],
+                                 best_step=state["step"])
                 elif validation_due(state["step"]):
                     await self._validate(state)
-                self._save(state, optimizer)
+                self._save(state, optimizers)
                 bar.update(1)
                 postfix = {"loss": f"{loss:.3f}", "queries": self.service.stats.images}
                 if self.service.budget.limit is not None:
                     postfix["$"] = f"{self.service.budget.spent:.2f}/{self.service.budget.limit:.2f}"
                 bar.set_postfix(postfix)
+            if state["step"] < self.total_steps and not state.get("early_stop"):
+                state["early_stop"] = True
+                self._log({"event": "early_stop", "step": state["step"],
+                           "best_step": state["best_step"]})
+                self._save(state, optimizers)
         finally:
             bar.close()
 

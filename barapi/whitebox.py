@@ -14,8 +14,8 @@ from numpy.typing import NDArray
 from barapi.adapters.base import Adapter
 from barapi.adapters.local import LocalAdapter
 from barapi.errors import ConfigError
-from barapi.labelmap import LabelMap
-from barapi.trainer import FloatArray, GradientFn, Task
+from barapi.head import LinearHead, OutputHead
+from barapi.trainer import FloatArray, GradientFn, Probabilities, Task
 
 
 def check_white_box(adapter: Adapter) -> None:
@@ -25,7 +25,19 @@ def check_white_box(adapter: Adapter) -> None:
                           f"provider {adapter.identity} is a black box")
 
 
-def autograd_gradient(adapter: Adapter, task: Task, label_map: LabelMap) -> GradientFn:
+def target_scores(head: OutputHead, probs: torch.Tensor) -> torch.Tensor:
+    """`head.scores` in torch, differentiable in the probabilities (N, K) → (N, C)."""
+    if isinstance(head, LinearHead):
+        logp = probs.clamp(1e-7, 1.0).log().double()
+        phi = (logp - logp.mean(dim=1, keepdim=True) - torch.from_numpy(head.mean)) \
+            / torch.from_numpy(head.scale)
+        z = phi @ torch.from_numpy(head.weights).T + torch.from_numpy(head.bias)
+        return torch.softmax(z, dim=1)
+    h = probs[:, torch.from_numpy(head.assignment)].mean(dim=2)
+    return h / h.sum(dim=1, keepdim=True)
+
+
+def autograd_gradient(adapter: Adapter, task: Task) -> GradientFn:
     """GradientFn for the AR baseline on a local model (pass to `Trainer(make_gradient=...)`
     as ``functools.partial(autograd_gradient, adapter)``)."""
     check_white_box(adapter)
@@ -35,26 +47,26 @@ def autograd_gradient(adapter: Adapter, task: Task, label_map: LabelMap) -> Grad
     upsample = torch.from_numpy(program.upsample).to(device)
     mask = torch.from_numpy(program.canvas.mask).permute(2, 0, 1).to(device)
     rows, cols = program.canvas.window_slice
-    groups = torch.from_numpy(label_map.assignment).to(device)
-    class_weights = torch.from_numpy(task.weights).to(device)
+    class_weights = torch.from_numpy(task.weights)
     gamma = task.gamma
     full_resolution = program.resolution == program.canvas.size
 
-    async def gradient(weights: FloatArray, windows: NDArray[np.uint8],
-                       labels: NDArray[np.int64], step: int) -> tuple[float, FloatArray]:
+    async def gradient(weights: FloatArray, head: OutputHead, windows: NDArray[np.uint8],
+                       labels: NDArray[np.int64], step: int) -> tuple[float, FloatArray,
+                                                                      Probabilities]:
         w = torch.tensor(weights, device=device, requires_grad=True)
         full = w if full_resolution else upsample @ w @ upsample.T
         background = (torch.tanh(full) * mask + 1) / 2
         x = background.unsqueeze(0).repeat(len(windows), 1, 1, 1)
         x[:, :, rows, cols] = torch.from_numpy(windows).to(device).permute(0, 3, 1, 2) / 255.0
         probs = adapter.probabilities(x)
-        h = probs[:, groups].mean(dim=2)
-        h = h / h.sum(dim=1, keepdim=True)
-        y = torch.from_numpy(labels).to(device)
-        p = h[torch.arange(len(y), device=device), y].clamp_min(1e-12)
+        h = target_scores(head, probs.cpu())
+        y = torch.from_numpy(labels)
+        p = h[torch.arange(len(y)), y].clamp_min(1e-12)
         loss = (-class_weights[y] * (1 - p) ** gamma * p.log()).mean()
         loss.backward()
         assert w.grad is not None
-        return float(loss.detach()), w.grad.cpu().numpy().astype(np.float32)
+        return (float(loss.detach()), w.grad.cpu().numpy().astype(np.float32),
+                probs.detach().cpu().numpy().astype(np.float32))
 
     return gradient

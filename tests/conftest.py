@@ -55,7 +55,8 @@ def lite0_64():
 def tiny_config(**overrides: object) -> RunConfig:
     """Small, fast settings on digits (a few seconds on 2 cores)."""
     values: dict[str, object] = dict(canvas=32, window=16, input_size=32, resolution=4,
-                                     per_class=20, q=4, batch=20, epochs=2, m=2, device="cpu")
+                                     per_class=20, q=4, batch=20, epochs=2, m=2, device="cpu",
+                                     patience=0)
     values.update(overrides)
     return make_config(**values)
 

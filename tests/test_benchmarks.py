@@ -33,3 +33,19 @@ def test_scheduler_quick() -> None:
 
     rates, costs = scheduler.main(["--quick"])
     assert all(r["billed_images"] > 0 for r in rates) and all(c["time_ratio"] > 0 for c in costs)
+
+
+def test_suite_quick_runs_every_method_and_resumes_from_its_results(tmp_path) -> None:
+    from benchmarks import suite
+
+    rows = suite.main(["--quick", "--results", str(tmp_path)])
+    assert set(suite.METHODS) <= {r["method"] for r in rows}
+    assert {r["box"] for r in rows} == {"lite0", "moderation"}
+    assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
+    paid = [r for r in rows if r["box"] == "moderation" and r["method"] != "AR (white-box)"]
+    assert all(r["dollars"] > 0 and r["images"] == r["emulator_billed"] > 0 for r in paid)
+    assert (tmp_path / "suite.md").read_text().count("| digits") >= len(suite.METHODS)
+    assert list(tmp_path.glob("curves_*.png"))
+    again = suite.main(["--quick", "--results", str(tmp_path)])  # everything read back
+    assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in rows]
+    assert [r["seconds"] for r in again] == [r["seconds"] for r in rows]

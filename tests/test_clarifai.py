@@ -13,9 +13,10 @@ from clarifai_grpc.grpc.api import resources_pb2, service_pb2, service_pb2_grpc
 from barapi import api
 from barapi.adapters.clarifai import ClarifaiAdapter
 from barapi.budget import Budget
+from barapi.cache import ProbabilityCache
 from barapi.cards import load_card
 from barapi.emulate import ClarifaiEmulator, Faults
-from barapi.errors import FatalProviderError, ProviderError
+from barapi.errors import FatalProviderError, PartialAnswer
 from barapi.keys import Secret
 from barapi.query import QueryService
 from barapi.retry import RetryPolicy
@@ -103,13 +104,35 @@ def test_auth_and_quota_errors_are_fatal_and_never_retried(lite0_32: Any, faults
     with_emulator(lite0_32, faults, body, key=key)
 
 
-def test_mixed_status_names_the_failed_images_and_is_billed(lite0_32: Any) -> None:
+def test_mixed_status_asks_the_failed_inputs_again_and_pays_only_answers(lite0_32: Any) -> None:
+    x = images(5, side=16)
+
+    async def body(emulator: ClarifaiEmulator, adapter: ClarifaiAdapter) -> np.ndarray:
+        svc = service(adapter)
+        probs = await svc.predict_proba(x)  # input 4 of 5 fails, its second try (6th) does not
+        assert emulator.counters.requests == 2 and emulator.counters.billed_images == 5
+        assert svc.stats.billed_images == 5
+        assert svc.budget.spent == pytest.approx(5 * 1.2 / 1000)
+        return probs
+
+    clean = with_emulator(lite0_32, None, lambda _, a: service(a).predict_proba(x))
+    assert np.allclose(with_emulator(lite0_32, Faults(fail_input_every=4), body), clean)
+
+
+def test_inputs_failing_twice_are_named_and_the_answers_paid_for_are_kept(
+        lite0_32: Any, tmp_path: Any) -> None:
+    x = images(5, side=16)
+
     async def body(emulator: ClarifaiEmulator, adapter: ClarifaiAdapter) -> None:
         svc = service(adapter)
-        with pytest.raises(ProviderError, match=r"image 2: 30002"):
-            await svc.predict_proba(images(5, side=16))
-        assert emulator.counters.billed_images == 4
-        assert svc.budget.spent == pytest.approx(5 * 1.2 / 1000)  # worst case committed
+        svc.cache = ProbabilityCache(tmp_path)
+        with pytest.raises(PartialAnswer, match=r"inputs 2 of a request failed twice"):
+            await svc.predict_proba(x)  # inputs 3 and 6 (the retry of 3) fail
+        assert emulator.counters.billed_images == svc.stats.billed_images == 4
+        assert svc.budget.spent == pytest.approx(4 * 1.2 / 1000)  # failed inputs are not billed
+        await svc.predict_proba(x)  # only the failed image is asked again (7th input: fine)
+        assert emulator.counters.billed_images == svc.stats.billed_images == 5
+        assert svc.stats.cached_images == 4
 
     with_emulator(lite0_32, Faults(fail_input_every=3), body)
 

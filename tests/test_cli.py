@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 TINY = ["--canvas", "48", "--window", "24", "--input-size", "48", "--resolution", "4",
-        "--per-class", "10", "--q", "3", "--epochs", "1", "--m", "2", "--device", "cpu"]
+        "--per-class", "10", "--q", "3", "--epochs", "1", "--m", "2", "--device", "cpu",
+        "--patience", "0"]
 
 
 def barapi(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -70,7 +71,7 @@ def test_other_methods_run(method: str, tmp_path: Path) -> None:
     summary = json.loads(out.stdout)
     if method == "zero-shot":
         assert summary["steps"] == 0
-        assert summary["test_accuracy"] == summary["zero_shot_test_accuracy"]
+        assert summary["test_accuracy"] == summary["probe_test_accuracy"]  # the linear head
 
 
 def bad_npz(tmp_path: Path) -> str:
@@ -98,7 +99,7 @@ def single_class(tmp_path: Path) -> str:
     (["--model", "resnet9000"], "unknown local model 'resnet9000'"),
     (["--dataset", "nosuch"], "unknown dataset 'nosuch'"),
     (["--window", "64", "--canvas", "32"], "window 64 is larger than the canvas 32"),
-    (["--m", "200"], "exceeds the black box's 1000 source labels"),
+    (["--m", "200", "--head", "map"], "exceeds the black box's 1000 source labels"),
     (["--q", "0"], "q must be at least 1"),
     ([bad_npz], "NaN"),
     ([corrupt_folder], "broken.png"),

@@ -16,7 +16,8 @@ from barapi.estimate import estimate
                                                       (10, 10_230, 20.46)])
 def test_reproduces_the_papers_azure_table(q: int, images: int, dollars: float) -> None:
     # Tsai et al. (2020), Table 5: 930 training images, one epoch, random mapping, no evaluation
-    config = make_config(q=q, epochs=1, mapping="random", evaluate=False, directions="sphere")
+    config = make_config(q=q, epochs=1, mapping="random", head="map", evaluate=False,
+                         directions="sphere")
     phases = estimate(config, n_train=930, n_val=0, n_test=0, card=load_card("azure-s0"))
     total = phases[-1]
     assert (total.images, total.requests) == (images, images)
@@ -73,7 +74,7 @@ def test_every_shipped_card_states_its_sources() -> None:
 def test_reach_counts_whole_training_steps() -> None:
     from barapi.estimate import reach
 
-    config = make_config(q=4, batch=20, mapping="random")
+    config = make_config(q=4, batch=20, mapping="random", head="map")
     assert reach(config, 100, 350) == (3, 0.6)  # 100 images a step, 5 steps an epoch
     frequency = make_config(q=4, batch=20, mapping="frequency")
     assert reach(frequency, 100, 350) == (2, 0.4)  # the mapping's 100 images come first

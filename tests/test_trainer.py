@@ -10,6 +10,8 @@ from conftest import LinearSoftmaxAdapter, tiny_config
 from barapi import api
 from barapi.checkpoint import load_checkpoint
 from barapi.config import RunConfig, make_config
+from barapi.errors import ConfigError
+from barapi.head import LinearHead
 from barapi.program import Canvas, Program
 from barapi.query import QueryService
 from barapi.trainer import Task
@@ -78,8 +80,10 @@ class CrashingAdapter(LinearSoftmaxAdapter):
         return await super().predict_proba(images)
 
 
-def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:
-    config = tiny_config(epochs=3, eval_every=2)
+@pytest.mark.parametrize("head", ["map", "linear"])
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path: Path,
+                                                                  head: str) -> None:
+    config = tiny_config(epochs=3, eval_every=2, head=head)
     whole = api.train(config, adapter=LinearSoftmaxAdapter(), runs_root=tmp_path / "a")
     with pytest.raises(Crash):
         api.train(config, adapter=CrashingAdapter(after_calls=30), runs_root=tmp_path / "b")
@@ -94,6 +98,9 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path: Path)
     (first,) = (tmp_path / "a").iterdir()
     reference, _ = load_checkpoint(first / "checkpoint.npz")
     assert np.array_equal(final["weights"], reference["weights"])
+    for key in reference:
+        if key.startswith(("head.", "best_head.", "head_opt.")):
+            assert np.array_equal(final[key], reference[key]), key
     steps = [r["step"] for r in api.RunFolder.open(folder).metrics() if r["event"] == "step"]
     assert steps == list(range(1, whole.steps + 1))  # no step logged twice
 
@@ -113,3 +120,47 @@ def test_tiny_end_to_end_run_beats_the_zero_shot_mapping(lite0_64) -> None:
                          epochs=3, eval_every=5)
     result = api.train(config, adapter=lite0_64)
     assert result.test_accuracy > result.zero_shot_accuracy + 0.03
+
+
+def test_linear_probe_pays_one_query_per_image_and_is_learned_with_the_program() -> None:
+    """--method zero-shot --head linear is the linear probe: train and test queried once each."""
+    adapter = LinearSoftmaxAdapter()
+    config = tiny_config(method="zero-shot", head="linear")
+    session = api.prepare(config, adapter=adapter)
+    probe = session.run()
+    split = session.trainer.task.split
+    assert session.service.stats.billed_images == len(split.train.labels) + len(split.test.labels)
+    assert probe.test_accuracy == probe.probe_accuracy > probe.zero_shot_accuracy
+    trained = api.train(tiny_config(head="linear", evaluate=False),
+                        adapter=LinearSoftmaxAdapter())  # without validation: the last head
+    assert isinstance(trained.head, LinearHead) and isinstance(probe.head, LinearHead)
+    assert trained.head.mean == pytest.approx(probe.head.mean)  # fitted to the same answers
+    assert not np.allclose(trained.head.parameters, probe.head.parameters)
+
+
+def test_a_linear_head_serves_a_black_box_with_fewer_outputs_than_classes_times_m() -> None:
+    result = api.train(tiny_config(head="linear", m=4, epochs=1), adapter=LinearSoftmaxAdapter(8))
+    assert np.isnan(result.zero_shot_accuracy) and result.test_accuracy > 0.2
+    with pytest.raises(ConfigError, match="exceeds the black box's 8 source labels"):
+        api.prepare(tiny_config(head="map", m=4), adapter=LinearSoftmaxAdapter(8))
+
+
+class BlindAdapter(LinearSoftmaxAdapter):
+    """Answers the same probabilities whatever the image: no program can ever help."""
+
+    async def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        self.calls.append(len(images))
+        return np.full((len(images), 20), 1 / 20, dtype=np.float32)
+
+
+def test_patience_stops_a_run_that_validation_says_is_not_improving(tmp_path: Path) -> None:
+    config = tiny_config(eval_every=2, patience=2, epochs=3)
+    result = api.train(config, adapter=BlindAdapter(), runs_root=tmp_path)
+    assert result.steps == 4 and result.extra["best_step"] == 0 and result.extra["early_stop"]
+    assert result.run_dir is not None
+    events = [r["event"] for r in api.RunFolder.open(result.run_dir).metrics()]
+    assert events.count("early_stop") == 1 and events.count("step") == 4
+    again = api.train(config, adapter=BlindAdapter(), resume=result.run_dir)
+    assert again.steps == 4  # resuming a run that ran out of patience trains no further
+    full = api.train(tiny_config(eval_every=2, epochs=3), adapter=BlindAdapter())
+    assert full.steps > 4

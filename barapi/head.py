@@ -1,0 +1,146 @@
+"""Output heads: how the black box's K probabilities become C target-class scores.
+
+Two kinds, one contract (`scores`: (N, K) probabilities → (N, C) scores, rows summing to 1):
+
+- `LabelMap` (labelmap.py): the paper's fixed many-to-one mapping, nothing to learn.
+- `LinearHead`: h = softmax(A φ(p) + b), a multinomial logistic regression on the black box's
+  log-probabilities, trained on our side with exact gradients from answers already paid for.
+  φ(p) = (log p − mean_k log p − μ) / σ: the row-centred log-probabilities equal the model's
+  logits up to a per-row constant (they are what the API's softmax leaves recoverable), and
+  μ, σ (fixed at fit time) standardise them so that one L2 strength suits any black box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import minimize
+
+from barapi.labelmap import LabelMap
+from barapi.losses import EPS, batched_focal_loss
+
+PROB_FLOOR = 1e-7
+"""Probabilities are clipped here before the log: APIs round small ones to 0."""
+
+F64 = NDArray[np.float64]
+
+
+def centred_log_probs(probs: NDArray[np.floating]) -> F64:
+    """(N, K) probabilities → (N, K) log-probabilities minus their row mean."""
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), PROB_FLOOR, 1.0))
+    return logp - logp.mean(axis=1, keepdims=True)
+
+
+def focal_logit_gradient(h: F64, labels: NDArray[np.integer], gamma: float,
+                         class_weights: F64 | None) -> F64:
+    """∂L/∂z (N, C) of the mean focal loss of h = softmax(z) (losses.py's definition)."""
+    n = len(labels)
+    rows = np.arange(n)
+    p = np.clip(h[rows, labels], EPS, 1.0 - 1e-12)
+    w = np.ones(n) if class_weights is None else np.asarray(class_weights)[labels]
+    dl_dp = -w * ((1 - p) ** gamma / p - gamma * (1 - p) ** (gamma - 1) * np.log(p)) if gamma \
+        else -w / p
+    onehot = np.zeros_like(h)
+    onehot[rows, labels] = 1.0
+    return (dl_dp * p)[:, None] * (onehot - h) / n
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """weights A (C, K), bias b (C,), feature mean μ and scale σ (K,); l2 is the strength λ
+    of the penalty (λ/2)·‖A‖² added to the training loss."""
+
+    weights: F64
+    bias: F64
+    mean: F64
+    scale: F64
+    l2: float
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def n_sources(self) -> int:
+        return int(self.weights.shape[1])
+
+    def features(self, probs: NDArray[np.floating]) -> F64:
+        probs = np.asarray(probs)
+        if probs.ndim != 2 or probs.shape[1] != self.n_sources:
+            raise ValueError(f"expected (N, {self.n_sources}) probabilities, got shape {probs.shape}")
+        return (centred_log_probs(probs) - self.mean) / self.scale
+
+    def scores(self, probs: NDArray[np.floating]) -> F64:
+        """(N, K) source probabilities → (N, C) target scores, rows summing to 1."""
+        return softmax(self.features(probs) @ self.weights.T + self.bias)
+
+    def loss_and_gradient(self, probs: NDArray[np.floating], labels: NDArray[np.integer],
+                          gamma: float, class_weights: F64 | None) -> tuple[float, F64]:
+        """Penalised loss and its exact gradient with respect to `parameters` (flat)."""
+        phi = self.features(probs)
+        h = softmax(phi @ self.weights.T + self.bias)
+        loss = float(batched_focal_loss(h[None], labels, gamma, class_weights)[0])
+        dz = focal_logit_gradient(h, labels, gamma, class_weights)
+        grad_a = dz.T @ phi + self.l2 * self.weights
+        loss += 0.5 * self.l2 * float(np.sum(self.weights ** 2))
+        return loss, np.concatenate([grad_a.ravel(), dz.sum(axis=0)])
+
+    @property
+    def parameters(self) -> F64:
+        """A and b flattened into one vector (what optimisers move)."""
+        return np.concatenate([self.weights.ravel(), self.bias])
+
+    def with_parameters(self, flat: NDArray[np.floating]) -> LinearHead:
+        c, k = self.weights.shape
+        flat64: F64 = np.array(flat, dtype=np.float64)
+        return replace(self, weights=flat64[:c * k].reshape(c, k), bias=flat64[c * k:])
+
+    @classmethod
+    def fit(cls, probs: NDArray[np.floating], labels: NDArray[np.integer], n_classes: int,
+            gamma: float, class_weights: F64 | None, l2: float) -> LinearHead:
+        """Fit A, b to (N, K) answers by L-BFGS (the linear probe); μ, σ from these answers."""
+        raw = centred_log_probs(probs)
+        mean, scale = raw.mean(axis=0), raw.std(axis=0) + 1e-6
+        k = raw.shape[1]
+        start = cls(np.zeros((n_classes, k)), np.zeros(n_classes), mean, scale, l2)
+        labels = np.asarray(labels)
+
+        def objective(flat: F64) -> tuple[float, F64]:
+            return start.with_parameters(flat).loss_and_gradient(probs, labels, gamma,
+                                                                 class_weights)
+
+        result = minimize(objective, start.parameters, jac=True, method="L-BFGS-B",
+                          options={"maxiter": 500})
+        return start.with_parameters(result.x)
+
+    def arrays(self) -> dict[str, NDArray[Any]]:
+        return {"linear_weights": self.weights, "linear_bias": self.bias,
+                "linear_mean": self.mean, "linear_scale": self.scale,
+                "linear_l2": np.array(self.l2)}
+
+
+OutputHead = LabelMap | LinearHead
+
+
+def softmax(z: F64) -> F64:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def head_arrays(head: OutputHead, prefix: str) -> dict[str, NDArray[Any]]:
+    """A head as named arrays (for checkpoints), keys prefixed."""
+    arrays = head.arrays() if isinstance(head, LinearHead) else {"label_map": head.assignment}
+    return {prefix + key: value for key, value in arrays.items()}
+
+
+def head_from_arrays(arrays: dict[str, NDArray[Any]], prefix: str, n_sources: int) -> OutputHead:
+    """Inverse of `head_arrays`."""
+    if prefix + "label_map" in arrays:
+        return LabelMap(arrays[prefix + "label_map"], n_sources)
+    weights, bias, mean, scale = (np.asarray(arrays[prefix + "linear_" + name], dtype=np.float64)
+                                  for name in ("weights", "bias", "mean", "scale"))
+    return LinearHead(weights, bias, mean, scale, float(arrays[prefix + "linear_l2"]))

@@ -1,0 +1,431 @@
+"""Every number and plot of the README's results section, from scratch.
+
+    python -m benchmarks [--quick] [--group main ablations] [--seeds 0 1 2] [--only TEXT]
+
+Groups: `main` (tasks × black boxes × methods on identical splits and seeds) and `ablations`
+(the paper's claims on digits × EfficientNet-Lite0). Every run's result is stored under
+benchmarks/results/suite/ (not committed) as soon as it finishes and its run folder keeps
+checkpoints, so an interrupted suite resumes where it stopped (finished runs are read back, a
+run cut short continues from its checkpoint; delete that folder to start from scratch).
+Writes benchmarks/results/suite.json (rows with machine and package versions), suite.md (the
+tables the README embeds between its `results:begin/end` markers, which `--readme`
+rewrites) and curves_*.png (validation accuracy against billable images and dollars).
+`--quick` runs tiny settings into a temporary folder: it proves the code works, its numbers
+mean nothing.
+
+Black boxes: the local EfficientNet-Lite0 (1,000 outputs) and Clarifai Moderation (5) and
+NSFW (2) served by the loopback emulator from that same model, through the real
+clarifai-grpc adapter (billed at the Clarifai card's price; nothing leaves 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from barapi import api
+from barapi.cards import load_card
+from barapi.data import FASHION_CLASSES, FASHION_DIR, read_idx
+from barapi.emulate import ClarifaiEmulator
+from barapi.estimate import estimate as estimate_cost
+from benchmarks.common import RESULTS, markdown_table, write_results
+
+KEY = "benchmark-emulator-key"  # the loopback emulator's own key, not a secret
+BOXES = {"lite0": None, "moderation": "moderation-recognition", "nsfw": "nsfw-recognition"}
+TASKS: dict[str, dict[str, Any]] = {
+    "digits": {"dataset": "digits"},
+    "digits 0–4": {"dataset": "digits", "classes": "0,1,2,3,4"},
+    "mnist5k, 50/class": {"dataset": "mnist5k", "per_class": 50},
+    "fashion, 100/class": {"dataset": "@fashion"},
+    "fashion shirt vs T-shirt": {"dataset": "@fashion", "classes": "Shirt,T-shirt/top"},
+}
+PAPER_AT_112 = {"preset": "paper", "canvas": 112, "input_size": 112}
+METHODS: dict[str, dict[str, Any]] = {
+    "zero-shot map": {"method": "zero-shot", "head": "map"},
+    "linear probe": {"method": "zero-shot", "head": "linear"},
+    "BAR, paper settings": {**PAPER_AT_112, "epochs": 3},
+    "BAR, barapi default": {},
+    "AR (white-box)": {"method": "ar"},
+    "feature extraction (white-box)": {"transfer": "features"},
+    "CNN from scratch": {"transfer": "cnn"},
+}
+MAIN = [("digits", "lite0"), ("digits 0–4", "moderation"), ("fashion shirt vs T-shirt", "nsfw"),
+        ("fashion shirt vs T-shirt", "lite0"), ("mnist5k, 50/class", "lite0"),
+        ("fashion, 100/class", "lite0"), ("fashion shirt vs T-shirt", "moderation")]
+TASK_ONLY = ("feature extraction (white-box)", "CNN from scratch")
+"""Baselines that do not depend on the black box: run once per task, beside EfficientNet-Lite0."""
+ABLATION_BASE = {"head": "map", "epochs": 2, "patience": 0}
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "q = 5": {"q": 5}, "q = 10": {"q": 10}, "q = 25": {"q": 25},
+    "m = 1": {"m": 1}, "m = 2": {"m": 2}, "m = 5": {"m": 5}, "m = 10": {"m": 10},
+    "random map": {"mapping": "random"}, "frequency map": {"mapping": "frequency"},
+    "focal loss": {"loss": "focal"}, "cross-entropy": {"loss": "ce"},
+    "full-resolution W": {"resolution": None}, "3×8×8 W": {"resolution": 8},
+}
+QUICK = {"canvas": 32, "window": 16, "input_size": 32, "resolution": 4, "per_class": 8,
+         "q": 2, "epochs": 1, "m": 1, "batch": 10}
+IMAGES_PER_SECOND = 200.0
+"""EfficientNet-Lite0 at 112 px on a 2-core CPU (benchmarks/adapter_speed.py), for the
+expected-duration line only."""
+
+
+@dataclass
+class Cell:
+    """One run: a method on a task through a black box, at one seed."""
+
+    group: str
+    task: str
+    box: str
+    method: str
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Names the settings, not the labels: cells with equal settings share one run."""
+        blob = json.dumps([self.task, self.box, self.seed, self.overrides], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cells(groups: list[str], seeds: list[int], quick: bool) -> list[Cell]:
+    """The runs of `groups`; `quick`: one cell per code path (every method on digits, the
+    emulated service, two ablations)."""
+    out: list[Cell] = []
+    if "main" in groups:
+        pairs = MAIN[:2] if quick else MAIN
+        for task, box in pairs:
+            for method, settings in METHODS.items():
+                if box != "lite0" and (method in TASK_ONLY or (quick and "map" in method)):
+                    continue
+                few = {"m": 1} if box != "lite0" else {}  # the map must fit in 5 or 2 outputs
+                for seed in seeds:
+                    out.append(Cell("main", task, box, method, seed, {**settings, **few}))
+    if "ablations" in groups:
+        for name, settings in ABLATIONS.items():
+            if quick and name not in ("q = 5", "random map"):
+                continue
+            for seed in seeds:
+                out.append(Cell("ablations", "digits", "lite0", name, seed,
+                                {**ABLATION_BASE, **settings}))
+    return out
+
+
+def fashion_npz(root: Path, per_class: int = 300) -> Path:
+    """The first `per_class` images of each class of Fashion-MNIST's test file as an .npz
+    (the full 70,000-image set would make every evaluation pass cost 21,000 queries)."""
+    path = root / f"fashion-{per_class}.npz"
+    if not path.exists():
+        if not FASHION_DIR.is_dir():
+            raise SystemExit(f"Fashion-MNIST is missing: sudo apt-get install dataset-fashion-mnist "
+                             f"(expected under {FASHION_DIR})")
+        x = read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")
+        y = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
+        keep = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(10)])
+        names = np.array(FASHION_CLASSES)[y[keep]]
+        root.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, X=x[keep], y=names)
+    return path
+
+
+@contextmanager
+def clarifai_emulator(input_size: int | None) -> Iterator[ClarifaiEmulator]:
+    """The Clarifai emulator on a loopback port, served from its own thread and event loop."""
+    from barapi.adapters.local import create
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    model = create(model="efficientnet-lite0", device="cpu", input_size=input_size)
+    emulator = ClarifaiEmulator(model, KEY)
+    asyncio.run_coroutine_threadsafe(emulator.start(), loop).result()
+    previous = os.environ.get("CLARIFAI_PAT")
+    os.environ["CLARIFAI_PAT"] = KEY
+    try:
+        yield emulator
+    finally:
+        asyncio.run_coroutine_threadsafe(emulator.stop(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        if previous is None:
+            os.environ.pop("CLARIFAI_PAT", None)
+        else:
+            os.environ["CLARIFAI_PAT"] = previous
+
+
+def config_of(cell: Cell, base: dict[str, Any], data_root: Path,
+              port: int | None) -> api.RunConfig:
+    values = {**TASKS[cell.task], **base, **cell.overrides, "seed": cell.seed}
+    values.pop("transfer", None)
+    if values["dataset"] == "@fashion":
+        values["dataset"] = str(fashion_npz(data_root))
+        values.setdefault("per_class", 100)
+    if cell.box != "lite0" and values.get("method") != "ar":
+        values.update(provider="clarifai", model=BOXES[cell.box], endpoint=f"127.0.0.1:{port}",
+                      insecure=True)
+    preset = values.pop("preset", None)
+    return api.make_config(preset, **values)
+
+
+def folded_white_box(box: str, input_size: int | None) -> Any:
+    """The emulated service's model as a local white-box adapter (for AR): EfficientNet-Lite0
+    with ImageNet class i summed into concept i mod K, exactly as the emulator answers."""
+    import torch
+
+    from barapi.adapters.clarifai import CONCEPTS
+    from barapi.adapters.local import LocalAdapter, _efficientnet_lite
+
+    names = CONCEPTS[str(BOXES[box])]
+    net, k = _efficientnet_lite("efficientnet-lite0"), len(names)
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        p = net(x).softmax(dim=1)
+        return torch.stack([p[:, i::k].sum(dim=1) for i in range(k)], dim=1)
+
+    return LocalAdapter(model, names, input_size=input_size, outputs="probabilities",
+                        device="cpu", name=f"efficientnet-lite0-folded-{k}")
+
+
+def curve(folder: Path) -> list[list[float]]:
+    """[billable images, validation accuracy] after every validation of a run."""
+    return [[r["queries"], r["val_accuracy"]] for r in api.RunFolder.open(folder).metrics()
+            if r["event"] == "val"]
+
+
+def run_cell(cell: Cell, base: dict[str, Any], root: Path, emulator: ClarifaiEmulator,
+             cnn_epochs: int = 40) -> dict[str, Any]:
+    """Run (or read back) one cell; for the emulated boxes, the emulator's own count of billed
+    images during the run is stored beside barapi's."""
+    done = root / f"{cell.key}.json"
+    if done.exists():
+        return {**json.loads(done.read_text()), **asdict(cell)}
+    config = config_of(cell, base, root / "data", emulator.port)
+    billed_before = emulator.counters.billed_images
+    start = time.monotonic()
+    row: dict[str, Any] = {"key": cell.key}
+    transfer = cell.overrides.get("transfer")
+    if transfer is not None:
+        from benchmarks import transfer as baselines
+
+        split = api.load_split(config)
+        row.update(baselines.cnn_from_scratch(split, epochs=cnn_epochs, seed=cell.seed)
+                   if transfer == "cnn" else
+                   baselines.feature_extraction(split, config.input_size or 224, cell.seed))
+        row.update(dollars=0.0, curve=[])
+    else:
+        runs = root / "runs" / cell.key  # one run folder per cell: resumed if cut short
+        folders = sorted(runs.iterdir()) if runs.exists() else []
+        adapter = (folded_white_box(cell.box, config.input_size)
+                   if cell.box != "lite0" and config.method == "ar" else None)
+        session = (api.prepare(config, resume=folders[0], use_cache=False, adapter=adapter)
+                   if folders else api.prepare(config, runs_root=runs, use_cache=False,
+                                               adapter=adapter))
+        result = session.run()
+        assert result.run_dir is not None
+        row.update(test_accuracy=result.test_accuracy, zero_shot=result.zero_shot_accuracy,
+                   probe=result.probe_accuracy, best_val_accuracy=result.best_val_accuracy,
+                   images=result.extra["billed_images"], dollars=result.extra["dollars"],
+                   steps=result.steps, early_stop=result.extra.get("early_stop", False),
+                   curve=curve(result.run_dir),
+                   emulator_billed=emulator.counters.billed_images - billed_before)
+    row["seconds"] = time.monotonic() - start
+    done.write_text(json.dumps(row))
+    return {**row, **asdict(cell)}
+
+
+def expected_minutes(todo: list[Cell], base: dict[str, Any], root: Path) -> float:
+    images, seen = 0, set()
+    for cell in todo:
+        if (cell.overrides.get("transfer") or cell.key in seen
+                or (root / f"{cell.key}.json").exists()):
+            continue
+        seen.add(cell.key)
+        config = config_of(cell, base, root / "data", 1)
+        split = api.load_split(config)
+        assert split.val is not None and split.test is not None
+        phases = estimate_cost(config, len(split.train.labels), len(split.val.labels),
+                               len(split.test.labels), load_card("local"), 256)
+        images += sum(p.images for p in phases if p.name != "total")
+    return images / IMAGES_PER_SECOND / 60
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds per (group, task, box, method), in first-seen order."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["group"], r["task"], r["box"], r["method"]), []).append(r)
+    out = []
+    for (group, task, box, method), runs in groups.items():
+        acc = [r["test_accuracy"] for r in runs]
+        out.append({"group": group, "task": task, "box": box, "method": method,
+                    "test_accuracy": statistics.mean(acc),
+                    "std": statistics.pstdev(acc) if len(acc) > 1 else None,
+                    "seeds": len(runs), "images": round(statistics.mean(r["images"] for r in runs)),
+                    "dollars": statistics.mean(r["dollars"] for r in runs),
+                    "minutes": statistics.mean(r["seconds"] for r in runs) / 60})
+    return out
+
+
+def images_to_reach(curve: list[list[float]], accuracy: float) -> int | None:
+    """Billable images after which a run's validation accuracy first reached `accuracy`."""
+    return next((int(images) for images, acc in curve if acc >= accuracy), None)
+
+
+def cost_to_match(rows: list[dict[str, Any]], reference: str = "BAR, paper settings",
+                  contender: str = "BAR, barapi default") -> list[dict[str, Any]]:
+    """Per (task, box, seed): the images `contender` needed to reach the best validation
+    accuracy that `reference` reached, and the images `reference` needed for it."""
+    out = []
+    for ref in (r for r in rows if r["method"] == reference and r["curve"]):
+        target = ref["best_val_accuracy"]
+        ours = next((r for r in rows if r["method"] == contender and
+                     (r["task"], r["box"], r["seed"]) == (ref["task"], ref["box"], ref["seed"])),
+                    None)
+        if ours is None:
+            continue
+        theirs, mine = images_to_reach(ref["curve"], target), images_to_reach(ours["curve"], target)
+        out.append({"task": ref["task"], "box": ref["box"], "seed": ref["seed"],
+                    "target_val_accuracy": target, "reference_images": theirs,
+                    "barapi_images": mine,
+                    "ratio": mine / theirs if mine is not None and theirs else None})
+    return out
+
+
+def formatted(row: dict[str, Any]) -> dict[str, Any]:
+    """Table cells as text: accuracies in %, dollars with cents, minutes with one decimal."""
+    return {**row, "test_accuracy": f"{row['test_accuracy']:.1%}",
+            "std": "–" if row["std"] is None else f"{row['std']:.1%}",
+            "dollars": f"${row['dollars']:,.2f}", "minutes": f"{row['minutes']:.1f}"}
+
+
+COLUMNS = [("task", "task"), ("box", "black box"), ("method", "method"),
+           ("test_accuracy", "test acc."), ("std", "± std"), ("seeds", "seeds"),
+           ("images", "billable images"), ("dollars", "$ at card price"),
+           ("minutes", "wall min")]
+
+
+def plot_curves(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """One PNG per (task, black box): validation accuracy against billable images and dollars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    pairs = sorted({(r["task"], r["box"]) for r in rows if r["group"] == "main"})
+    for task, box in pairs:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for r in rows:
+            if (r["task"], r["box"], r["seed"]) != (task, box, rows[0]["seed"]) or not r["curve"]:
+                continue
+            images, acc = zip(*r["curve"], strict=True)
+            price = r["dollars"] / r["images"] if r["images"] else 0.0
+            axes[0].plot(images, acc, marker=".", label=r["method"])
+            axes[1].plot([i * price for i in images], acc, marker=".", label=r["method"])
+        axes[0].set_xlabel("billable images")
+        axes[1].set_xlabel("dollars at the card price")
+        for ax in axes:
+            ax.set_xscale("symlog")
+            ax.set_ylabel("validation accuracy")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"{task} · {box}")
+        fig.tight_layout()
+        path = out / f"curves_{hashlib.sha256(f'{task}|{box}'.encode()).hexdigest()[:8]}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def update_readme(markdown: str, readme: Path) -> None:
+    text = readme.read_text()
+    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"{readme} has no {begin} … {end} section to rewrite")
+    head, rest = text.split(begin, 1)
+    readme.write_text(head + begin + "\n" + markdown + "\n" + end + rest.split(end, 1)[1])
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--group", nargs="+", default=["main", "ablations"],
+                        choices=["main", "ablations"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--only", default="", help="run only cells whose task, box or method "
+                        "contains this text")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--readme", action="store_true", help="rewrite the README's results")
+    parser.add_argument("--results", type=Path, default=None, help="results folder (default "
+                        "benchmarks/results/suite; with --quick a fresh temporary one)")
+    args = parser.parse_args(argv)
+    base: dict[str, Any] = {"device": "cpu"}
+    if args.quick:
+        base.update(QUICK)
+    root = args.results or (Path(tempfile.mkdtemp(prefix="barapi-suite-")) if args.quick
+                            else RESULTS / "suite")
+    root.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in cells(args.group, args.seeds, args.quick)
+            if args.only in f"{c.task} {c.box} {c.method}"]
+    print(f"{len(todo)} runs; expected duration about "
+          f"{expected_minutes(todo, base, root):.0f} min of black-box time on a 2-core CPU "
+          f"(plus the white-box baselines); results under {root}", file=sys.stderr)
+    rows = []
+    with clarifai_emulator(base.get("input_size", 112)) as emulator:
+        for i, cell in enumerate(todo, 1):
+            print(f"[{i}/{len(todo)}] {cell.task} · {cell.box} · {cell.method} · seed {cell.seed}",
+                  file=sys.stderr, flush=True)
+            rows.append(run_cell(cell, base, root, emulator, 2 if args.quick else 40))
+            print(f"    test {rows[-1]['test_accuracy']:.1%}, {rows[-1].get('images', 0):,} "
+                  f"images, {rows[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
+    summary = summarise(rows)
+    tables = []
+    for group, title in (("main", "Methods side by side"), ("ablations", "Ablations (digits, "
+                         "EfficientNet-Lite0, label map, 2 epochs)")):
+        part = [r for r in summary if r["group"] == group]
+        if part:
+            tables.append(f"**{title}**\n\n" + markdown_table([formatted(r) for r in part],
+                                                                COLUMNS))
+    matches = cost_to_match(rows)
+    if matches:
+        tables.append("**Billable images to reach paper-settings BAR's best validation "
+                      "accuracy**\n\n" + markdown_table(
+                          [{**m, "target_val_accuracy": f"{m['target_val_accuracy']:.1%}",
+                            "barapi_images": "not reached" if m["barapi_images"] is None
+                            else m["barapi_images"],
+                            "ratio": "–" if m["ratio"] is None else f"{m['ratio']:.3f}"}
+                           for m in matches],
+                          [("task", "task"), ("box", "black box"), ("seed", "seed"),
+                           ("target_val_accuracy", "paper BAR best val."),
+                           ("reference_images", "paper BAR images"),
+                           ("barapi_images", "barapi images"), ("ratio", "ratio")]))
+    markdown = "\n\n".join(tables)
+    print(markdown)
+    out = root if args.quick else RESULTS  # the cache under results/suite/ is not committed
+    (out / "suite.md").write_text(markdown + "\n")
+    plot_curves(rows, out)
+    if not args.quick:
+        command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_results("suite", summary, command, runs=rows, cost_to_match=matches,
+                      table=markdown)
+        if args.readme:
+            update_readme(markdown, Path(__file__).parent.parent / "README.md")
+    return rows
+
+
+__all__ = ["Cell", "cells", "main"]

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+
+from barapi.head import LinearHead, head_arrays, head_from_arrays
+from barapi.labelmap import LabelMap
+from barapi.losses import class_weights
+from barapi.whitebox import target_scores
+
+
+def answers(n: int = 60, k: int = 7, c: int = 3, seed: int = 0):
+    """Probabilities whose log-odds carry the label linearly, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, n)
+    logits = rng.standard_normal((n, k)) + 3 * np.eye(c, k)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return probs, labels
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_gradient_matches_finite_differences(gamma: float) -> None:
+    probs, labels = answers()
+    weights = class_weights(labels, 3)
+    head = LinearHead.fit(probs, labels, 3, gamma, weights, l2=0.1)
+    rng = np.random.default_rng(1)
+    head = head.with_parameters(head.parameters + rng.standard_normal(head.parameters.size))
+    _, grad = head.loss_and_gradient(probs, labels, gamma, weights)
+    for i in rng.choice(head.parameters.size, 8, replace=False):
+        e = np.zeros_like(head.parameters)
+        e[i] = 1e-6
+        up = head.with_parameters(head.parameters + e).loss_and_gradient(probs, labels, gamma,
+                                                                          weights)[0]
+        down = head.with_parameters(head.parameters - e).loss_and_gradient(probs, labels, gamma,
+                                                                            weights)[0]
+        assert grad[i] == pytest.approx((up - down) / 2e-6, rel=1e-4, abs=1e-7)
+
+
+def test_fit_is_a_stationary_point_that_separates_the_classes() -> None:
+    probs, labels = answers()
+    head = LinearHead.fit(probs, labels, 3, 0.0, None, l2=0.01)
+    _, grad = head.loss_and_gradient(probs, labels, 0.0, None)
+    assert np.abs(grad).max() < 1e-4
+    scores = head.scores(probs)
+    assert scores.sum(axis=1) == pytest.approx(np.ones(len(labels)))
+    assert (scores.argmax(axis=1) == labels).mean() > 0.9
+
+
+def test_scores_ignore_the_models_per_row_logit_shift_and_survive_zeros() -> None:
+    """Row-centred log-probabilities are logits up to a constant; an API's rounded 0 is clipped."""
+    probs, labels = answers()
+    head = LinearHead.fit(probs, labels, 3, 0.0, None, l2=0.01)
+    sharpened = probs.copy()
+    sharpened[:, -1] = 0.0
+    assert np.isfinite(head.scores(sharpened)).all()
+    with pytest.raises(ValueError, match=r"\(N, 7\)"):
+        head.scores(probs[:, :5])
+
+
+def test_torch_scores_equal_numpy_scores_for_both_heads() -> None:
+    probs, labels = answers()
+    linear = LinearHead.fit(probs, labels, 3, 0.0, None, l2=0.01)
+    label_map = LabelMap(np.array([[0, 4], [1, 5], [2, 6]]), 7)
+    for head in (linear, label_map):
+        ours = target_scores(head, torch.from_numpy(probs.astype(np.float32))).numpy()
+        assert ours == pytest.approx(head.scores(probs.astype(np.float32)), abs=1e-6)
+
+
+def test_heads_round_trip_through_arrays() -> None:
+    probs, labels = answers()
+    linear = LinearHead.fit(probs, labels, 3, 0.0, None, l2=0.01)
+    back = head_from_arrays(head_arrays(linear, "x."), "x.", 7)
+    assert isinstance(back, LinearHead) and back.l2 == linear.l2
+    assert np.array_equal(back.scores(probs), linear.scores(probs))
+    label_map = LabelMap(np.array([[0, 4], [1, 5], [2, 6]]), 7)
+    back_map = head_from_arrays(head_arrays(label_map, "y."), "y.", 7)
+    assert isinstance(back_map, LabelMap)
+    assert np.array_equal(back_map.assignment, label_map.assignment)
