@@ -25,7 +25,10 @@ import asyncio
 import hashlib
 import json
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -55,10 +58,11 @@ TASKS: dict[str, dict[str, Any]] = {
     "fashion shirt vs T-shirt": {"dataset": "@fashion", "classes": "Shirt,T-shirt/top"},
 }
 PAPER_AT_112 = {"preset": "paper", "canvas": 112, "input_size": 112}
+PAPER = "BAR, paper settings (112 px, 3 epochs)"
 METHODS: dict[str, dict[str, Any]] = {
     "zero-shot map": {"method": "zero-shot", "head": "map"},
     "linear probe": {"method": "zero-shot", "head": "linear"},
-    "BAR, paper settings": {**PAPER_AT_112, "epochs": 3},
+    PAPER: {**PAPER_AT_112, "epochs": 3},
     "BAR, barapi default": {},
     "AR (white-box)": {"method": "ar"},
     "feature extraction (white-box)": {"transfer": "features"},
@@ -97,8 +101,12 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """Names the settings, not the labels: cells with equal settings share one run."""
-        blob = json.dumps([self.task, self.box, self.seed, self.overrides], sort_keys=True)
+        """Names the resolved settings, not the labels: cells with equal settings share one
+        run, and a change of barapi's defaults makes new runs rather than reusing old ones."""
+        values = {**TASKS[self.task], **self.overrides, "seed": self.seed}
+        transfer, preset = values.pop("transfer", None), values.pop("preset", None)
+        settings = api.make_config(preset, **values).model_dump()
+        blob = json.dumps([self.box, transfer, settings], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -125,14 +133,25 @@ def cells(groups: list[str], seeds: list[int], quick: bool) -> list[Cell]:
     return out
 
 
+def install_fashion_mnist() -> None:
+    """The benchmark's set-up step: Debian's dataset-fashion-mnist (apt, from the package
+    registry), with sudo when not root."""
+    command = ["apt-get", "install", "-y", "dataset-fashion-mnist"]
+    if os.geteuid() != 0 and shutil.which("sudo"):
+        command.insert(0, "sudo")
+    print(f"installing Fashion-MNIST: {' '.join(command)}", file=sys.stderr)
+    if subprocess.run(command, check=False).returncode != 0 or not FASHION_DIR.is_dir():
+        raise SystemExit(f"could not install Fashion-MNIST; run: sudo apt-get install "
+                         f"dataset-fashion-mnist (expected under {FASHION_DIR})")
+
+
 def fashion_npz(root: Path, per_class: int = 300) -> Path:
     """The first `per_class` images of each class of Fashion-MNIST's test file as an .npz
     (the full 70,000-image set would make every evaluation pass cost 21,000 queries)."""
     path = root / f"fashion-{per_class}.npz"
     if not path.exists():
         if not FASHION_DIR.is_dir():
-            raise SystemExit(f"Fashion-MNIST is missing: sudo apt-get install dataset-fashion-mnist "
-                             f"(expected under {FASHION_DIR})")
+            install_fashion_mnist()
         x = read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")
         y = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
         keep = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(10)])
@@ -285,10 +304,11 @@ def images_to_reach(curve: list[list[float]], accuracy: float) -> int | None:
     return next((int(images) for images, acc in curve if acc >= accuracy), None)
 
 
-def cost_to_match(rows: list[dict[str, Any]], reference: str = "BAR, paper settings",
+def cost_to_match(rows: list[dict[str, Any]], reference: str = PAPER,
                   contender: str = "BAR, barapi default") -> list[dict[str, Any]]:
-    """Per (task, box, seed): the images `contender` needed to reach the best validation
-    accuracy that `reference` reached, and the images `reference` needed for it."""
+    """Per (task, box, seed): the billable images after which `contender`'s validation
+    accuracy first reached the best that `reference` reached in its whole run, as a share of
+    all the images `reference` paid for."""
     out = []
     for ref in (r for r in rows if r["method"] == reference and r["curve"]):
         target = ref["best_val_accuracy"]
@@ -297,7 +317,7 @@ def cost_to_match(rows: list[dict[str, Any]], reference: str = "BAR, paper setti
                     None)
         if ours is None:
             continue
-        theirs, mine = images_to_reach(ref["curve"], target), images_to_reach(ours["curve"], target)
+        theirs, mine = ref["images"], images_to_reach(ours["curve"], target)
         out.append({"task": ref["task"], "box": ref["box"], "seed": ref["seed"],
                     "target_val_accuracy": target, "reference_images": theirs,
                     "barapi_images": mine,
@@ -342,10 +362,12 @@ def plot_curves(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             ax.set_xscale("symlog")
             ax.set_ylabel("validation accuracy")
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend(fontsize=7)
         fig.suptitle(f"{task} · {box}")
         fig.tight_layout()
-        path = out / f"curves_{hashlib.sha256(f'{task}|{box}'.encode()).hexdigest()[:8]}.png"
+        slug = re.sub(r"[^a-z0-9]+", "-", f"{task} {box}".lower()).strip("-")
+        path = out / f"curves_{slug}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         paths.append(path)
@@ -361,6 +383,19 @@ def update_readme(markdown: str, readme: Path) -> None:
     readme.write_text(head + begin + "\n" + markdown + "\n" + end + rest.split(end, 1)[1])
 
 
+def run_all(todo: list[Cell], base: dict[str, Any], root: Path,
+            quick: bool) -> list[dict[str, Any]]:
+    rows = []
+    with clarifai_emulator(base.get("input_size", 112)) as emulator:
+        for i, cell in enumerate(todo, 1):
+            print(f"[{i}/{len(todo)}] {cell.task} · {cell.box} · {cell.method} · seed {cell.seed}",
+                  file=sys.stderr, flush=True)
+            rows.append(run_cell(cell, base, root, emulator, 2 if quick else 40))
+            print(f"    test {rows[-1]['test_accuracy']:.1%}, {rows[-1].get('images', 0):,} "
+                  f"images, {rows[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -371,6 +406,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         "contains this text")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--readme", action="store_true", help="rewrite the README's results")
+    parser.add_argument("--report", action="store_true", help="tables and plots from the runs "
+                        "finished so far; runs nothing")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default "
                         "benchmarks/results/suite; with --quick a fresh temporary one)")
     args = parser.parse_args(argv)
@@ -385,14 +422,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"{len(todo)} runs; expected duration about "
           f"{expected_minutes(todo, base, root):.0f} min of black-box time on a 2-core CPU "
           f"(plus the white-box baselines); results under {root}", file=sys.stderr)
-    rows = []
-    with clarifai_emulator(base.get("input_size", 112)) as emulator:
-        for i, cell in enumerate(todo, 1):
-            print(f"[{i}/{len(todo)}] {cell.task} · {cell.box} · {cell.method} · seed {cell.seed}",
-                  file=sys.stderr, flush=True)
-            rows.append(run_cell(cell, base, root, emulator, 2 if args.quick else 40))
-            print(f"    test {rows[-1]['test_accuracy']:.1%}, {rows[-1].get('images', 0):,} "
-                  f"images, {rows[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
+    if args.report:
+        rows = [{**json.loads((root / f"{c.key}.json").read_text()), **asdict(c)}
+                for c in todo if (root / f"{c.key}.json").exists()]
+        print(f"report of the {len(rows)} finished runs only", file=sys.stderr)
+    else:
+        rows = run_all(todo, base, root, args.quick)
     summary = summarise(rows)
     tables = []
     for group, title in (("main", "Methods side by side"), ("ablations", "Ablations (digits, "
@@ -412,13 +447,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                            for m in matches],
                           [("task", "task"), ("box", "black box"), ("seed", "seed"),
                            ("target_val_accuracy", "paper BAR best val."),
-                           ("reference_images", "paper BAR images"),
-                           ("barapi_images", "barapi images"), ("ratio", "ratio")]))
+                           ("reference_images", "paper BAR images (all)"),
+                           ("barapi_images", "barapi images to reach it"),
+                           ("ratio", "ratio")]))
     markdown = "\n\n".join(tables)
-    print(markdown)
     out = root if args.quick else RESULTS  # the cache under results/suite/ is not committed
+    plots = plot_curves(rows, out)
+    if plots:
+        links = ", ".join(f"[{p.stem.removeprefix('curves_')}](benchmarks/results/{p.name})"
+                          for p in plots)
+        markdown += f"\n\nValidation accuracy against billable images and dollars: {links}."
     (out / "suite.md").write_text(markdown + "\n")
-    plot_curves(rows, out)
+    print(markdown)
     if not args.quick:
         command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
         write_results("suite", summary, command, runs=rows, cost_to_match=matches,

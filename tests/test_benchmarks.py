@@ -49,3 +49,10 @@ def test_suite_quick_runs_every_method_and_resumes_from_its_results(tmp_path) ->
     again = suite.main(["--quick", "--results", str(tmp_path)])  # everything read back
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in rows]
     assert [r["seconds"] for r in again] == [r["seconds"] for r in rows]
+
+
+def test_step_time_quick() -> None:
+    from benchmarks import step_time
+
+    (row,) = step_time.main(["--quick", "--steps", "2"])
+    assert row["steps"] == 2 and row["model_s_per_step"] > 0 and 0 < row["barapi_share"] < 1
