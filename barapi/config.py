@@ -54,7 +54,7 @@ class RunConfig(BaseModel):
         8, description="program side k: W is 3×k×k, upsampled to the canvas; omit for full")
     method: Literal["bar", "ar", "zero-shot"] = Field(
         "bar", description="bar: black-box ZO; ar: white-box autograd (local only); "
-        "zero-shot: label map only")
+        "zero-shot: no program, the head alone (label map, or the linear probe)")
     head: Literal["map", "linear"] = Field(
         "linear", description="output head: map = the paper's fixed many-to-one label map; "
         "linear = logistic regression on the black box's log-probabilities, fitted to the "
