@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
 import types
@@ -210,7 +211,7 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        probe = ("" if result.probe_accuracy != result.probe_accuracy  # NaN: no linear head
+        probe = ("" if math.isnan(result.probe_accuracy)  # a label-map head
                  else f", linear probe {result.probe_accuracy:.1%}")
         patience = " · stopped by --patience" if result.extra.get("early_stop") else ""
         click.echo(f"test accuracy {result.test_accuracy:.1%} (zero-shot mapping "

@@ -200,10 +200,6 @@ class Trainer:
         if self.folder is not None:
             self.folder.log(record)
 
-    def _head_optimizer(self) -> Optimizer:
-        c = self.config
-        return Optimizer("adam", c.head_lr, c.decay, self.steps_per_epoch)
-
     def _save(self, state: dict[str, Any], optimizers: dict[str, Optimizer]) -> None:
         if self.folder is None:
             return
@@ -281,7 +277,7 @@ class Trainer:
     async def run(self) -> RunResult:
         c = self.config
         optimizers = {"opt": Optimizer(c.optimizer, c.lr, c.decay, self.steps_per_epoch),
-                      "head_opt": self._head_optimizer()}
+                      "head_opt": Optimizer("adam", c.head_lr, c.decay, self.steps_per_epoch)}
         state = self._restore(optimizers)
         if state is None:
             if self.folder is not None:
@@ -296,9 +292,8 @@ class Trainer:
         except (BudgetExhausted, FatalProviderError) as exc:
             stopped = str(exc)
             self._log({"event": "stopped", "step": state["step"], "reason": stopped})
-        initial = (state["probe_test_accuracy"] if isinstance(state["head"], LinearHead)
-                   else state["zero_shot_test_accuracy"])
-        test = initial
+        test = (state["probe_test_accuracy"] if isinstance(state["head"], LinearHead)
+                else state["zero_shot_test_accuracy"])
         if c.method != "zero-shot":
             try:
                 test = await self._test(state["best_head"], state["best_weights"])

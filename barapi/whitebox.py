@@ -27,13 +27,15 @@ def check_white_box(adapter: Adapter) -> None:
 
 def target_scores(head: OutputHead, probs: torch.Tensor) -> torch.Tensor:
     """`head.scores` in torch, differentiable in the probabilities (N, K) → (N, C)."""
+    def tensor(a: NDArray[np.generic]) -> torch.Tensor:
+        return torch.from_numpy(a).to(probs.device)
+
     if isinstance(head, LinearHead):
         logp = probs.clamp(1e-7, 1.0).log().double()
-        phi = (logp - logp.mean(dim=1, keepdim=True) - torch.from_numpy(head.mean)) \
-            / torch.from_numpy(head.scale)
-        z = phi @ torch.from_numpy(head.weights).T + torch.from_numpy(head.bias)
+        phi = (logp - logp.mean(dim=1, keepdim=True) - tensor(head.mean)) / tensor(head.scale)
+        z = phi @ tensor(head.weights).T + tensor(head.bias)
         return torch.softmax(z, dim=1)
-    h = probs[:, torch.from_numpy(head.assignment)].mean(dim=2)
+    h = probs[:, tensor(head.assignment)].mean(dim=2)
     return h / h.sum(dim=1, keepdim=True)
 
 
@@ -47,7 +49,7 @@ def autograd_gradient(adapter: Adapter, task: Task) -> GradientFn:
     upsample = torch.from_numpy(program.upsample).to(device)
     mask = torch.from_numpy(program.canvas.mask).permute(2, 0, 1).to(device)
     rows, cols = program.canvas.window_slice
-    class_weights = torch.from_numpy(task.weights)
+    class_weights = torch.from_numpy(task.weights).to(device)
     gamma = task.gamma
     full_resolution = program.resolution == program.canvas.size
 
@@ -60,9 +62,9 @@ def autograd_gradient(adapter: Adapter, task: Task) -> GradientFn:
         x = background.unsqueeze(0).repeat(len(windows), 1, 1, 1)
         x[:, :, rows, cols] = torch.from_numpy(windows).to(device).permute(0, 3, 1, 2) / 255.0
         probs = adapter.probabilities(x)
-        h = target_scores(head, probs.cpu())
-        y = torch.from_numpy(labels)
-        p = h[torch.arange(len(y)), y].clamp_min(1e-12)
+        h = target_scores(head, probs)
+        y = torch.from_numpy(labels).to(device)
+        p = h[torch.arange(len(y), device=device), y].clamp_min(1e-12)
         loss = (-class_weights[y] * (1 - p) ** gamma * p.log()).mean()
         loss.backward()
         assert w.grad is not None

@@ -103,11 +103,18 @@ class Cell:
     def key(self) -> str:
         """Names the resolved settings, not the labels: cells with equal settings share one
         run, and a change of barapi's defaults makes new runs rather than reusing old ones."""
-        values = {**TASKS[self.task], **self.overrides, "seed": self.seed}
-        transfer, preset = values.pop("transfer", None), values.pop("preset", None)
+        preset, values = self.settings()
+        transfer = self.overrides.get("transfer")
         settings = api.make_config(preset, **values).model_dump()
         blob = json.dumps([self.box, transfer, settings], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+    def settings(self, base: dict[str, Any] | None = None) -> tuple[str | None, dict[str, Any]]:
+        """(preset, RunConfig values) of the cell: its task, `base`, its overrides, its seed."""
+        values = {**TASKS[self.task], **(base or {}), **self.overrides, "seed": self.seed}
+        values.pop("transfer", None)
+        return values.pop("preset", None), values
 
 
 def cells(groups: list[str], seeds: list[int], quick: bool) -> list[Cell]:
@@ -188,15 +195,13 @@ def clarifai_emulator(input_size: int | None) -> Iterator[ClarifaiEmulator]:
 
 def config_of(cell: Cell, base: dict[str, Any], data_root: Path,
               port: int | None) -> api.RunConfig:
-    values = {**TASKS[cell.task], **base, **cell.overrides, "seed": cell.seed}
-    values.pop("transfer", None)
+    preset, values = cell.settings(base)
     if values["dataset"] == "@fashion":
         values["dataset"] = str(fashion_npz(data_root))
         values.setdefault("per_class", 100)
     if cell.box != "lite0" and values.get("method") != "ar":
         values.update(provider="clarifai", model=BOXES[cell.box], endpoint=f"127.0.0.1:{port}",
                       insecure=True)
-    preset = values.pop("preset", None)
     return api.make_config(preset, **values)
 
 

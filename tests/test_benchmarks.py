@@ -1,17 +1,12 @@
 """The benchmark scripts still work (their --quick modes; the numbers are not checked)."""
 
-from benchmarks import adapter_speed, digits
+from benchmarks import adapter_speed
 
 
 def test_adapter_speed_quick() -> None:
     rows = adapter_speed.main(["--quick", "--device", "cpu"])
     assert rows and all(r["adapter_img_s"] > 0 and r["ratio"] > 0 for r in rows)
 
-
-def test_digits_quick() -> None:
-    rows = digits.main(["--quick", "--device", "cpu"])
-    assert [r["method"] for r in rows] == list(digits.METHODS)
-    assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
 
 
 def test_providers_quick() -> None:
