@@ -51,3 +51,21 @@ def test_step_time_quick() -> None:
 
     (row,) = step_time.main(["--quick", "--steps", "2"])
     assert row["steps"] == 2 and row["model_s_per_step"] > 0 and 0 < row["barapi_share"] < 1
+
+
+def test_gradient_agreement_quick_passes_its_float_control() -> None:
+    # the control: tiny float-image differences agree with autograd's directional derivative,
+    # so the benchmark compares like with like (and AR's gradient is the loss's gradient)
+    from benchmarks import gradient_agreement
+
+    rows = gradient_agreement.main(["--quick", "--directions", "12", "--betas", "0.05"])
+    control = [r for r in rows if r["wire"] == "float" and r["beta"] == 1e-3]
+    assert len(control) == 2 and all(r["two_sided"] > 0.9 for r in control)
+    assert {r["wire"] for r in rows} == {"float", "8-bit"}
+
+
+def test_cma_es_quick() -> None:
+    from benchmarks import cma_es
+
+    (row,) = cma_es.main(["--quick", "--seeds", "0", "--sigmas", "0.1"])
+    assert 0 <= row["test_accuracy"] <= 1 and row["images"] > 0
