@@ -91,11 +91,10 @@ def run_one(settings: dict[str, Any]) -> dict[str, Any]:
     start = time.monotonic()
     values, adapter = dict(settings), None
     if "box" in values:
-        from benchmarks.suite import fashion_npz, folded_white_box
+        from benchmarks.suite import folded_white_box, with_dataset
 
         box = values.pop("box")
-        if values["dataset"] == "@fashion":
-            values["dataset"] = str(fashion_npz(RESULTS / "suite" / "data"))
+        values = with_dataset(values)
         adapter = folded_white_box(box, values.get("input_size", 112))
     session = api.prepare(api.make_config(**values), adapter=adapter, use_cache=False)
     result = session.run()

@@ -29,7 +29,7 @@ from barapi.head import LinearHead
 from barapi.optim import Optimizer
 from barapi.query import QueryService
 from barapi.trainer import Task, build_heads, evaluate
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import markdown_table, write_results
 
 SHIRTS = {"dataset": "@fashion", "classes": "Shirt,T-shirt/top", "per_class": 100, "m": 1,
           "device": "cpu"}
@@ -40,12 +40,9 @@ QUICK = {"dataset": "digits", "classes": "0,1", "canvas": 32, "window": 16, "inp
 async def run(settings: dict[str, Any], sigma: float, seed: int) -> dict[str, Any]:
     import cma
 
-    from benchmarks.suite import fashion_npz, folded_white_box
+    from benchmarks.suite import folded_white_box, with_dataset
 
-    values = {**settings, "seed": seed}
-    if values["dataset"] == "@fashion":
-        values["dataset"] = str(fashion_npz(RESULTS / "suite" / "data"))
-    config = api.make_config(**values)
+    config = api.make_config(**with_dataset({**settings, "seed": seed}))
     adapter = folded_white_box("moderation", config.input_size)
     split = api.load_split(config)
     task, service = Task(config, split), QueryService(adapter)

@@ -28,7 +28,7 @@ from barapi import api
 from barapi.query import QueryService
 from barapi.trainer import Task, build_heads
 from barapi.whitebox import autograd_gradient
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import markdown_table, write_results
 
 SHIRTS = {"dataset": "@fashion", "classes": "Shirt,T-shirt/top", "per_class": 100, "m": 1,
           "device": "cpu"}
@@ -38,12 +38,9 @@ QUICK = {"dataset": "digits", "classes": "0,1", "canvas": 32, "window": 16, "inp
 
 def agreement(box: str, betas: list[float], n_directions: int,
               settings: dict[str, Any]) -> list[dict[str, Any]]:
-    from benchmarks.suite import fashion_npz, folded_white_box
+    from benchmarks.suite import folded_white_box, with_dataset
 
-    values = dict(settings)
-    if values["dataset"] == "@fashion":
-        values["dataset"] = str(fashion_npz(RESULTS / "suite" / "data"))
-    config = api.make_config(**values)
+    config = api.make_config(**with_dataset(settings))
     adapter = (api.open_adapter(config) if box == "lite0"
                else folded_white_box(box, config.input_size))
     split = api.load_split(config)

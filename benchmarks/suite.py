@@ -193,12 +193,19 @@ def clarifai_emulator(input_size: int | None) -> Iterator[ClarifaiEmulator]:
             os.environ["CLARIFAI_PAT"] = previous
 
 
+def with_dataset(values: dict[str, Any], data_root: Path = RESULTS / "suite" / "data"
+                 ) -> dict[str, Any]:
+    """`values` with the dataset "@fashion" replaced by the suite's Fashion-MNIST .npz (built
+    under `data_root` when missing; training capped at 100 per class unless set)."""
+    if values["dataset"] != "@fashion":
+        return values
+    return {"per_class": 100, **values, "dataset": str(fashion_npz(data_root))}
+
+
 def config_of(cell: Cell, base: dict[str, Any], data_root: Path,
               port: int | None) -> api.RunConfig:
     preset, values = cell.settings(base)
-    if values["dataset"] == "@fashion":
-        values["dataset"] = str(fashion_npz(data_root))
-        values.setdefault("per_class", 100)
+    values = with_dataset(values, data_root)
     if cell.box != "lite0" and values.get("method") != "ar":
         values.update(provider="clarifai", model=BOXES[cell.box], endpoint=f"127.0.0.1:{port}",
                       insecure=True)
