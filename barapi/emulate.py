@@ -25,6 +25,14 @@ from barapi.adapters.base import Adapter
 from barapi.adapters.clarifai import CONCEPTS
 from barapi.wire import decode_png
 
+
+def fold_matrix(n_sources: int, k: int) -> np.ndarray:
+    """(n_sources, k) 0/1 float32 matrix F: probabilities @ F sums source class i into
+    concept i mod k (how both emulators answer from the local model)."""
+    fold = np.zeros((n_sources, k), dtype=np.float32)
+    fold[np.arange(n_sources), np.arange(n_sources) % k] = 1.0
+    return fold
+
 HOST = "127.0.0.1"
 
 
@@ -100,7 +108,7 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
                 continue
             same = [j for j in good if decoded[j].shape == decoded[i].shape]
             full = await self.model.predict_proba(np.stack([decoded[j] for j in same]))
-            folded = np.stack([full[:, k::len(names)].sum(axis=1) for k in range(len(names))], 1)
+            folded = full @ fold_matrix(full.shape[1], len(names))
             scores.update(zip(same, folded, strict=True))
         outputs = []
         for i in range(n):
@@ -241,7 +249,7 @@ class AzureEmulator:
             time.sleep(f.delay)
         full = asyncio.run(self.model.predict_proba(image[None]))[0]
         k = len(self.tags)
-        scores = [float(full[i::k].sum()) for i in range(k)]
+        scores = [float(v) for v in full @ fold_matrix(len(full), k)]
         ranked = sorted(zip(scores, range(k), self.tags, strict=True), reverse=True)
         predictions = [{"probability": s, "tagId": f"tag-{i}", "tagName": t} for s, i, t in ranked]
         return 200, {"id": "emulated", "project": parts[3], "iteration": parts[6],

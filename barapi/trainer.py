@@ -276,8 +276,9 @@ class Trainer:
 
     async def run(self) -> RunResult:
         c = self.config
-        optimizers = {"opt": Optimizer(c.optimizer, c.lr, c.decay, self.steps_per_epoch),
-                      "head_opt": Optimizer("adam", c.head_lr, c.decay, self.steps_per_epoch)}
+        optimizers = {"opt": Optimizer(c.optimizer, c.lr, c.decay, self.steps_per_epoch)}
+        if c.head == "linear":  # a label map has nothing to train
+            optimizers["head_opt"] = Optimizer("adam", c.head_lr, c.decay, self.steps_per_epoch)
         state = self._restore(optimizers)
         if state is None:
             if self.folder is not None:
@@ -316,10 +317,9 @@ class Trainer:
 
     def _update_head(self, state: dict[str, Any], optimizer: Optimizer, probs: Probabilities,
                      labels: NDArray[np.int64]) -> None:
-        """One Adam step of a linear head on the step's answers (every variant's)."""
+        """One Adam step of the linear head on the step's answers (every variant's)."""
         head = state["head"]
-        if not isinstance(head, LinearHead):
-            return
+        assert isinstance(head, LinearHead)
         tiled = np.tile(labels, len(probs) // len(labels))
         _, grad = head.loss_and_gradient(probs, tiled, self.task.gamma, self.task.weights)
         state["head"] = head.with_parameters(optimizer.step(head.parameters, grad))
@@ -362,7 +362,8 @@ class Trainer:
                                                    task.windows["train"][batch], labels, step)
                 lr = optimizer.step_size()
                 state["weights"] = optimizer.step(state["weights"], grad)
-                self._update_head(state, optimizers["head_opt"], probs, labels)
+                if "head_opt" in optimizers:
+                    self._update_head(state, optimizers["head_opt"], probs, labels)
                 state["step"] = step + 1
                 self._log({"event": "step", "step": step + 1, "epoch": epoch, "loss": loss,
                            "lr": lr, "queries": self.service.stats.images,

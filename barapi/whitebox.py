@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from barapi.adapters.base import Adapter
 from barapi.adapters.local import LocalAdapter
 from barapi.errors import ConfigError
-from barapi.head import LinearHead, OutputHead
+from barapi.head import PROB_FLOOR, LinearHead, OutputHead
 from barapi.trainer import FloatArray, GradientFn, Probabilities, Task
 
 
@@ -31,7 +31,7 @@ def target_scores(head: OutputHead, probs: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(a).to(probs.device)
 
     if isinstance(head, LinearHead):
-        logp = probs.clamp(1e-7, 1.0).log().double()
+        logp = probs.clamp(PROB_FLOOR, 1.0).log().double()
         phi = (logp - logp.mean(dim=1, keepdim=True) - tensor(head.mean)) / tensor(head.scale)
         z = phi @ tensor(head.weights).T + tensor(head.bias)
         return torch.softmax(z, dim=1)

@@ -69,3 +69,10 @@ def test_cma_es_quick() -> None:
 
     (row,) = cma_es.main(["--quick", "--seeds", "0", "--sigmas", "0.1"])
     assert 0 <= row["test_accuracy"] <= 1 and row["images"] > 0
+
+
+def test_probe_l2_quick() -> None:
+    from benchmarks import probe_l2
+
+    rows = probe_l2.main(["--quick", "--l2", "0.01", "100"])
+    assert [r["l2"] for r in rows] == [0.01, 100] and all(0 <= r["train"] <= 1 for r in rows)
