@@ -16,11 +16,11 @@ from barapi.zo import ZOEstimator
 PRESETS: dict[str, dict[str, Any]] = {
     # Tsai, Chen & Ho (2020): full-resolution program, unit-sphere one-sided estimator with
     # b = d and β = 0.01, frequency mapping, focal loss, SGD with exponential decay, a fixed
-    # number of epochs.
+    # number of epochs (6, pinned here so that the preset does not follow barapi's default).
     "paper": {"canvas": 224, "input_size": 224, "resolution": None, "directions": "sphere",
               "two_sided": False, "beta": 0.01, "q": 10, "optimizer": "sgd", "lr": 0.05,
               "decay": 0.9, "mapping": "frequency", "loss": "focal", "gamma": 2.0, "m": 10,
-              "head": "map", "patience": 0},
+              "head": "map", "patience": 0, "epochs": 6},
 }
 
 
@@ -75,10 +75,10 @@ class RunConfig(BaseModel):
     lr: float = Field(0.05, description="initial step size")
     decay: float = Field(1.0, description="step size multiplier per epoch")
     batch: int = Field(20, description="minibatch size (images per program variant)")
-    epochs: int = Field(6, description="passes over the training split")
+    epochs: int = Field(6, description="passes over the training split (at most: see patience)")
     eval_every: int = Field(0, description="validate every N steps (0: once per epoch)")
     patience: int = Field(2, description="stop after this many validations without a better "
-                          "validation accuracy (0: train every epoch)")
+                          "validation accuracy or a lower validation loss (0: train every epoch)")
     evaluate: bool = Field(True, description="query the validation and test splits (zero-shot, "
                            "model selection, test accuracy); off: only training is paid for")
     seed: int = Field(0, description="seed of split, label map, shuffling and directions")

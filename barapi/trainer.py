@@ -248,6 +248,11 @@ class Trainer:
                   "val_accuracy": ev.accuracy, "queries": self.service.stats.images}
         self._log(record)
         better = (ev.accuracy, -ev.loss) > (state["best_val_accuracy"], -state["best_val_loss"])
+        # progress (for --patience) is also a new lowest validation loss: on a small split the
+        # accuracy moves in coarse steps and stalls while a slowly learning program improves
+        lowest = state.get("lowest_val_loss", state["best_val_loss"])
+        if better or ev.loss < lowest:
+            state.update(progress_step=state["step"], lowest_val_loss=min(ev.loss, lowest))
         if better:
             state.update(best_weights=state["weights"].copy(), best_head=state["head"],
                          best_val_accuracy=ev.accuracy, best_val_loss=ev.loss,
@@ -325,10 +330,12 @@ class Trainer:
         state["head"] = head.with_parameters(optimizer.step(head.parameters, grad))
 
     def _out_of_patience(self, state: dict[str, Any], eval_every: int) -> bool:
-        """`patience` validations in a row found nothing better than the best program."""
+        """`patience` validations in a row found neither a better program nor a lower
+        validation loss."""
         c = self.config
+        progress_step = state.get("progress_step", state["best_step"])
         return (c.evaluate and c.patience > 0
-                and state["step"] - state["best_step"] >= c.patience * eval_every
+                and state["step"] - progress_step >= c.patience * eval_every
                 and state.get("validated_step") == state["step"])
 
     async def _train(self, state: dict[str, Any], optimizers: dict[str, Optimizer]) -> None:

@@ -195,11 +195,14 @@ def clarifai_emulator(input_size: int | None) -> Iterator[ClarifaiEmulator]:
 
 def with_dataset(values: dict[str, Any], data_root: Path = RESULTS / "suite" / "data"
                  ) -> dict[str, Any]:
-    """`values` with the dataset "@fashion" replaced by the suite's Fashion-MNIST .npz (built
-    under `data_root` when missing; training capped at 100 per class unless set)."""
-    if values["dataset"] != "@fashion":
+    """`values` with the dataset "@fashion" (or "@fashion-N": N images per class instead of
+    300) replaced by the suite's Fashion-MNIST .npz (built under `data_root` when missing;
+    training capped at 100 per class unless set)."""
+    name = values["dataset"]
+    if not re.fullmatch(r"@fashion(-\d+)?", name):
         return values
-    return {"per_class": 100, **values, "dataset": str(fashion_npz(data_root))}
+    per_class = int(name.split("-")[1]) if "-" in name else 300
+    return {"per_class": 100, **values, "dataset": str(fashion_npz(data_root, per_class))}
 
 
 def config_of(cell: Cell, base: dict[str, Any], data_root: Path,
@@ -212,23 +215,23 @@ def config_of(cell: Cell, base: dict[str, Any], data_root: Path,
     return api.make_config(preset, **values)
 
 
-def folded_white_box(box: str, input_size: int | None) -> Any:
+def folded_white_box(box: str, input_size: int | None, device: str = "cpu") -> Any:
     """The emulated service's model as a local white-box adapter (for AR): EfficientNet-Lite0
     with ImageNet class i summed into concept i mod K, exactly as the emulator answers."""
     import torch
 
     from barapi.adapters.clarifai import CONCEPTS
-    from barapi.adapters.local import LocalAdapter, _efficientnet_lite
+    from barapi.adapters.local import LocalAdapter, _efficientnet_lite, resolve_device
 
     names = CONCEPTS[str(BOXES[box])]
-    net = _efficientnet_lite("efficientnet-lite0")
+    net = _efficientnet_lite("efficientnet-lite0").eval().to(resolve_device(device))
     fold = torch.from_numpy(fold_matrix(1000, len(names)))
 
     def model(x: torch.Tensor) -> torch.Tensor:
         return net(x).softmax(dim=1) @ fold.to(x.device)
 
     return LocalAdapter(model, names, input_size=input_size, outputs="probabilities",
-                        device="cpu", name=f"efficientnet-lite0-folded-{len(names)}")
+                        device=device, name=f"efficientnet-lite0-folded-{len(names)}")
 
 
 def curve(folder: Path) -> list[list[float]]:

@@ -76,3 +76,18 @@ def test_probe_l2_quick() -> None:
 
     rows = probe_l2.main(["--quick", "--l2", "0.01", "100"])
     assert [r["l2"] for r in rows] == [0.01, 100] and all(0 <= r["train"] <= 1 for r in rows)
+
+
+def test_calibrate_table_groups_seeds_with_standard_error() -> None:
+    from benchmarks.calibrate import FASHION_WIDE, spelled, table
+
+    def row(candidate: dict, seed: int, accuracy: float) -> dict:
+        settings = {"box": "moderation", **FASHION_WIDE, **spelled(candidate), "seed": seed}
+        return {"settings": settings, "test_accuracy": accuracy, "images": 1000 * (seed + 1)}
+
+    k4 = {"resolution": 4, "epochs": 12}
+    rows = [row(k4, 0, 0.7), row(k4, 1, 0.8), row({"method": "ar", "patience": 0}, 0, 0.9)]
+    lines = table(rows).splitlines()
+    prefix = "| moderation | shirt vs T-shirt | "
+    assert lines[2] == prefix + "BAR k=4, 12 ep., patience 2 | 2 | 75.0% | 5.0% | 1,500 |"
+    assert lines[3] == prefix + "AR k=8, 6 ep., no early stop | 1 | 90.0% | 0.0% | 1,000 |"

@@ -164,3 +164,27 @@ def test_patience_stops_a_run_that_validation_says_is_not_improving(tmp_path: Pa
     assert again.steps == 4  # resuming a run that ran out of patience trains no further
     full = api.train(tiny_config(eval_every=2, epochs=3), adapter=BlindAdapter())
     assert full.steps > 4
+
+
+@pytest.mark.parametrize(("val_losses", "steps"), [
+    ([1.0 - 0.05 * i for i in range(16)], 30),  # accuracy below the best, loss keeps falling
+    ([1.0, 0.9, 0.95, 0.92] + [0.91] * 12, 6),  # two validations without a new lowest loss
+])
+def test_patience_counts_a_lower_validation_loss_as_progress(
+        monkeypatch: pytest.MonkeyPatch, val_losses: list[float], steps: int) -> None:
+    from barapi import trainer
+
+    real_evaluate = trainer.evaluate
+    losses = iter(val_losses)
+
+    async def scripted(service, task, head, weights, part="test"):  # type: ignore[no-untyped-def]
+        ev = await real_evaluate(service, task, head, weights, part)
+        if part != "val":
+            return ev
+        loss = next(losses)
+        return trainer.Evaluation(loss, 0.6 if loss == val_losses[0] else 0.5, ev.predictions)
+
+    monkeypatch.setattr(trainer, "evaluate", scripted)
+    result = api.train(tiny_config(eval_every=2, patience=2, epochs=3), adapter=BlindAdapter())
+    assert result.steps == steps and result.extra["best_step"] == 0  # selection: accuracy first
+    assert result.extra["early_stop"] == (steps < 30)
