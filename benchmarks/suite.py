@@ -198,11 +198,11 @@ def with_dataset(values: dict[str, Any], data_root: Path = RESULTS / "suite" / "
     """`values` with the dataset "@fashion" (or "@fashion-N": N images per class instead of
     300) replaced by the suite's Fashion-MNIST .npz (built under `data_root` when missing;
     training capped at 100 per class unless set)."""
-    name = values["dataset"]
-    if not re.fullmatch(r"@fashion(-\d+)?", name):
+    match = re.fullmatch(r"@fashion(?:-(\d+))?", values["dataset"])
+    if match is None:
         return values
-    per_class = int(name.split("-")[1]) if "-" in name else 300
-    return {"per_class": 100, **values, "dataset": str(fashion_npz(data_root, per_class))}
+    path = fashion_npz(data_root, int(match[1] or 300))
+    return {"per_class": 100, **values, "dataset": str(path)}
 
 
 def config_of(cell: Cell, base: dict[str, Any], data_root: Path,
@@ -221,15 +221,13 @@ def folded_white_box(box: str, input_size: int | None, device: str = "cpu") -> A
     import torch
 
     from barapi.adapters.clarifai import CONCEPTS
-    from barapi.adapters.local import LocalAdapter, _efficientnet_lite, resolve_device
+    from barapi.adapters.local import LocalAdapter, _efficientnet_lite
 
     names = CONCEPTS[str(BOXES[box])]
-    net = _efficientnet_lite("efficientnet-lite0").eval().to(resolve_device(device))
-    fold = torch.from_numpy(fold_matrix(1000, len(names)))
-
-    def model(x: torch.Tensor) -> torch.Tensor:
-        return net(x).softmax(dim=1) @ fold.to(x.device)
-
+    fold = torch.nn.Linear(1000, len(names), bias=False).requires_grad_(False)
+    fold.weight.copy_(torch.from_numpy(fold_matrix(1000, len(names)).T))
+    model = torch.nn.Sequential(_efficientnet_lite("efficientnet-lite0"), torch.nn.Softmax(dim=1),
+                                fold)  # a module, so that LocalAdapter places it on `device`
     return LocalAdapter(model, names, input_size=input_size, outputs="probabilities",
                         device=device, name=f"efficientnet-lite0-folded-{len(names)}")
 
