@@ -8,19 +8,21 @@
 
 `grid`: 24 settings (one seed), every BAR run given about 60,000 billable images (epochs
 rounded to fit); `seeds`: the best candidates over seeds 0, 1, 2 (both from the label-map
-era: they spell out the estimator's settings but not the head or early stopping, so a rerun
-now would use today's defaults for those); `few-output`: linear-head BAR on Clarifai
+era: they spell out the estimator's settings but not the head or early stopping, so a
+rerun now would use today's defaults for those); `few-output`: linear-head BAR on Clarifai
 Moderation's 5 outputs (the emulator's folded model, called in-process) on shirt vs
 T-shirt, changes to the then-defaults over seeds 0, 1, 2; `wide`: the evidence behind the
 defaults and the README's advice, 5–10 seeds with 1,000-image test splits on three black
-boxes (one H100: about 10 minutes; `--table` prints its README table from the JSON without running
-anything). `few-output` and `wide` spell out the defaults of their time (SPELLED), so their
-rows keep their meaning; rows marked "stopping": "accuracy" ran before `--patience` also
-counted a lower validation loss as progress, and rows with `average` or `per_sample` come
-from two options that lost and were then deleted (iterate averaging, per-sample
-directions). A stage resumes: runs already in its JSON are kept, only missing settings run.
-Runs in parallel processes; on a 2-core CPU expect hours. Writes
-benchmarks/results/calibration_<stage>.json.
+boxes (one H100: about 20 minutes over resumed calls; `--table` prints its README table
+from the JSON without running anything). `few-output` and `wide` spell out the defaults of
+their time (SPELLED), so their rows keep their meaning; rows marked "stopping": "accuracy"
+ran before `--patience` also counted a lower validation loss as progress, and rows with
+`average` or `per_sample` come from options that lost and were then deleted (iterate
+averaging, per-sample directions; in `wide`, `coarse_resolution`/`coarse_epochs`: c×c
+random directions upsampled to k×k for the first epochs, and `warmup`: the program's step
+size rising linearly over the first epochs). A stage resumes: runs already in its JSON are
+kept, only missing settings run. Runs in parallel processes; on a 2-core CPU expect hours.
+Writes benchmarks/results/calibration_<stage>.json.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ images decide early stopping by one or two images)."""
 def wide() -> list[dict[str, Any]]:
     """Many seeds, large test splits: shirt vs T-shirt through Moderation and NSFW (10 seeds
     each) and through EfficientNet-Lite0's 1,000 outputs (10 seeds), digits on Lite0 (5
-    seeds)."""
+    seeds); then `minibatch()`'s additions, digits 0–4 through Moderation among them."""
     ar, k4, p0 = {"method": "ar"}, {"resolution": 4}, {"patience": 0}
     k4_12 = {**k4, "epochs": 12}
     moderation: list[dict[str, Any]] = [
@@ -123,6 +125,37 @@ def wide() -> list[dict[str, Any]]:
             for s in range(10) for c in candidates]
     runs += [{"box": "lite0", "dataset": "digits", **spelled(c), "seed": s}
              for s in range(5) for c in lite0]
+    return minibatch() + runs
+
+
+DIGITS_0_4: dict[str, Any] = {"box": "moderation", "dataset": "digits", "classes": "0,1,2,3,4",
+                              "m": 1}
+"""The suite's 5-class few-output task: digits 0–4 through Moderation's 5 outputs."""
+
+
+def minibatch() -> list[dict[str, Any]]:
+    """Smaller minibatches at the same images per epoch (more steps, and more directions per
+    image: q per B·(q + 1) images), and the suite's 5-class few-output task over 5 seeds, in
+    order of priority so that a sweep cut short keeps the comparisons that matter."""
+    shirts = [(box, FASHION_WIDE, range(10)) for box in ("moderation", "nsfw")]
+    digits = [("moderation", DIGITS_0_4, range(5))]
+    p0 = {"patience": 0}
+    blocks: list[tuple[list[tuple[str, dict[str, Any], range]], list[dict[str, Any]]]] = [
+        (shirts, [{"batch": 5}, {"method": "ar", "batch": 5}, {"batch": 2}, {"batch": 10}]),
+        (digits, [{}, {"batch": 5}, {"method": "ar"}, {"method": "ar", "batch": 5},
+                  {"batch": 2}, {"method": "zero-shot"}]),
+        (shirts, [{"batch": 5, "epochs": 12}, {"method": "ar", "batch": 2}]),
+        ([("lite0", FASHION_WIDE, range(10)), ("lite0", {"dataset": "digits"}, range(5))],
+         [{"batch": 5}]),
+        (digits, [{"resolution": 4, "epochs": 12}, {"method": "ar", "epochs": 12, **p0},
+                  {"method": "ar", "resolution": 4, "epochs": 12, **p0}, p0,
+                  {"patience": 4}]),
+    ]
+    runs: list[dict[str, Any]] = []
+    for tasks, candidates in blocks:
+        for c in candidates:
+            for box, task, seeds in tasks:
+                runs += [{"box": box, **task, **spelled(c), "seed": s} for s in seeds]
     return runs
 
 
@@ -186,7 +219,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         s = row["settings"]
-        task = "digits" if s["dataset"] == "digits" else "shirt vs T-shirt"
+        task = ("shirt vs T-shirt" if s["dataset"] != "digits"
+                else f"digits {s['classes']}" if "classes" in s else "digits")
         groups[(s["box"], task, label(s))].append(row)
     lines = ["| black box | task | setting | seeds | test acc. | ± s.e. | billable images |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
