@@ -25,13 +25,14 @@ from barapi.data import Split, load_dataset, select_classes, stratified_split
 from barapi.errors import ConfigError
 from barapi.estimate import Phase, reach
 from barapi.estimate import estimate as estimate_cost
-from barapi.head import OutputHead, head_from_arrays
+from barapi.head import OutputHead
 from barapi.labelmap import check_fits
 from barapi.program import Canvas, Program
 from barapi.query import QueryService
 from barapi.ratelimit import RateLimiter
 from barapi.report import save_curves_png, save_program_png
 from barapi.run_folder import RunFolder
+from barapi.run_state import RunState
 from barapi.trainer import RunResult, Trainer, evaluate, query_program, run_sync
 
 __all__ = ["FittedProgram", "RunFolder", "Session", "card_for", "default_cache", "evaluate",
@@ -228,9 +229,8 @@ def load_run(path: Path | str) -> FittedProgram:
     if not folder.checkpoint.exists():
         raise ConfigError(f"{path}: run has no checkpoint yet")
     config = folder.config()
-    arrays, meta = load_checkpoint(folder.checkpoint)
-    head = head_from_arrays(arrays, "best_head.", meta["n_sources"])
-    return FittedProgram(config, arrays["best_weights"], head, meta["classes"])
+    state = RunState.from_checkpoint(*load_checkpoint(folder.checkpoint))
+    return FittedProgram(config, state.best_weights, state.best_head, state.classes)
 
 
 def run_service(path: Path | str, budget: float | None = None) -> tuple[FittedProgram, QueryService]:

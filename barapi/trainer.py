@@ -23,13 +23,14 @@ from barapi.config import RunConfig
 from barapi.data import Split
 from barapi.errors import BudgetExhausted, ConfigError, FatalProviderError
 from barapi.estimate import EVAL_CHUNK
-from barapi.head import LinearHead, OutputHead, head_arrays, head_from_arrays
+from barapi.head import LinearHead, OutputHead
 from barapi.labelmap import LabelMap, check_fits, frequency_map, random_map
 from barapi.losses import batched_focal_loss, class_weights
 from barapi.optim import Optimizer
 from barapi.program import Canvas, Program
 from barapi.query import QueryService
 from barapi.run_folder import RunFolder
+from barapi.run_state import RunState
 from barapi.zo import ZOEstimator
 
 FloatArray = NDArray[np.float32]
@@ -200,25 +201,21 @@ class Trainer:
         if self.folder is not None:
             self.folder.log(record)
 
-    def _save(self, state: dict[str, Any], optimizers: dict[str, Optimizer]) -> None:
+    def _save(self, state: RunState, optimizers: dict[str, Optimizer]) -> None:
         if self.folder is None:
             return
-        arrays = {"weights": state["weights"], "best_weights": state["best_weights"],
-                  **head_arrays(state["head"], "head."),
-                  **head_arrays(state["best_head"], "best_head.")}
-        meta = {k: v for k, v in state.items()
-                if k not in ("weights", "best_weights", "head", "best_head")}
+        arrays, meta = state.to_checkpoint()
         for name, optimizer in optimizers.items():
             arrays.update({f"{name}.{k}": v for k, v in optimizer.state.items()
                            if isinstance(v, np.ndarray)})
             meta[f"{name}_t"] = optimizer.state["t"]
         # the RNG state is a pure function of these: default_rng([seed, 0, epoch]) shuffles,
         # default_rng([seed, 1, step]) draws the step's directions
-        meta["rng"] = {"seed": self.config.seed, "next_step": state["step"]}
+        meta["rng"] = {"seed": self.config.seed, "next_step": state.step}
         meta["stats"] = vars(self.service.stats).copy()
         save_checkpoint(self.folder.checkpoint, arrays, meta)
 
-    def _restore(self, optimizers: dict[str, Optimizer]) -> dict[str, Any] | None:
+    def _restore(self, optimizers: dict[str, Optimizer]) -> RunState | None:
         if self.folder is None or not self.folder.checkpoint.exists():
             return None
         arrays, meta = load_checkpoint(self.folder.checkpoint)
@@ -237,28 +234,15 @@ class Trainer:
                               f"{n_sources} outputs, this one has "
                               f"{self.service.adapter.n_sources}")
         self.folder.truncate_metrics(meta["step"])
-        return {**meta, "weights": arrays["weights"], "best_weights": arrays["best_weights"],
-                "head": head_from_arrays(arrays, "head.", n_sources),
-                "best_head": head_from_arrays(arrays, "best_head.", n_sources)}
+        return RunState.from_checkpoint(arrays, meta)
 
-    async def _validate(self, state: dict[str, Any]) -> None:
-        ev = await evaluate(self.service, self.task, state["head"], state["weights"], "val")
-        state["validated_step"] = state["step"]
-        record = {"event": "val", "step": state["step"], "val_loss": ev.loss,
-                  "val_accuracy": ev.accuracy, "queries": self.service.stats.images}
-        self._log(record)
-        better = (ev.accuracy, -ev.loss) > (state["best_val_accuracy"], -state["best_val_loss"])
-        # progress (for --patience) is also a new lowest validation loss: on a small split the
-        # accuracy moves in coarse steps and stalls while a slowly learning program improves
-        lowest = state.get("lowest_val_loss", state["best_val_loss"])
-        if better or ev.loss < lowest:
-            state.update(progress_step=state["step"], lowest_val_loss=min(ev.loss, lowest))
-        if better:
-            state.update(best_weights=state["weights"].copy(), best_head=state["head"],
-                         best_val_accuracy=ev.accuracy, best_val_loss=ev.loss,
-                         best_step=state["step"])
+    async def _validate(self, state: RunState) -> None:
+        ev = await evaluate(self.service, self.task, state.head, state.weights, "val")
+        self._log({"event": "val", "step": state.step, "val_loss": ev.loss,
+                   "val_accuracy": ev.accuracy, "queries": self.service.stats.images})
+        state.record_validation(ev.accuracy, ev.loss)
 
-    async def _start(self) -> dict[str, Any]:
+    async def _start(self) -> RunState:
         """Initial state: heads built, zero-shot (and probe) test accuracy measured."""
         label_map, head = await build_heads(self.service, self.task)
         weights = self.task.program.zeros()
@@ -272,12 +256,8 @@ class Trainer:
                 probe = score(self.task, head, probs, "test").accuracy
         self._log({"event": "start", "step": 0, "zero_shot_test_accuracy": zero_shot,
                    "probe_test_accuracy": probe, "queries": self.service.stats.images})
-        return {"step": 0, "weights": weights, "best_weights": weights.copy(),
-                "best_val_accuracy": -1.0, "best_val_loss": float("inf"), "best_step": 0,
-                "head": head, "best_head": head, "zero_shot_test_accuracy": zero_shot,
-                "probe_test_accuracy": probe, "finished": False,
-                "n_sources": self.service.adapter.n_sources,
-                "classes": list(self.task.split.train.classes)}
+        return RunState.start(weights, head, self.service.adapter.n_sources,
+                              list(self.task.split.train.classes), zero_shot, probe)
 
     async def run(self) -> RunResult:
         c = self.config
@@ -297,22 +277,20 @@ class Trainer:
             await self._train(state, optimizers)
         except (BudgetExhausted, FatalProviderError) as exc:
             stopped = str(exc)
-            self._log({"event": "stopped", "step": state["step"], "reason": stopped})
-        test = (state["probe_test_accuracy"] if isinstance(state["head"], LinearHead)
-                else state["zero_shot_test_accuracy"])
+            self._log({"event": "stopped", "step": state.step, "reason": stopped})
+        test = (state.probe_test_accuracy if isinstance(state.head, LinearHead)
+                else state.zero_shot_test_accuracy)
         if c.method != "zero-shot":
             try:
-                test = await self._test(state["best_head"], state["best_weights"])
+                test = await self._test(state.best_head, state.best_weights)
             except BudgetExhausted as exc:
                 test, stopped = float("nan"), stopped or f"{exc} (before the test evaluation)"
-        state["finished"] = stopped is None
+        state.finished = stopped is None
         self._save(state, optimizers)
-        return RunResult(self.folder.path if self.folder else None, state["best_weights"],
-                         state["weights"], state["best_head"], test,
-                         state["zero_shot_test_accuracy"], state["probe_test_accuracy"],
-                         state["best_val_accuracy"], state["step"], stopped,
-                         {"best_step": state["best_step"],
-                          "early_stop": bool(state.get("early_stop"))})
+        return RunResult(self.folder.path if self.folder else None, state.best_weights,
+                         state.weights, state.best_head, test, state.zero_shot_test_accuracy,
+                         state.probe_test_accuracy, state.best_val_accuracy, state.step,
+                         stopped, {"best_step": state.best_step, "early_stop": state.early_stop})
 
     async def _test(self, head: OutputHead, weights: FloatArray) -> float:
         """Test accuracy, or NaN when the split has no test part or evaluation is off."""
@@ -320,25 +298,24 @@ class Trainer:
             return float("nan")
         return (await evaluate(self.service, self.task, head, weights, "test")).accuracy
 
-    def _update_head(self, state: dict[str, Any], optimizer: Optimizer, probs: Probabilities,
+    def _update_head(self, state: RunState, optimizer: Optimizer, probs: Probabilities,
                      labels: NDArray[np.int64]) -> None:
         """One Adam step of the linear head on the step's answers (every variant's)."""
-        head = state["head"]
+        head = state.head
         assert isinstance(head, LinearHead)
         tiled = np.tile(labels, len(probs) // len(labels))
         _, grad = head.loss_and_gradient(probs, tiled, self.task.gamma, self.task.weights)
-        state["head"] = head.with_parameters(optimizer.step(head.parameters, grad))
+        state.head = head.with_parameters(optimizer.step(head.parameters, grad))
 
-    def _out_of_patience(self, state: dict[str, Any], eval_every: int) -> bool:
+    def _out_of_patience(self, state: RunState, eval_every: int) -> bool:
         """`patience` validations in a row found neither a better program nor a lower
         validation loss."""
         c = self.config
-        progress_step = state.get("progress_step", state["best_step"])
         return (c.evaluate and c.patience > 0
-                and state["step"] - progress_step >= c.patience * eval_every
-                and state.get("validated_step") == state["step"])
+                and state.step - state.progress_step >= c.patience * eval_every
+                and state.validated_step == state.step)
 
-    async def _train(self, state: dict[str, Any], optimizers: dict[str, Optimizer]) -> None:
+    async def _train(self, state: RunState, optimizers: dict[str, Optimizer]) -> None:
         c, task = self.config, self.task
         train = task.split.train
         optimizer = optimizers["opt"]
@@ -347,7 +324,7 @@ class Trainer:
         else:
             gradient = zo_gradient(self.service, task, self.estimator, c.seed)
         eval_every = c.eval_every or self.steps_per_epoch
-        bar = tqdm(total=self.total_steps, initial=state["step"], disable=not self.progress,
+        bar = tqdm(total=self.total_steps, initial=state.step, disable=not self.progress,
                    unit="step", dynamic_ncols=True)
         start = time.monotonic()
 
@@ -355,32 +332,31 @@ class Trainer:
             return c.evaluate and step > 0 and (step % eval_every == 0 or step == self.total_steps)
 
         try:
-            if validation_due(state["step"]) and state.get("validated_step") != state["step"]:
+            if validation_due(state.step) and state.validated_step != state.step:
                 await self._validate(state)  # interrupted (e.g. by the budget) before it ran
                 self._save(state, optimizers)
-            while state["step"] < self.total_steps and not self._out_of_patience(state,
-                                                                                 eval_every):
-                step = state["step"]
+            while state.step < self.total_steps and not self._out_of_patience(state, eval_every):
+                step = state.step
                 epoch, position = divmod(step, self.steps_per_epoch)
                 order = np.random.default_rng([c.seed, 0, epoch]).permutation(len(train.labels))
                 batch = order[position * c.batch:(position + 1) * c.batch]
                 labels = train.labels[batch]
-                loss, grad, probs = await gradient(state["weights"], state["head"],
+                loss, grad, probs = await gradient(state.weights, state.head,
                                                    task.windows["train"][batch], labels, step)
                 lr = optimizer.step_size()
-                state["weights"] = optimizer.step(state["weights"], grad)
+                state.weights = optimizer.step(state.weights, grad)
                 if "head_opt" in optimizers:
                     self._update_head(state, optimizers["head_opt"], probs, labels)
-                state["step"] = step + 1
+                state.step = step + 1
                 self._log({"event": "step", "step": step + 1, "epoch": epoch, "loss": loss,
                            "lr": lr, "queries": self.service.stats.images,
                            "billed": self.service.stats.billed_images,
                            "dollars": self.service.budget.spent,
                            "elapsed": time.monotonic() - start})
                 if not c.evaluate:
-                    state.update(best_weights=state["weights"], best_head=state["head"],
-                                 best_step=state["step"])
-                elif validation_due(state["step"]):
+                    state.best_weights, state.best_head = state.weights, state.head
+                    state.best_step = state.step
+                elif validation_due(state.step):
                     await self._validate(state)
                 self._save(state, optimizers)
                 bar.update(1)
@@ -388,10 +364,10 @@ class Trainer:
                 if self.service.budget.limit is not None:
                     postfix["$"] = f"{self.service.budget.spent:.2f}/{self.service.budget.limit:.2f}"
                 bar.set_postfix(postfix)
-            if state["step"] < self.total_steps and not state.get("early_stop"):
-                state["early_stop"] = True
-                self._log({"event": "early_stop", "step": state["step"],
-                           "best_step": state["best_step"]})
+            if state.step < self.total_steps and not state.early_stop:
+                state.early_stop = True
+                self._log({"event": "early_stop", "step": state.step,
+                           "best_step": state.best_step})
                 self._save(state, optimizers)
         finally:
             bar.close()
