@@ -104,18 +104,23 @@ class QueryService:
         again once, on their own. A PartialAnswer that escapes carries every answer paid for."""
         try:
             return await self._send(images)
-        except PartialAnswer as first:
-            failed = np.flatnonzero(~first.ok)
-            try:
-                again = await self._send(images[failed])
-            except PartialAnswer as second:
-                first.probs[failed[second.ok]] = second.probs[second.ok]
-                first.ok[failed[second.ok]] = True
-                still = ", ".join(str(i) for i in np.flatnonzero(~first.ok))
-                first.args = (f"inputs {still} of a request failed twice ({second})",)
-                raise first from None
-            first.probs[failed] = again
-            return np.asarray(first.probs, dtype=np.float32)
+        except PartialAnswer as partial:
+            await self._ask_again(images, partial)
+            return np.asarray(partial.probs, dtype=np.float32)
+
+    async def _ask_again(self, images: NDArray[np.uint8], partial: PartialAnswer) -> None:
+        """Fill in the answers of `partial`'s failed inputs by asking for them once more;
+        raise `partial`, with what that paid for, where some fail again."""
+        failed = np.flatnonzero(~partial.ok)
+        try:
+            partial.probs[failed] = await self._send(images[failed])
+        except PartialAnswer as second:
+            partial.probs[failed[second.ok]] = second.probs[second.ok]
+            partial.ok[failed[second.ok]] = True
+            still = ", ".join(str(i) for i in np.flatnonzero(~partial.ok))
+            partial.args = (f"inputs {still} of a request failed twice ({second})",)
+            raise partial from None
+        partial.ok[failed] = True
 
     async def _send(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         n = len(images)
