@@ -36,7 +36,8 @@ class RunState:
     best_val_loss: float = math.inf
     best_step: int = 0
     progress_step: int = 0
-    """Last validation that found a better program or a new lowest loss (for --patience)."""
+    """Last validation that found a better program or a new lowest loss (for --patience: on a
+    small split the accuracy moves in coarse steps and stalls while a program still learns)."""
     lowest_val_loss: float = math.inf
     validated_step: int | None = None
     early_stop: bool = False
