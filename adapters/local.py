@@ -61,7 +61,12 @@ class LocalAdapter(Adapter):
         chunk: images per forward pass inside one request. On a CPU, passes of 8 images run
             2–4× faster than one pass over hundreds (large activations are re-allocated and
             page-faulted on every call; see benchmarks/adapter_speed.py). Default: 8 on a
-            CPU, the whole request on a GPU. Outputs do not depend on it.
+            CPU, the whole request on a GPU. On a CPU every pass holds exactly `chunk`
+            images (the last one padded with copies of its last image), because a pass's
+            size changes its outputs in the last bits: so an image's answer does not depend
+            on what else its request holds, and a resumed or partly cached run gets the
+            answers an uninterrupted one would, bit for bit. On a GPU answers may still
+            differ in the last bits with the size of the request.
     """
 
     card = "local"
@@ -102,12 +107,16 @@ class LocalAdapter(Adapter):
 
     def _forward(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         parts = []
+        pad = self.device.type == "cpu"
         with torch.inference_mode():
             for start in range(0, len(images), self.chunk):
-                x = torch.from_numpy(np.array(images[start:start + self.chunk]))  # own, writable copy
+                part = images[start:start + self.chunk]
+                if pad and len(part) < self.chunk:
+                    part = np.concatenate([part, np.repeat(part[-1:], self.chunk - len(part), 0)])
+                x = torch.from_numpy(np.array(part))  # own, writable copy
                 x = x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
                 parts.append(self.probabilities(x).cpu().numpy())
-        return np.concatenate(parts)
+        return np.concatenate(parts)[:len(images)]
 
     async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         if len(images) == 0:

@@ -60,7 +60,7 @@ def test_answers_in_fixed_label_order_from_the_real_model(lite0_32: Any) -> None
     probs = with_emulator(lite0_32, None, body)
     full = asyncio.run(lite0_32.predict_proba(x))
     expected = np.stack([full[:, k::5].sum(axis=1) for k in range(5)], axis=1)
-    assert probs.shape == (6, 5) and np.allclose(probs, expected, atol=1e-6)
+    assert probs.shape == (6, 5) and np.array_equal(probs, expected)  # bit for bit
 
 
 def test_batches_split_at_128_and_counts_agree(lite0_32: Any) -> None:
