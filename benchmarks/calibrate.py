@@ -4,7 +4,8 @@
     python -m benchmarks.calibrate --stage grid  [--device cuda] [--workers 8]
     python -m benchmarks.calibrate --stage seeds [--device cuda] [--workers 12]
     python -m benchmarks.calibrate --stage few-output [--workers 2]
-    python -m benchmarks.calibrate --stage wide --device cuda --workers 15   [--table]
+    python -m benchmarks.calibrate --stage wide --device cuda --workers 15
+    python -m benchmarks.calibrate --stage wide --table | --paired '{"batch": 5}'
 
 `grid`: 24 settings (one seed), every BAR run given about 60,000 billable images (epochs
 rounded to fit); `seeds`: the best candidates over seeds 0, 1, 2 (both from the label-map
@@ -213,24 +214,54 @@ def label(settings: dict[str, Any]) -> str:
     return text + "".join(f", {k} {v}" for k, v in extra.items())
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: per black box and task, each candidate's test accuracy (mean ± standard
-    error over seeds) and mean billable images (test evaluations included)."""
+def grouped(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    """Rows by (black box, task, candidate label)."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         s = row["settings"]
         task = ("shirt vs T-shirt" if s["dataset"] != "digits"
                 else f"digits {s['classes']}" if "classes" in s else "digits")
         groups[(s["box"], task, label(s))].append(row)
+    return groups
+
+
+def standard_error(values: list[float]) -> float:
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per black box and task, each candidate's test accuracy (mean ± standard
+    error over seeds) and mean billable images (test evaluations included)."""
+    groups = grouped(rows)
     lines = ["| black box | task | setting | seeds | test acc. | ± s.e. | billable images |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for (box, task, name), runs in sorted(groups.items(), key=lambda kv: (
             kv[0][0], kv[0][1], statistics.mean(r["test_accuracy"] for r in kv[1]))):
         accuracies = [r["test_accuracy"] for r in runs]
-        error = statistics.stdev(accuracies) / len(runs) ** 0.5 if len(runs) > 1 else 0.0
+        error = standard_error(accuracies)
         images = statistics.mean(r["images"] for r in runs)
         lines.append(f"| {box} | {task} | {name} | {len(runs)} | {statistics.mean(accuracies):.1%}"
                      f" | {error:.1%} | {images:,.0f} |")
+    return "\n".join(lines)
+
+
+def paired(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
+    """Markdown: each candidate's test accuracy minus the baseline candidate's (changes to
+    barapi's defaults, e.g. {} or {"batch": 5}) on the same black box, task and seed, mean ±
+    standard error over the seeds both ran."""
+    groups = grouped(rows)
+    reference = label(spelled(baseline))
+    lines = [f"Against {reference}:", "",
+             "| black box | task | setting | seeds | difference | ± s.e. |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for (box, task, name), runs in sorted(groups.items()):
+        base = {r["settings"]["seed"]: r["test_accuracy"]
+                for r in groups.get((box, task, reference), [])}
+        diffs = [r["test_accuracy"] - base[r["settings"]["seed"]] for r in runs
+                 if r["settings"]["seed"] in base]
+        if name != reference and diffs:
+            lines.append(f"| {box} | {task} | {name} | {len(diffs)} | "
+                         f"{statistics.mean(diffs) * 100:+.1f} | {standard_error(diffs) * 100:.1f} |")
     return "\n".join(lines)
 
 
@@ -245,10 +276,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--table", action="store_true",
                         help="print the stage's results as a markdown table; run nothing")
+    parser.add_argument("--paired", metavar="JSON",
+                        help="print each candidate's paired difference (points, same seeds) "
+                        "from this one, e.g. '{}' for barapi's default; run nothing")
     args = parser.parse_args(argv)
-    if args.table:
+    if args.table or args.paired is not None:
         rows = json.loads((RESULTS / f"calibration_{args.stage}.json").read_text())["rows"]
-        print(table(rows))
+        print(table(rows) if args.paired is None else paired(rows, json.loads(args.paired)))
         return rows
     configs = [{**with_budget(c), "device": args.device}
                for c in STAGES[args.stage]()]

@@ -217,7 +217,8 @@ def config_of(cell: Cell, base: dict[str, Any], data_root: Path,
 
 def folded_white_box(box: str, input_size: int | None, device: str = "cpu") -> Any:
     """The emulated service's model as a local white-box adapter (for AR): EfficientNet-Lite0
-    with ImageNet class i summed into concept i mod K, exactly as the emulator answers."""
+    with ImageNet class i summed into concept i mod K, the emulator's sums (`emulate.fold`)
+    as a differentiable product, equal up to float rounding."""
     import torch
 
     from barapi.adapters.clarifai import CONCEPTS

@@ -91,3 +91,19 @@ def test_calibrate_table_groups_seeds_with_standard_error() -> None:
     prefix = "| moderation | shirt vs T-shirt | "
     assert lines[2] == prefix + "BAR k=4, 12 ep., patience 2 | 2 | 75.0% | 5.0% | 1,500 |"
     assert lines[3] == prefix + "AR k=8, 6 ep., no early stop | 1 | 90.0% | 0.0% | 1,000 |"
+
+
+def test_calibrate_paired_differences_use_the_seeds_both_ran() -> None:
+    from benchmarks.calibrate import FASHION_WIDE, paired, spelled
+
+    def row(candidate: dict, seed: int, accuracy: float) -> dict:
+        settings = {"box": "nsfw", **FASHION_WIDE, **spelled(candidate), "seed": seed}
+        return {"settings": settings, "test_accuracy": accuracy, "images": 1000}
+
+    b5 = {"batch": 5}
+    rows = [row({}, 0, 0.70), row({}, 1, 0.60), row(b5, 0, 0.75), row(b5, 1, 0.61),
+            row(b5, 2, 0.99)]  # seed 2 has no baseline: left out
+    lines = paired(rows, {}).splitlines()
+    assert lines[0] == "Against BAR k=8, 6 ep., patience 2:"
+    assert lines[4:] == ["| nsfw | shirt vs T-shirt | BAR k=8, 6 ep., patience 2, batch 5 | 2 "
+                         "| +3.0 | 2.0 |"]
