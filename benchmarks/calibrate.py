@@ -14,15 +14,18 @@ rerun now would use today's defaults for those); `few-output`: linear-head BAR o
 Moderation's 5 outputs (the emulator's folded model, called in-process) on shirt vs
 T-shirt, changes to the then-defaults over seeds 0, 1, 2; `wide`: the evidence behind the
 defaults and the README's advice, 5–10 seeds with 1,000-image test splits on three black
-boxes (one H100: about 20 minutes over resumed calls; `--table` prints its README table
+boxes (one H100: about 30 minutes over resumed calls; `--table` prints its README table
 from the JSON without running anything). `few-output` and `wide` spell out the defaults of
 their time (SPELLED), so their rows keep their meaning; rows marked "stopping": "accuracy"
 ran before `--patience` also counted a lower validation loss as progress, and rows with
 `average` or `per_sample` come from options that lost and were then deleted (iterate
 averaging, per-sample directions; in `wide`, `coarse_resolution`/`coarse_epochs`: c×c
-random directions upsampled to k×k for the first epochs, and `warmup`: the program's step
-size rising linearly over the first epochs). A stage resumes: runs already in its JSON are
-kept, only missing settings run. Runs in parallel processes; on a 2-core CPU expect hours.
+random directions upsampled to k×k for the first epochs; `warmup`: the program's step
+size rising linearly over the first epochs; `shaping`: a step's q differences minus their
+mean ("center") or replaced by centred ranks ("rank"); `channels` 1: a grey program, one
+value per position for R, G and B). Rows with `cma_sigma` are CMA-ES runs
+(`benchmarks.cma_es`). A stage resumes: runs already in its JSON are kept, only missing
+settings run. Runs in parallel processes; on a 2-core CPU expect hours.
 Writes benchmarks/results/calibration_<stage>.json.
 """
 
@@ -126,7 +129,7 @@ def wide() -> list[dict[str, Any]]:
             for s in range(10) for c in candidates]
     runs += [{"box": "lite0", "dataset": "digits", **spelled(c), "seed": s}
              for s in range(5) for c in lite0]
-    return minibatch() + runs
+    return more_seeds() + minibatch() + runs
 
 
 DIGITS_0_4: dict[str, Any] = {"box": "moderation", "dataset": "digits", "classes": "0,1,2,3,4",
@@ -160,6 +163,23 @@ def minibatch() -> list[dict[str, Any]]:
     return runs
 
 
+def more_seeds() -> list[dict[str, Any]]:
+    """Two-sided differences at β = 0.02 and CMA-ES (`cma_sigma`: `benchmarks.cma_es` on the
+    images of BAR without early stopping) on the three few-output tasks; then the default and
+    AR on 10 more seeds of the shirt tasks and 5 more of digits 0–4 (20 and 10 in all)."""
+    few = [(box, FASHION_WIDE, range(10)) for box in ("moderation", "nsfw")] + [
+        ("moderation", DIGITS_0_4, range(5))]
+    more = [(box, FASHION_WIDE, range(10, 20)) for box in ("moderation", "nsfw")] + [
+        ("moderation", DIGITS_0_4, range(5, 10))]
+    blocks: list[tuple[list[tuple[str, dict[str, Any], range]], list[dict[str, Any]]]] = [
+        (few, [{"two_sided": True, "q": 5, "beta": 0.02}, {"cma_sigma": 0.05, "patience": 0}]),
+        (more, [{}, {"method": "ar"}]),
+    ]
+    return [{"box": box, **task, **spelled(c), "seed": s}
+            for tasks, candidates in blocks for c in candidates
+            for box, task, seeds in tasks for s in seeds]
+
+
 def with_budget(settings: dict[str, Any]) -> dict[str, Any]:
     """Full settings, BAR runs given epochs worth about IMAGES billable images."""
     if "box" in settings:
@@ -177,6 +197,19 @@ def run_one(settings: dict[str, Any]) -> dict[str, Any]:
 
     start = time.monotonic()
     values, adapter = dict(settings), None
+    if "cma_sigma" in values:
+        import asyncio
+
+        from benchmarks.cma_es import run as cma_run
+
+        sigma, box, seed = values.pop("cma_sigma"), values.pop("box"), values.pop("seed")
+        for key in ("patience", "method"):
+            values.pop(key, None)  # CMA-ES runs every epoch and keeps the best validated mean
+        row = asyncio.run(cma_run(values, sigma, seed, box))
+        return {"settings": settings, "test_accuracy": row["test_accuracy"],
+                "zero_shot": float("nan"), "best_val_accuracy": row["best_val_accuracy"],
+                "best_step": None, "steps": None, "images": row["images"],
+                "seconds": time.monotonic() - start}
     if "box" in values:
         from benchmarks.suite import folded_white_box, with_dataset
 
@@ -202,7 +235,7 @@ TASK_KEYS = ("box", "dataset", "classes", "per_class", "m", "val_fraction", "tes
 
 def label(settings: dict[str, Any]) -> str:
     """A wide-stage candidate in words, e.g. "BAR k=4, 12 ep., patience 2"."""
-    method = settings.get("method", "bar")
+    method = "cma-es" if "cma_sigma" in settings else settings.get("method", "bar")
     if method == "zero-shot":
         return "linear probe"
     patience = settings["patience"]

@@ -37,13 +37,17 @@ QUICK = {"dataset": "digits", "classes": "0,1", "canvas": 32, "window": 16, "inp
          "resolution": 4, "per_class": 20, "epochs": 1, "m": 1, "device": "cpu"}
 
 
-async def run(settings: dict[str, Any], sigma: float, seed: int) -> dict[str, Any]:
+async def run(settings: dict[str, Any], sigma: float, seed: int,
+              box: str = "moderation") -> dict[str, Any]:
+    """One CMA-ES run on `box` (an emulated service's folded model, or "lite0") with the
+    trainer's settings (dataset, split, program, q + 1 = population, batch, epochs, device)."""
     import cma
 
     from benchmarks.suite import folded_white_box, with_dataset
 
     config = api.make_config(**with_dataset({**settings, "seed": seed}))
-    adapter = folded_white_box("moderation", config.input_size)
+    adapter = (api.open_adapter(config) if box == "lite0"
+               else folded_white_box(box, config.input_size, config.device))
     split = api.load_split(config)
     task, service = Task(config, split), QueryService(adapter)
     _, head = await build_heads(service, task)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,23 @@ from typing import Any
 from barapi.run_folder import package_versions
 
 RESULTS = Path(__file__).parent / "results"
+CODE = ("barapi", "adapters", "budgets", "benchmarks", ":(exclude)benchmarks/results")
+
+
+@functools.cache
+def code_version() -> str | None:
+    """The checkout's commit (short hash), with "+changes" when barapi's or the benchmarks'
+    code (not their results) differs from it; None outside a git checkout."""
+    root = Path(__file__).parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        changes = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                  "--untracked-files=no", "--", *CODE],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if changes else "")
 
 
 def machine() -> dict[str, Any]:
@@ -32,7 +51,8 @@ def write_results(name: str, rows: list[dict[str, Any]], command: str, **extra: 
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {"benchmark": name, "command": command, "date": time.strftime("%Y-%m-%d %H:%M"),
-               "machine": machine(), "versions": package_versions(), "rows": rows, **extra}
+               "code": code_version(), "machine": machine(), "versions": package_versions(),
+               "rows": rows, **extra}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 

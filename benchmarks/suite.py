@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -46,7 +47,7 @@ from barapi.cards import load_card
 from barapi.data import FASHION_CLASSES, FASHION_DIR, read_idx
 from barapi.emulate import ClarifaiEmulator, fold_matrix
 from barapi.estimate import estimate as estimate_cost
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import RESULTS, code_version, markdown_table, write_results
 
 KEY = "benchmark-emulator-key"  # the loopback emulator's own key, not a secret
 BOXES = {"lite0": None, "moderation": "moderation-recognition", "nsfw": "nsfw-recognition"}
@@ -276,6 +277,7 @@ def run_cell(cell: Cell, base: dict[str, Any], root: Path, emulator: ClarifaiEmu
                    curve=curve(result.run_dir),
                    emulator_billed=emulator.counters.billed_images - billed_before)
     row["seconds"] = time.monotonic() - start
+    row["code"] = code_version()
     done.write_text(json.dumps(row))
     return {**row, **asdict(cell)}
 
@@ -410,6 +412,19 @@ def run_all(todo: list[Cell], base: dict[str, Any], root: Path,
     return rows
 
 
+def warn_other_code(rows: list[dict[str, Any]], root: Path) -> None:
+    """Say which cells were read back from runs of other code: a cell's file is named by its
+    settings, not by the code that ran it."""
+    current = code_version()
+    other = Counter(str(r.get("code", "unrecorded")) for r in rows
+                    if r.get("code", "unrecorded") != current)
+    if other:
+        versions = ", ".join(f"{n} by {code}" for code, n in other.items())
+        print(f"warning: {sum(other.values())} of {len(rows)} cells were computed by other code "
+              f"than this checkout ({current}): {versions}; delete their files under {root} "
+              f"to recompute them", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -442,6 +457,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(f"report of the {len(rows)} finished runs only", file=sys.stderr)
     else:
         rows = run_all(todo, base, root, args.quick)
+    warn_other_code(rows, root)
     summary = summarise(rows)
     tables = []
     for group, title in (("main", "Methods side by side"), ("ablations", "Ablations (digits, "

@@ -32,6 +32,7 @@ def test_scheduler_quick() -> None:
 
 def test_suite_quick_runs_every_method_and_resumes_from_its_results(tmp_path) -> None:
     from benchmarks import suite
+    from benchmarks.common import code_version
 
     rows = suite.main(["--quick", "--results", str(tmp_path)])
     assert set(suite.METHODS) <= {r["method"] for r in rows}
@@ -44,6 +45,18 @@ def test_suite_quick_runs_every_method_and_resumes_from_its_results(tmp_path) ->
     again = suite.main(["--quick", "--results", str(tmp_path)])  # everything read back
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in rows]
     assert [r["seconds"] for r in again] == [r["seconds"] for r in rows]
+    assert {r["code"] for r in again} == {code_version()}  # which code computed each cell
+
+
+def test_suite_says_which_cells_other_code_computed(tmp_path, capsys) -> None:
+    from benchmarks import suite
+    from benchmarks.common import code_version
+
+    rows = [{"code": code_version()}, {"code": "0123abc"}, {}]
+    suite.warn_other_code(rows, tmp_path)
+    assert "2 of 3 cells were computed by other code" in capsys.readouterr().err
+    suite.warn_other_code(rows[:1], tmp_path)
+    assert capsys.readouterr().err == ""
 
 
 def test_step_time_quick() -> None:
@@ -107,3 +120,15 @@ def test_calibrate_paired_differences_use_the_seeds_both_ran() -> None:
     assert lines[0] == "Against BAR k=8, 6 ep., patience 2:"
     assert lines[4:] == ["| nsfw | shirt vs T-shirt | BAR k=8, 6 ep., patience 2, batch 5 | 2 "
                          "| +3.0 | 2.0 |"]
+
+
+def test_estimate_consistency_quick_passes_its_linear_control() -> None:
+    # the control: with each difference replaced by the exact directional derivative, averaging
+    # and least squares converge on the gradient, so a low 8-bit cosine is the differences' doing
+    from benchmarks import estimate_consistency
+
+    rows = estimate_consistency.main(["--quick", "--steps", "8"])
+    first, last = rows[0], rows[-1]
+    assert [r["steps"] for r in rows] == [1, 5, 8] and last["pairs"] == 80
+    assert last["exact"] > 0.8 and last["linear_lsq"] > 0.5
+    assert last["linear_average"] > first["linear_average"]
