@@ -132,3 +132,14 @@ def test_estimate_consistency_quick_passes_its_linear_control() -> None:
     assert [r["steps"] for r in rows] == [1, 5, 8] and last["pairs"] == 80
     assert last["exact"] > 0.8 and last["linear_lsq"] > 0.5
     assert last["linear_average"] > first["linear_average"]
+
+
+def test_calibrate_runs_cma_es_rows_on_the_named_black_box() -> None:
+    from benchmarks import calibrate
+
+    settings = {"box": "nsfw", "dataset": "digits", "classes": "0,1", "canvas": 32, "window": 16,
+                "input_size": 32, "resolution": 4, "per_class": 10, "epochs": 1, "m": 1,
+                "cma_sigma": 0.1, "patience": 0, "seed": 0, "device": "cpu"}
+    row = calibrate.run_one(settings)
+    assert row["settings"] == settings and 0 <= row["test_accuracy"] <= 1 and row["images"] > 0
+    assert calibrate.label(settings).startswith("CMA-ES k=4, 1 ep., no early stop")
