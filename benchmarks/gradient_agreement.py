@@ -50,7 +50,12 @@ def agreement(box: str, betas: list[float], n_directions: int,
     batch = rng.choice(len(split.train.labels), config.batch, replace=False)
     windows, labels = task.windows["train"][batch], split.train.labels[batch]
     weights = task.program.zeros()
-    _, exact, _ = asyncio.run(autograd_gradient(adapter, task)(weights, head, windows, labels, 0))
+
+    async def exact_gradient() -> np.ndarray:
+        _, grad, _ = await autograd_gradient(adapter, task)(weights, head, windows, labels, 0)
+        return grad
+
+    exact = asyncio.run(exact_gradient())
     directions = rng.standard_normal((n_directions, *task.program.shape)).astype(np.float32)
     along = np.tensordot(directions, exact, axes=3)
 

@@ -23,7 +23,7 @@ from barapi.head import LinearHead
 from barapi.trainer import query_program
 from benchmarks.common import markdown_table, write_results
 
-QUICK = {"canvas": 32, "window": 16, "input_size": 32, "per_class": 8}
+QUICK: dict[str, Any] = {"canvas": 32, "window": 16, "input_size": 32, "per_class": 8}
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import asyncio
 import statistics
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ async def achieved_rate(rate: float, seconds: float, per_request: int) -> dict[s
                 "billed_images": service.stats.billed_images, "dollars": service.budget.spent}
 
 
-async def overhead(adapter_name: str, batches: int, batch: int, size: int) -> dict[str, float]:
+async def overhead(adapter_name: str, batches: int, batch: int, size: int) -> dict[str, Any]:
     if adapter_name == "local":
         from barapi.adapters.local import create
 
@@ -65,7 +66,7 @@ async def overhead(adapter_name: str, batches: int, batch: int, size: int) -> di
             "service_ms": t * 1e3, "time_ratio": t / d, "overhead_us_per_image": (t - d) / batch * 1e6}
 
 
-def main(argv: list[str] | None = None) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+def main(argv: list[str] | None = None) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
