@@ -5,7 +5,7 @@
     python -m benchmarks.calibrate --stage seeds [--device cuda] [--workers 12]
     python -m benchmarks.calibrate --stage few-output [--workers 2]
     python -m benchmarks.calibrate --stage wide --device cuda --workers 15
-    python -m benchmarks.calibrate --stage wide --table | --paired '{"batch": 5}'
+    python -m benchmarks.calibrate --stage wide --table | --paired '{"batch": 5}' [--seeds 0-9]
 
 `grid`: 24 settings (one seed), every BAR run given about 60,000 billable images (epochs
 rounded to fit); `seeds`: the best candidates over seeds 0, 1, 2 (both from the label-map
@@ -137,14 +137,26 @@ DIGITS_0_4: dict[str, Any] = {"box": "moderation", "dataset": "digits", "classes
 """The suite's 5-class few-output task: digits 0–4 through Moderation's 5 outputs."""
 
 
+Tasks = list[tuple[str, dict[str, Any], range]]
+"""(black box, task settings, seeds) triples."""
+
+
+def expand(blocks: list[tuple[Tasks, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """Runs of (tasks, candidates) blocks in order: block by block, candidate by candidate,
+    task by task, seed by seed (so that a sweep cut short keeps the earlier blocks whole)."""
+    return [{"box": box, **task, **spelled(c), "seed": s}
+            for tasks, candidates in blocks for c in candidates
+            for box, task, seeds in tasks for s in seeds]
+
+
 def minibatch() -> list[dict[str, Any]]:
     """Smaller minibatches at the same images per epoch (more steps, and more directions per
     image: q per B·(q + 1) images), and the suite's 5-class few-output task over 5 seeds, in
     order of priority so that a sweep cut short keeps the comparisons that matter."""
-    shirts = [(box, FASHION_WIDE, range(10)) for box in ("moderation", "nsfw")]
-    digits = [("moderation", DIGITS_0_4, range(5))]
+    shirts: Tasks = [(box, FASHION_WIDE, range(10)) for box in ("moderation", "nsfw")]
+    digits: Tasks = [("moderation", DIGITS_0_4, range(5))]
     p0 = {"patience": 0}
-    blocks: list[tuple[list[tuple[str, dict[str, Any], range]], list[dict[str, Any]]]] = [
+    return expand([
         (shirts, [{"batch": 5}, {"method": "ar", "batch": 5}, {"batch": 2}, {"batch": 10}]),
         (digits, [{}, {"batch": 5}, {"method": "ar"}, {"method": "ar", "batch": 5},
                   {"batch": 2}, {"method": "zero-shot"}]),
@@ -154,30 +166,21 @@ def minibatch() -> list[dict[str, Any]]:
         (digits, [{"resolution": 4, "epochs": 12}, {"method": "ar", "epochs": 12, **p0},
                   {"method": "ar", "resolution": 4, "epochs": 12, **p0}, p0,
                   {"patience": 4}]),
-    ]
-    runs: list[dict[str, Any]] = []
-    for tasks, candidates in blocks:
-        for c in candidates:
-            for box, task, seeds in tasks:
-                runs += [{"box": box, **task, **spelled(c), "seed": s} for s in seeds]
-    return runs
+    ])
 
 
 def more_seeds() -> list[dict[str, Any]]:
     """Two-sided differences at β = 0.02 and CMA-ES (`cma_sigma`: `benchmarks.cma_es` on the
     images of BAR without early stopping) on the three few-output tasks; then the default and
     AR on 10 more seeds of the shirt tasks and 5 more of digits 0–4 (20 and 10 in all)."""
-    few = [(box, FASHION_WIDE, range(10)) for box in ("moderation", "nsfw")] + [
+    few: Tasks = [(box, FASHION_WIDE, range(10)) for box in ("moderation", "nsfw")] + [
         ("moderation", DIGITS_0_4, range(5))]
-    more = [(box, FASHION_WIDE, range(10, 20)) for box in ("moderation", "nsfw")] + [
+    more: Tasks = [(box, FASHION_WIDE, range(10, 20)) for box in ("moderation", "nsfw")] + [
         ("moderation", DIGITS_0_4, range(5, 10))]
-    blocks: list[tuple[list[tuple[str, dict[str, Any], range]], list[dict[str, Any]]]] = [
+    return expand([
         (few, [{"two_sided": True, "q": 5, "beta": 0.02}, {"cma_sigma": 0.05, "patience": 0}]),
         (more, [{}, {"method": "ar"}]),
-    ]
-    return [{"box": box, **task, **spelled(c), "seed": s}
-            for tasks, candidates in blocks for c in candidates
-            for box, task, seeds in tasks for s in seeds]
+    ])
 
 
 def with_budget(settings: dict[str, Any]) -> dict[str, Any]:
@@ -298,6 +301,12 @@ def paired(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def seed_range(text: str) -> range:
+    """"A-B" (or "A") → the seeds A to B, inclusive."""
+    first, _, last = text.partition("-")
+    return range(int(first), int(last or first) + 1)
+
+
 def without_device(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k != "device"}
 
@@ -312,9 +321,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--paired", metavar="JSON",
                         help="print each candidate's paired difference (points, same seeds) "
                         "from this one, e.g. '{}' for barapi's default; run nothing")
+    parser.add_argument("--seeds", type=seed_range, metavar="A-B",
+                        help="with --table or --paired: only the rows of seeds A to B")
     args = parser.parse_args(argv)
     if args.table or args.paired is not None:
         rows = json.loads((RESULTS / f"calibration_{args.stage}.json").read_text())["rows"]
+        if args.seeds is not None:
+            rows = [r for r in rows if r["settings"]["seed"] in args.seeds]
         print(table(rows) if args.paired is None else paired(rows, json.loads(args.paired)))
         return rows
     configs = [{**with_budget(c), "device": args.device}

@@ -43,11 +43,10 @@ async def run(settings: dict[str, Any], sigma: float, seed: int,
     trainer's settings (dataset, split, program, q + 1 = population, batch, epochs, device)."""
     import cma
 
-    from benchmarks.suite import folded_white_box, with_dataset
+    from benchmarks.suite import local_box, with_dataset
 
     config = api.make_config(**with_dataset({**settings, "seed": seed}))
-    adapter = (api.open_adapter(config) if box == "lite0"
-               else folded_white_box(box, config.input_size, config.device))
+    adapter = local_box(box, config)
     split = api.load_split(config)
     task, service = Task(config, split), QueryService(adapter)
     _, head = await build_heads(service, task)

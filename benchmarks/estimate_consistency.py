@@ -62,11 +62,10 @@ def least_squares(directions: NDArray[np.float64], diffs: NDArray[np.float64],
 
 async def consistency(box: str, name: str, settings: dict[str, Any],
                       steps: int) -> list[dict[str, Any]]:
-    from benchmarks.suite import folded_white_box, with_dataset
+    from benchmarks.suite import local_box, with_dataset
 
     config = api.make_config(**with_dataset({**settings, "device": "cpu"}))
-    adapter = (api.open_adapter(config) if box == "lite0"
-               else folded_white_box(box, config.input_size))
+    adapter = local_box(box, config)
     split = api.load_split(config)
     task, service = Task(config, split), QueryService(adapter)
     _, head = await build_heads(service, task)
@@ -90,22 +89,23 @@ async def consistency(box: str, name: str, settings: dict[str, Any],
         linear.append(flat @ grad.ravel().astype(np.float64))
         batch_grads.append(grad.ravel().astype(np.float64))
 
-    def step_estimates(values: list[NDArray[np.float64]]) -> list[NDArray[np.float64]]:
-        return [v @ u / estimator.q for v, u in zip(values, directions, strict=True)]
-
+    differences = {"8bit": diffs, "linear": linear}
+    estimates = {kind: [v @ u / estimator.q for v, u in zip(values, directions, strict=True)]
+                 for kind, values in differences.items()}  # one per step
     rows = []
     for h in sorted({1, *[n for n in (5, 10, 20, 40, 80) if n <= steps], steps}):
         row: dict[str, Any] = {"box": box, "task": name, "steps": h, "pairs": h * estimator.q,
                                "dim": target.size,
                                "exact": cosine(np.mean(batch_grads[:h], axis=0), target)}
-        for kind, values in (("8bit", diffs), ("linear", linear)):
-            estimates = step_estimates(values)
-            stacked_u, stacked = np.concatenate(directions[:h]), np.concatenate(values[:h])
-            row[f"{kind}_average"] = cosine(np.mean(estimates[:h], axis=0), target)
-            row[f"{kind}_lsq"] = cosine(least_squares(stacked_u, stacked, RIDGE), target)
+        stacked_u = np.concatenate(directions[:h])
+        for kind, values in differences.items():
+            per_step = estimates[kind]
+            row[f"{kind}_average"] = cosine(np.mean(per_step[:h], axis=0), target)
+            row[f"{kind}_lsq"] = cosine(least_squares(stacked_u, np.concatenate(values[:h]),
+                                                      RIDGE), target)
             half = h // 2
-            row[f"{kind}_split_half"] = (cosine(np.mean(estimates[:half], axis=0),
-                                                np.mean(estimates[half:h], axis=0))
+            row[f"{kind}_split_half"] = (cosine(np.mean(per_step[:half], axis=0),
+                                                np.mean(per_step[half:h], axis=0))
                                          if half else float("nan"))
         rows.append(row)
         print(f"{box} {name} H={h}: 8-bit average {row['8bit_average']:+.2f}, least squares "

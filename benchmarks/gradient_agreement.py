@@ -38,11 +38,10 @@ QUICK = {"dataset": "digits", "classes": "0,1", "canvas": 32, "window": 16, "inp
 
 def agreement(box: str, betas: list[float], n_directions: int,
               settings: dict[str, Any]) -> list[dict[str, Any]]:
-    from benchmarks.suite import folded_white_box, with_dataset
+    from benchmarks.suite import local_box, with_dataset
 
     config = api.make_config(**with_dataset(settings))
-    adapter = (api.open_adapter(config) if box == "lite0"
-               else folded_white_box(box, config.input_size))
+    adapter = local_box(box, config)
     split = api.load_split(config)
     task, service = Task(config, split), QueryService(adapter)
     _, head = asyncio.run(build_heads(service, task))

@@ -234,6 +234,13 @@ def folded_white_box(box: str, input_size: int | None, device: str = "cpu") -> A
                         device=device, name=f"efficientnet-lite0-folded-{len(names)}")
 
 
+def local_box(box: str, config: api.RunConfig) -> Any:
+    """The local model behind black box `box`, as a white-box adapter on `config`'s device:
+    EfficientNet-Lite0 for "lite0", an emulated service's folded model otherwise."""
+    return (api.open_adapter(config) if box == "lite0"
+            else folded_white_box(box, config.input_size, config.device))
+
+
 def curve(folder: Path) -> list[list[float]]:
     """[billable images, validation accuracy] after every validation of a run."""
     return [[r["queries"], r["val_accuracy"]] for r in api.RunFolder.open(folder).metrics()

@@ -143,3 +143,10 @@ def test_calibrate_runs_cma_es_rows_on_the_named_black_box() -> None:
     row = calibrate.run_one(settings)
     assert row["settings"] == settings and 0 <= row["test_accuracy"] <= 1 and row["images"] > 0
     assert calibrate.label(settings).startswith("CMA-ES k=4, 1 ep., no early stop")
+
+
+def test_calibrate_seed_range_is_inclusive() -> None:
+    from benchmarks.calibrate import seed_range
+
+    assert seed_range("0-9") == range(10) and seed_range("5-9") == range(5, 10)
+    assert seed_range("3") == range(3, 4)
