@@ -16,20 +16,43 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
-from barapi.adapters.base import Adapter
-from barapi.errors import ConfigError, FatalProviderError, ProviderError, TransientError
+from barapi.adapters.base import Adapter, is_loopback
+from barapi.errors import ConfigError, FatalProviderError, TransientError
 from barapi.keys import Secret, read_key
 from barapi.wire import encode_png
 
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
 
 
-def _error_message(response: httpx.Response) -> str:
+def error_message(response: httpx.Response) -> str:
+    """"CODE: message" from either of Azure's error bodies — the gateway's
+    {"error": {"code", "message"}} or the service's top-level {"code", "message"} — or from
+    the status line; never empty."""
+    code: object = None
+    text: object = None
     try:
-        error = response.json().get("error", {})
-        return f"{error.get('code', response.status_code)}: {error.get('message', '')}"
-    except (ValueError, AttributeError):
-        return f"{response.status_code}: {response.text[:200]}"
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        nested = body.get("error")
+        inner: dict[str, object] = nested if isinstance(nested, dict) else body
+        code, text = inner.get("code"), inner.get("message")
+    if not text:
+        raw = response.text.strip()[:200] if response.content and body is None else ""
+        text = raw or response.reason_phrase or "no message"
+    return f"{code or response.status_code}: {text}"
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds (a number of seconds; an HTTP date is read as 1 s)."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return 1.0
 
 
 class AzureCustomVisionAdapter(Adapter):
@@ -40,6 +63,7 @@ class AzureCustomVisionAdapter(Adapter):
     """
 
     max_batch = 1
+    answers = "scores"
 
     def __init__(self, model: str, *, key: Secret, labels: list[str], endpoint: str,
                  nostore: bool = True, timeout: float = 30.0) -> None:
@@ -54,9 +78,36 @@ class AzureCustomVisionAdapter(Adapter):
         self._path = (f"/customvision/v3.1/prediction/{project}/classify/iterations/{iteration}/image"
                       + ("/nostore" if nostore else ""))
         self._endpoint, self._key, self._timeout = endpoint.rstrip("/"), key, timeout
+        try:
+            url = httpx.URL(self._endpoint)
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"--endpoint {endpoint!r}: not a valid URL ({exc})") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(f"--endpoint {endpoint!r}: expected https://RESOURCE.cognitiveservices"
+                              f".azure.com (or http://127.0.0.1:PORT for `barapi emulate azure`)")
+        if url.scheme == "http" and not is_loopback(url.host):
+            raise ConfigError(f"--endpoint {endpoint!r} would send the key in plaintext: http:// "
+                              f"(--insecure) only to a loopback address (127.0.0.1, ::1, localhost)")
+        try:
+            key.reveal().encode("latin-1")
+        except UnicodeEncodeError:
+            raise ConfigError("the Azure prediction key holds characters that cannot be sent in "
+                              "an HTTP header; check AZURE_CV_PREDICTION_KEY or --key-file") from None
         self._index = {name: i for i, name in enumerate(self.labels)}
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def check(self, timeout: float = 10.0) -> None:
+        """Open (and close) a TCP connection to the endpoint; no HTTP request is sent."""
+        url = httpx.URL(self._endpoint)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(url.host, port), timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(f"cannot connect to Azure Custom Vision at {url.host}:{port} "
+                              f"({why}); check --endpoint and the network") from None
+        writer.close()
 
     def _http(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -70,34 +121,50 @@ class AzureCustomVisionAdapter(Adapter):
         for row, image in zip(probs, images, strict=True):
             body = encode_png(image)
             if len(body) > MAX_IMAGE_BYTES:
-                raise ProviderError(f"image of {len(body):,} bytes exceeds Azure's 4 MB limit; "
-                                    f"use a smaller canvas (not sent)")
+                raise ConfigError(f"image of {len(body):,} bytes exceeds Azure's 4 MB limit; "
+                                  f"use a smaller canvas (not sent)")
             try:
                 response = await self._http().post(
                     self._path, content=body, headers={
                         "Prediction-Key": self._key.reveal(),
                         "Content-Type": "application/octet-stream"})
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # no connection was made: the request provably never left
+                raise TransientError(f"Azure Custom Vision unreachable (not sent): "
+                                     f"{exc or type(exc).__name__}", billed=False) from None
+            except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+                raise ConfigError(f"Azure Custom Vision request could not be built (not sent): "
+                                  f"{exc or type(exc).__name__}") from None
             except httpx.TimeoutException as exc:
-                timeout = TransientError(f"Azure Custom Vision timed out: {exc}")
-                timeout.billed = True  # it may have been processed: retried, and paid for
-                raise timeout from None
+                # the body may have left: it may have been processed and billed
+                raise TransientError(f"Azure Custom Vision timed out ({type(exc).__name__}) "
+                                     f"after sending") from None
             except httpx.TransportError as exc:
-                raise TransientError(f"Azure Custom Vision unreachable: {exc}") from None
+                raise TransientError(f"Azure Custom Vision connection lost after sending "
+                                     f"({type(exc).__name__}: {exc or 'no details'})") from None
             status = response.status_code
             if status == 200:
-                for prediction in response.json().get("predictions", []):
-                    column = self._index.get(prediction.get("tagName"))
-                    if column is not None:
-                        row[column] = float(prediction["probability"])
+                self._read(response, row)
                 continue
-            message = f"Azure Custom Vision {_error_message(response)}"
-            if status == 429 or status >= 500:
-                retry_after = response.headers.get("Retry-After")
-                raise TransientError(message, float(retry_after) if retry_after else None)
-            if status in (401, 403):
-                raise FatalProviderError(message)
-            raise ProviderError(message)
+            message = f"Azure Custom Vision {status} {error_message(response)}"
+            if status == 429:
+                raise TransientError(message, retry_after(response), billed=False, throttled=True)
+            if status >= 500:  # the body had left: may have been processed
+                raise TransientError(message, retry_after(response))
+            raise FatalProviderError(message)  # 401/403 (key, quota) and other refusals
         return probs
+
+    def _read(self, response: httpx.Response, row: NDArray[np.float32]) -> None:
+        """Fill `row` from a 200 answer; an answer that cannot be parsed is billed and retried."""
+        try:
+            predictions = response.json()["predictions"]
+            for prediction in predictions:
+                column = self._index.get(prediction.get("tagName"))
+                if column is not None:
+                    row[column] = float(prediction["probability"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TransientError(f"Azure Custom Vision answer could not be parsed "
+                                 f"({type(exc).__name__}: {exc}); billed, asked again") from None
 
     async def aclose(self) -> None:
         if self._client is not None and self._loop is asyncio.get_running_loop():

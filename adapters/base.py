@@ -19,13 +19,25 @@ class Adapter(ABC):
         labels: names of the K source classes, in the column order of `predict_proba`.
         max_batch: most images one request (one `predict_proba` call) may carry.
         card: name of the price/limit card in `barapi.budgets` (e.g. "local").
-        identity: provider, model and version; part of every cache key.
+        identity: everything that determines an answer besides the image: provider,
+            endpoint, model and version, output settings (for a local model: its weights'
+            digest and input size, not its device). Part of every cache key.
+        answers: what the provider promises of each row: "distribution" (softmax: each in
+            [0, 1], summing to 1) or "scores" (a confidence per class in [0, 1], not summing
+            to one, like Clarifai's concepts and Azure's tags). Answers that break the promise
+            are never cached (see `barapi.query.invalid_rows`).
     """
 
     labels: Sequence[str]
     max_batch: int
     card: str
     identity: str
+    answers: str = "distribution"
+
+    async def check(self) -> None:  # noqa: B027 - optional hook
+        """Free preflight before the first paid request: raise ConfigError when the black
+        box cannot be reached at all (malformed endpoint, refused connection). Sends no
+        prediction."""
 
     @abstractmethod
     async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
@@ -41,3 +53,15 @@ class Adapter(ABC):
     @property
     def n_sources(self) -> int:
         return len(self.labels)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: the only hosts a plaintext key may go to."""
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

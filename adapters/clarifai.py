@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
-from barapi.adapters.base import Adapter
+from barapi.adapters.base import Adapter, is_loopback
 from barapi.errors import ConfigError, FatalProviderError, PartialAnswer, ProviderError, TransientError
 from barapi.keys import Secret, read_key
 from barapi.wire import encode_png
@@ -33,29 +33,54 @@ CONCEPTS = {"moderation-recognition": ["safe", "suggestive", "explicit", "drug",
             "nsfw-recognition": ["nsfw", "sfw"]}
 CARDS = {"moderation-recognition": "clarifai-moderation", "nsfw-recognition": "clarifai-nsfw"}
 SUCCESS, MIXED = status_code_pb2.SUCCESS, status_code_pb2.MIXED_STATUS
+FAILURE = status_code_pb2.FAILURE
 TRANSIENT = {11005, 10030, 21354, 21355, 40031, 40032}
 FATAL = {11000, 11001, 11002, 11003, 11004, 11006, 11007, 11008, 11009, 69000, 69001}
 GRPC_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                  grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
+                  grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 GRPC_FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 MAX_MESSAGE = 1024 * 1024 * 1024
 
 
-def classify(code: int, description: str) -> ProviderError:
-    """barapi's error kind for an in-band Clarifai status code (other than SUCCESS)."""
+THROTTLED = 11005
+
+
+def status_name(code: int) -> str:
     known = code in status_code_pb2.StatusCode.values()
-    name = status_code_pb2.StatusCode.Name(code) if known else "unknown"
-    message = f"Clarifai status {code} ({name}): {description}"
+    return status_code_pb2.StatusCode.Name(code) if known else "unknown"
+
+
+def classify(code: int, description: str) -> ProviderError:
+    """barapi's error kind for an in-band Clarifai status code (other than SUCCESS). The
+    service answered, so it says what happened: throttling, auth and quota refusals are not
+    billed; its internal errors (98xxx and the model-busy codes) may have been, and count."""
+    message = f"Clarifai status {code} ({status_name(code)}): {description or 'no description'}"
+    if code == THROTTLED:
+        return TransientError(message, billed=False, throttled=True)
     if code in TRANSIENT or 98000 <= code < 99000:
         return TransientError(message)
     if code in FATAL:
         return FatalProviderError(message)
-    return ProviderError(message)
+    # refusals of the request itself (11xxx auth and limits, 21xxx model, 69xxx billing) are
+    # not billed; for anything else the service may have worked on it: counted
+    return FatalProviderError(message, billed=code // 1000 not in (11, 21, 69))
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """"host:port" → (host, port); raises ConfigError for anything else (sends nothing)."""
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in endpoint:
+        raise ConfigError(f"--endpoint {endpoint!r}: expected HOST:PORT for the Clarifai gRPC "
+                          f"API (e.g. 127.0.0.1:50051 for `barapi emulate clarifai`)")
+    return host.strip("[]"), int(port)
 
 
 class ClarifaiAdapter(Adapter):
     """A Clarifai concept model as a black box; labels in a fixed order, whatever the server's
-    sort. `endpoint` "host:port" with `insecure=True` points it at a loopback emulator."""
+    sort. `endpoint` "host:port" with `insecure=True` points it at a loopback emulator.
+    Concept values are confidences in [0, 1], not a distribution."""
+
+    answers = "scores"
 
     def __init__(self, model: str = "moderation-recognition", *, key: Secret,
                  endpoint: str | None = None, insecure: bool = False, user_id: str = "clarifai",
@@ -67,11 +92,21 @@ class ClarifaiAdapter(Adapter):
         self.model, self.labels = model, list(labels or CONCEPTS[model])
         self.card = CARDS.get(model, "clarifai-moderation")
         self.max_batch, self.timeout = max_batch, timeout
-        self.identity = f"clarifai/{user_id}/{app_id}/{model}@{version_id or 'latest'}"
+        self._target = endpoint or "api.clarifai.com:443"
+        self._host, self._port = parse_endpoint(self._target)
+        if insecure and not is_loopback(self._host):
+            raise ConfigError(f"--insecure would send the key in plaintext to {self._host}: only "
+                              f"to a loopback address (127.0.0.1, ::1, localhost)")
+        try:
+            key.reveal().encode("ascii")
+        except UnicodeEncodeError:
+            raise ConfigError("the Clarifai key holds characters that cannot be sent in a "
+                              "gRPC header (ASCII only); check CLARIFAI_PAT or --key-file") from None
+        self.identity = (f"clarifai/{self._target}/{user_id}/{app_id}/{model}@"
+                         f"{version_id or 'latest'}")
         self._key, self._ids = key, resources_pb2.UserAppIDSet(user_id=user_id, app_id=app_id)
         self._version = version_id
         self._index = {name: i for i, name in enumerate(self.labels)}
-        self._target = endpoint or "api.clarifai.com:443"
         self._insecure = insecure
         self._channel: grpc.aio.Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -84,10 +119,10 @@ class ClarifaiAdapter(Adapter):
             # The stubs need ClarifaiChannel to have run once (it sets a module-global
             # deserializer); its channel carries a hidden retry policy, so we close it and
             # open our own with the same limits and gRPC retries off.
-            host, _, port = self._target.rpartition(":")
             with contextlib.suppress(ValueError):
-                official = (ClarifaiChannel.get_aio_insecure_grpc_channel(base=host, port=int(port))
-                            if self._insecure else ClarifaiChannel.get_aio_grpc_channel(base=host))
+                official = (ClarifaiChannel.get_aio_insecure_grpc_channel(base=self._host,
+                                                                          port=self._port)
+                            if self._insecure else ClarifaiChannel.get_aio_grpc_channel(base=self._host))
                 await official.close()
             options = [("grpc.enable_retries", 0), ("grpc.max_receive_message_length", MAX_MESSAGE),
                        ("grpc.max_send_message_length", MAX_MESSAGE)]
@@ -97,30 +132,56 @@ class ClarifaiAdapter(Adapter):
             self._loop = loop
         return service_pb2_grpc.V2Stub(self._channel)
 
+    async def check(self, timeout: float = 10.0) -> None:
+        """Connect (no prediction is sent); ConfigError when the endpoint cannot be reached."""
+        await self._stub()
+        assert self._channel is not None
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except (asyncio.TimeoutError, grpc.aio.AioRpcError) as exc:
+            raise ConfigError(f"cannot connect to Clarifai at {self._target} within {timeout:g} s "
+                              f"({type(exc).__name__}); check --endpoint and the network") from None
+        finally:
+            await self.aclose()
+
+    async def _connected(self) -> None:
+        """Wait briefly for the channel: a request that cannot connect provably never left."""
+        assert self._channel is not None
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), min(10.0, self.timeout))
+        except (asyncio.TimeoutError, grpc.aio.AioRpcError):
+            raise TransientError(f"cannot connect to Clarifai at {self._target} (not sent)",
+                                 billed=False) from None
+
     async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         request = service_pb2.PostModelOutputsRequest(
             user_app_id=self._ids, model_id=self.model, version_id=self._version,
             inputs=[resources_pb2.Input(data=resources_pb2.Data(
                 image=resources_pb2.Image(base64=encode_png(im)))) for im in images])
+        stub = await self._stub()
+        await self._connected()
         try:
-            response = await (await self._stub()).PostModelOutputs(
+            response = await stub.PostModelOutputs(
                 request, metadata=(("authorization", f"Key {self._key.reveal()}"),),
                 timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            message = f"Clarifai gRPC {exc.code().name}: {exc.details()}"
+            # the body may have left: whatever gRPC says, the request may have been billed
+            message = f"Clarifai gRPC {exc.code().name}: {exc.details() or 'no details'}"
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise TransientError(message, throttled=True) from None
             if exc.code() in GRPC_TRANSIENT:
-                error = TransientError(message)
-                # a request that timed out may have been processed: retried, and paid for
-                error.billed = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                raise error from None
+                raise TransientError(message) from None
             if exc.code() in GRPC_FATAL:
                 raise FatalProviderError(message) from None
-            raise ProviderError(message) from None
-        if response.status.code not in (SUCCESS, MIXED):
-            raise classify(response.status.code, response.status.description)
-        if len(response.outputs) != len(images):
-            raise ProviderError(f"Clarifai answered {len(response.outputs)} outputs for "
-                                f"{len(images)} images")
+            raise TransientError(message) from None
+        code = response.status.code
+        per_input = len(response.outputs) == len(images) and code == FAILURE and all(
+            o.status.code != SUCCESS for o in response.outputs)
+        if code not in (SUCCESS, MIXED) and not per_input:
+            raise classify(code, response.status.description)
+        if len(response.outputs) != len(images):  # cannot be parsed: billed, asked again
+            raise TransientError(f"Clarifai answered {len(response.outputs)} outputs for "
+                                 f"{len(images)} images")
         probs = np.zeros((len(images), len(self.labels)), dtype=np.float32)
         ok = np.array([o.status.code == SUCCESS for o in response.outputs])
         for row, output in zip(probs, response.outputs, strict=True):
@@ -128,11 +189,13 @@ class ClarifaiAdapter(Adapter):
                 column = self._index.get(concept.name)
                 if column is not None:
                     row[column] = concept.value
-        if not ok.all():  # MIXED_STATUS: the answered inputs are billed, the others are not
-            failed = [f"image {i}: {o.status.code} {o.status.description}"
-                      for i, o in enumerate(response.outputs) if o.status.code != SUCCESS]
-            raise PartialAnswer(f"Clarifai MIXED_STATUS, failed inputs: {'; '.join(failed)}",
-                                probs, ok)
+        if not ok.all():  # MIXED_STATUS or FAILURE: the answered inputs are billed, no others
+            reasons = ["" if o.status.code == SUCCESS else
+                       f"{o.status.code} ({status_name(o.status.code)}) "
+                       f"{o.status.description or 'no description'}" for o in response.outputs]
+            failed = [f"image {i}: {r}" for i, r in enumerate(reasons) if r]
+            raise PartialAnswer(f"Clarifai {status_name(code)}, failed inputs: "
+                                f"{'; '.join(failed[:5])}", probs, ok, reasons)
         return probs
 
     async def aclose(self) -> None:

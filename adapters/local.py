@@ -48,6 +48,20 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """First 16 hex digits of SHA-256 over the module's parameters and buffers (names, dtypes,
+    shapes, bytes on the CPU): the same weights give the same digest on any device."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            t = tensor.detach().to("cpu").contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 class LocalAdapter(Adapter):
     """Wraps a torch module (or any callable on normalised (N, 3, H, W) tensors).
 
@@ -57,7 +71,8 @@ class LocalAdapter(Adapter):
         input_size: side the model expects; images are bilinearly resized to it. None keeps
             the size they arrive at (fully convolutional models).
         outputs: "logits" (softmax applied here) or "probabilities".
-        name: model name used in the identity (cache keys).
+        name: model name used in the identity (cache keys). The identity also holds a digest
+            of a torch module's weights; a plain callable has none, so give each a unique name.
         chunk: images per forward pass inside one request. On a CPU, passes of 8 images run
             2–4× faster than one pass over hundreds (large activations are re-allocated and
             page-faulted on every call; see benchmarks/adapter_speed.py). Default: 8 on a
@@ -87,7 +102,10 @@ class LocalAdapter(Adapter):
         self.input_size = input_size
         self.outputs = outputs
         self.max_batch = max_batch
-        self.identity = f"local/{name}@{input_size or 'native'}"
+        digest = weights_digest(model) if isinstance(model, torch.nn.Module) else "callable"
+        self.identity = (f"local/{name}/{digest}@{input_size or 'native'}/{outputs}/"
+                         f"{tuple(round(float(v), 6) for v in mean)}/"
+                         f"{tuple(round(float(v), 6) for v in std)}")
         self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="barapi-local")

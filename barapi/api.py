@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from numpy.typing import NDArray
 
 from barapi.adapters.base import Adapter
 from barapi.adapters.registry import create_adapter
-from barapi.budget import Budget, to_nano
+from barapi.budget import NANO, Budget, to_nano
 from barapi.cache import ProbabilityCache
 from barapi.cards import Card, build_card, load_card
 from barapi.checkpoint import load_checkpoint
@@ -34,6 +36,7 @@ from barapi.report import save_curves_png, save_program_png
 from barapi.run_folder import RunFolder
 from barapi.run_state import RunState
 from barapi.trainer import RunResult, Trainer, evaluate, query_program, run_sync
+from barapi.wire import worst_case_png_bytes
 
 __all__ = ["FittedProgram", "RunFolder", "Session", "card_for", "default_cache", "evaluate",
            "load_run", "load_split", "make_config", "make_service", "open_adapter", "prepare",
@@ -41,9 +44,11 @@ __all__ = ["FittedProgram", "RunFolder", "Session", "card_for", "default_cache",
 
 
 def open_adapter(config: RunConfig) -> Adapter:
-    return create_adapter(config.provider, model=config.model, device=config.device,
+    model = {"model": config.model} if config.model else {}
+    return create_adapter(config.provider, **model, device=config.device,
                           input_size=config.input_size or None, endpoint=config.endpoint,
-                          insecure=config.insecure, labels=config.labels)
+                          insecure=config.insecure, labels=config.labels,
+                          key_file=config.key_file)
 
 
 def load_split(config: RunConfig) -> Split:
@@ -68,13 +73,40 @@ def default_cache(card: Card, use_cache: bool | None = None,
     return ProbabilityCache(cache_dir) if on else None
 
 
-def make_service(adapter: Adapter, budget: float | None = None, ledger: Path | None = None,
-                 cache: ProbabilityCache | None = None, card: Card | None = None) -> QueryService:
+def make_service(adapter: Adapter, budget: float | Budget | None = None,
+                 ledger: Path | None = None, cache: ProbabilityCache | None = None,
+                 card: Card | None = None, rate: float | None = None,
+                 require_budget: bool = True) -> QueryService:
+    """A QueryService on `adapter` with the card's limits. `budget`: a limit in dollars (on
+    `ledger`, if given) or a Budget to share; `rate`: a learned request rate to start at (at
+    most the card's). A priced card needs a budget: raises ConfigError without one (unless
+    `require_budget` is False: for a service that will only price, never send)."""
     card = card or card_for(adapter)
-    return QueryService(adapter, Budget(card.price_per_1000, budget, ledger), cache,
-                        RateLimiter(card.requests_per_second),
+    if not isinstance(budget, Budget):
+        budget = Budget(card.price_per_1000, budget, ledger)
+    if require_budget and card.price_per_1000 > 0 and budget.limit is None:
+        raise ConfigError(f"{card.name} costs ${card.price_per_1000:g} per 1,000 images: give a "
+                          f"budget in dollars (--budget; budget= in Python)")
+    ceiling = card.requests_per_second
+    start = min(ceiling, rate) if rate and ceiling else (rate or ceiling)
+    return QueryService(adapter, budget, cache, RateLimiter(start, ceiling),
                         max_batch=card.max_images_per_request,
                         max_bytes=card.max_bytes_per_request)
+
+
+def check_card(card: Card, canvas: int) -> None:
+    """The card's image limits against the canvas, before anything is sent: the side at
+    least `min_image_side`, the worst-case encoded image within `max_image_bytes` and within
+    `max_bytes_per_request`. Raises ConfigError naming the field."""
+    if card.min_image_side is not None and canvas < card.min_image_side:
+        raise ConfigError(f"--canvas {canvas}: {card.name} takes images of at least "
+                          f"{card.min_image_side} px a side (card field min_image_side)")
+    worst = worst_case_png_bytes((canvas, canvas, 3))
+    for name in ("max_image_bytes", "max_bytes_per_request"):
+        limit = getattr(card, name)
+        if limit is not None and worst > limit:
+            raise ConfigError(f"--canvas {canvas}: an image may encode to {worst:,} bytes, over "
+                              f"{card.name}'s {limit:,} (card field {name}); use a smaller canvas")
 
 
 @dataclass
@@ -110,34 +142,86 @@ class Session:
                      max(0, int(images) - evaluation))
 
     def start(self) -> None:
-        """Create the run folder (if `runs_root` was given) and attach its spend ledger."""
+        """Create the run folder (if `runs_root` was given), lock it, record its budget and
+        attach its spend ledger."""
         if self.folder is None and self.runs_root is not None:
             cache = self.service.cache
             self.folder = RunFolder.create(
                 self.runs_root, self.config, card=self.card.model_dump(),
                 cache={"enabled": cache is not None,
                        "dir": str(cache.directory.resolve()) if cache is not None else None})
-            self.service.budget.ledger = self.folder.ledger
+            self.folder.write_record(limit=self.service.budget.limit, spent_nanodollars=0,
+                                     billed_images=0, wall_seconds=0.0)
+            self.service.budget.attach(self.folder.ledger)
             self.trainer.folder = self.folder
+        elif self.folder is not None:
+            self.folder.write_record(limit=self.service.budget.limit)
+
+    def check(self) -> None:
+        """Free preflight: the black box can be reached (see `Adapter.check`)."""
+        asyncio.run(self.adapter.check())
 
     def run(self, progress: bool = False) -> RunResult:
+        """Run (or continue) the run. A new run folder whose run failed before anything was
+        billed (a bad key, an unknown model) is removed; otherwise it is kept, and the
+        failure is logged in it."""
         self.start()
+        try:
+            return self._run(progress)
+        finally:
+            if self.folder is not None:
+                self.folder.unlock()
+
+    def _run(self, progress: bool) -> RunResult:
         self.trainer.progress = progress
+        record = self.folder.record() if self.folder is not None else {}
+        self.trainer.wall_offset = float(record.get("wall_seconds", 0.0))
         try:
             result = run_sync(self.trainer)
+        except BaseException as exc:
+            self._failed(str(exc) or type(exc).__name__)
+            raise
         finally:
             if self.service.cache is not None:
                 self.service.cache.close()
-        stats = self.service.stats
-        result.extra.update(queries=stats.images, billed_images=stats.billed_images,
-                            cached_images=stats.cached_images, dollars=self.service.budget.spent,
-                            dollars_left=self.service.budget.left)
+        return self._finish(result)
+
+    def _finish(self, result: RunResult) -> RunResult:
+        budget, stats = self.service.budget, self.service.stats
+        if result.extra.get("refused") and result.stopped and budget.spent_images == 0 \
+                and self.folder is not None and self.folder.created:
+            self._failed(result.stopped)
+            raise ProviderRefused(f"{result.stopped} (nothing was billed; no run folder was kept)")
+        result.extra.update(queries=stats.images, billed_images=budget.spent_images,
+                            uncertain_images=budget.uncertain_images,
+                            cached_images=stats.cached_images, dollars=budget.spent,
+                            dollars_left=budget.left,
+                            wall_seconds=self.trainer.wall_seconds())
         if self.folder is not None:
-            task = self.trainer.task
-            save_program_png(self.folder.path / "program.png", task.program, result.weights,
-                             task.windows["val"][0])
-            save_curves_png(self.folder.path / "curves.png", self.folder.metrics())
+            self.trainer.save_record()
+            if self.folder.checkpoint.exists():
+                task = self.trainer.task
+                save_program_png(self.folder.path / "program.png", task.program, result.weights,
+                                 task.windows["val"][0])
+                save_curves_png(self.folder.path / "curves.png", self.folder.metrics())
         return result
+
+    def _failed(self, reason: str) -> None:
+        """A failed run: its new folder goes if nothing was billed, else it is marked."""
+        folder = self.folder
+        if folder is None:
+            return
+        if folder.created and self.service.budget.spent_nano == 0 \
+                and self.service.budget.spent_images == 0 and not folder.checkpoint.exists():
+            folder.discard()
+            self.folder = self.trainer.folder = None
+            return
+        folder.log({"event": "failed", "reason": reason[:500]})
+        self.trainer.save_record()
+
+
+class ProviderRefused(ConfigError):
+    """The black box refused the run's first request for a configuration reason."""
 
 
 def run_settings(folder: RunFolder | None, adapter: Adapter, card_file: Path | None = None,
@@ -161,7 +245,7 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
             budget: float | None = None, cache: ProbabilityCache | None = None,
             card_file: Path | None = None, card_fields: dict[str, Any] | None = None,
             cache_dir: Path | None = None, use_cache: bool | None = None,
-            start: bool = True) -> Session:
+            start: bool = True, sends: bool = True) -> Session:
     """Validate and assemble a run of `config` (or of the run folder `resume`).
 
     Every check on the input (data, model, geometry, label map, card) happens here, before a
@@ -169,16 +253,27 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
     config (bring your own black box); `split` replaces the dataset. Without `runs_root` or
     `resume` nothing is written to disk. `cache` (or `use_cache`/`cache_dir`) chooses the
     answer cache; by default priced providers use the shared one under ~/.cache/barapi.
+    A priced provider needs a `budget` (or the resumed run's own) unless `sends` is False
+    (a session that only estimates).
     """
     resumed = RunFolder.open(Path(resume)) if resume is not None else None
+    record: dict[str, Any] = {}
     if resumed is not None:
         config = resumed.config()
+        record = resumed.record()
+        if budget is None:  # a resume keeps the run's budget unless a new total is given
+            budget = record.get("limit")
+    if budget is not None:
+        to_nano(budget)  # ConfigError for NaN, inf, negative
+    if runs_root is not None:
+        check_writable(Path(runs_root), "runs folder")
     split = split or load_split(config)
     adapter = adapter or open_adapter(config)
     if config.head == "map":
         check_fits(split.train.n_classes, config.m, adapter.n_sources)
     card, stored_cache = run_settings(resumed, adapter, card_file, card_fields,
                                       False if cache is not None else use_cache, cache_dir)
+    check_card(card, config.canvas)
     make_gradient = None
     if config.method == "ar":
         from barapi.whitebox import autograd_gradient, check_white_box
@@ -187,7 +282,10 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
         make_gradient = functools.partial(autograd_gradient, adapter)
     trainer = Trainer(config, QueryService(adapter), split, None, make_gradient)
     cache = cache if cache is not None else stored_cache
-    service = make_service(adapter, budget, resumed.ledger if resumed else None, cache, card)
+    ledger_budget = (resumed.budget(card.price_per_1000, budget) if resumed is not None
+                     else Budget(card.price_per_1000, budget))
+    service = make_service(adapter, ledger_budget, cache=cache, card=card,
+                           rate=record.get("requests_per_second"), require_budget=sends)
     trainer.service, trainer.folder = service, resumed
     session = Session(config, adapter, card, service, trainer, resumed,
                       Path(runs_root) if runs_root is not None else None)
@@ -225,7 +323,12 @@ class FittedProgram:
 
 
 def load_run(path: Path | str) -> FittedProgram:
-    folder = RunFolder.open(Path(path))
+    """The learned program and head of the run folder at `path` (read only, not locked)."""
+    return load_run_folder(RunFolder.open(Path(path), lock=False))
+
+
+def load_run_folder(folder: RunFolder) -> FittedProgram:
+    path = folder.path
     if not folder.checkpoint.exists():
         raise ConfigError(f"{path}: run has no checkpoint yet")
     config = folder.config()
@@ -233,10 +336,36 @@ def load_run(path: Path | str) -> FittedProgram:
     return FittedProgram(config, state.best_weights, state.best_head, state.classes)
 
 
-def run_service(path: Path | str, budget: float | None = None) -> tuple[FittedProgram, QueryService]:
-    """A finished run's program, and a query service with the run's card and cache settings
-    (evaluations and predictions are paid like the run's own queries, and cached alike)."""
-    fitted = load_run(path)
+def run_service(path: Path | str, budget: float | None = None) -> tuple[FittedProgram, QueryService,
+                                                                     RunFolder]:
+    """A finished run's program, and a query service with the run's card, cache and ledger:
+    evaluations and predictions are paid like the run's own queries, recorded in its ledger
+    and cached alike. `budget`: the most this use may spend, in dollars; default: what is
+    left of the run's budget. The run folder is locked until the process ends or
+    `folder.unlock()`."""
+    folder = RunFolder.open(Path(path))
+    fitted = load_run_folder(folder)
     adapter = open_adapter(fitted.config)
-    card, cache = run_settings(RunFolder.open(Path(path)), adapter)
-    return fitted, make_service(adapter, budget, cache=cache, card=card)
+    card, cache = run_settings(folder, adapter)
+    check_card(card, fitted.config.canvas)
+    stored = folder.record().get("limit")
+    ledger = folder.budget(card.price_per_1000, None)
+    if budget is not None:
+        limit: float | None = ledger.spent + to_nano(budget) / NANO
+    else:
+        limit = stored
+    ledger.limit = limit
+    service = make_service(adapter, ledger, cache=cache, card=card,
+                           rate=folder.record().get("requests_per_second"))
+    return fitted, service, folder
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Raise ConfigError unless `path` is (or can be made) a writable folder."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"{what} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: not writable")

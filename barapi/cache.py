@@ -1,8 +1,11 @@
 """Disk cache of paid answers: SHA-256 key → probability vector.
 
-Key = SHA-256 over the adapter's identity (provider, model, version, output settings), the
-image shape and the exact image bytes sent. Paid answers are never evicted. diskcache is
-blocking, so each batch is one hop to a worker thread, not one per image.
+Key = SHA-256 over a key-format version, the adapter's identity (provider, endpoint, model
+and version, output settings; a local model's weights digest and input size), its class
+names in column order, the image shape and the exact image bytes sent. Keys made before the
+endpoint and labels were part of them (format 1) are never looked up again. Paid answers are
+never evicted. diskcache is blocking, so each batch is one hop to a worker thread, not one per
+image.
 """
 
 from __future__ import annotations
@@ -16,10 +19,22 @@ import diskcache
 import numpy as np
 from numpy.typing import NDArray
 
+from barapi.adapters.base import Adapter
+from barapi.errors import ConfigError
+
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "barapi"
+
+
+KEY_FORMAT = 2
+
+
+def cache_identity(adapter: Adapter) -> str:
+    """What, besides the image, determines an adapter's answer row."""
+    labels = "\x1f".join(adapter.labels)
+    return f"v{KEY_FORMAT}|{adapter.identity}|{labels}"
 
 
 def image_keys(identity: str, images: NDArray[np.uint8]) -> list[str]:
@@ -30,17 +45,44 @@ def image_keys(identity: str, images: NDArray[np.uint8]) -> list[str]:
 
 
 class ProbabilityCache:
-    """Shareable on-disk cache (a folder); files are created user-only."""
+    """Shareable on-disk cache (a folder); files are created user-only, on first use.
+
+    Raises ConfigError when the folder cannot be used (a file in its place, not writable)."""
 
     def __init__(self, directory: Path | str | None = None) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        old = os.umask(0o077)
-        try:
-            self._cache = diskcache.Cache(str(self.directory), eviction_policy="none",
-                                          size_limit=2**62)
-        finally:
-            os.umask(old)
+        probe = self.directory
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            raise ConfigError(f"cache folder {self.directory}: {probe} is "
+                              f"{'not a folder' if not probe.is_dir() else 'not writable'}")
+        if probe != self.directory:  # try to make it, then leave nothing behind until used
+            try:
+                self.directory.mkdir(parents=True, mode=0o700)
+            except OSError as exc:
+                raise ConfigError(f"cache folder {self.directory}: cannot create it "
+                                  f"({exc.strerror or exc})") from exc
+            made = self.directory
+            while made != probe:
+                made.rmdir()
+                made = made.parent
+        self._opened: diskcache.Cache | None = None
+
+    @property
+    def _cache(self) -> diskcache.Cache:
+        if self._opened is None:
+            old = os.umask(0o077)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._opened = diskcache.Cache(str(self.directory), eviction_policy="none",
+                                               size_limit=2**62)
+            except OSError as exc:
+                raise ConfigError(f"cache folder {self.directory}: cannot use it "
+                                  f"({exc.strerror or exc})") from exc
+            finally:
+                os.umask(old)
+        return self._opened
 
     def _get_many(self, keys: list[str]) -> list[NDArray[np.float32] | None]:
         return [self._cache.get(k) for k in keys]
@@ -60,4 +102,6 @@ class ProbabilityCache:
         return len(self._cache)
 
     def close(self) -> None:
-        self._cache.close()
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None

@@ -9,13 +9,14 @@ from typing import Any
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field
 
+from barapi.config import one_line
 from barapi.errors import ConfigError
 
 
 class Card(BaseModel):
     """What a provider charges and allows. Money in dollars, rates in requests per second."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     price_per_1000: float = Field(0.0, ge=0, description="dollars per 1,000 images")
@@ -43,11 +44,12 @@ def build_card(values: dict[str, Any], override: Path | None = None,
     values = dict(values)
     if override is not None:
         try:
-            values.update(tomllib.loads(Path(override).read_text()))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{override}: cannot read card override: {exc}") from exc
+            values.update(tomllib.loads(Path(override).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:  # missing, a folder, not UTF-8, not TOML
+            raise ConfigError(f"{override}: cannot read card override "
+                              f"({getattr(exc, 'strerror', None) or one_line(exc)})") from exc
     values.update({k: v for k, v in (fields or {}).items() if v is not None})
     try:
         return Card(**values)
     except ValueError as exc:
-        raise ConfigError(f"card {values.get('name', '?')}: {exc}") from exc
+        raise ConfigError(f"card {values.get('name', '?')}: field {one_line(exc)}") from exc

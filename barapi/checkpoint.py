@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from barapi.errors import ConfigError
 
 
 def save_checkpoint(path: Path, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> None:
@@ -30,7 +33,16 @@ def save_checkpoint(path: Path, arrays: dict[str, NDArray[Any]], meta: dict[str,
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files if k != "__meta__"}
-        meta = json.loads(str(data["__meta__"]))
+    """(arrays, meta) of a checkpoint; raises ConfigError naming the file when it is not one
+    barapi wrote (damaged, truncated, another program's)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files if k != "__meta__"}
+            meta = json.loads(str(data["__meta__"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"{path}: damaged or not a barapi checkpoint ({type(exc).__name__}); "
+                          f"restore it from a backup, or delete it to start the run's training "
+                          f"again (answers already paid for are in the cache)") from exc
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{path}: not a barapi checkpoint (no metadata)")
     return arrays, meta

@@ -10,7 +10,6 @@ import asyncio
 import json
 import math
 import sys
-import time
 import types
 import typing
 from collections.abc import Callable
@@ -88,8 +87,38 @@ def config_from(preset: str | None, options: dict[str, Any]) -> RunConfig:
 
 
 def fail(message: str) -> None:
-    click.echo(f"barapi: error: {message}", err=True)
+    click.echo(f"barapi: error: {' '.join(message.split())}", err=True)
     sys.exit(2)
+
+
+def jsonable(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def dumps(value: Any, **options: Any) -> str:
+    return json.dumps(jsonable(value), allow_nan=False, **options)
+
+
+def percent(value: float) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.1%}"
+
+
+def check_budget(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """--budget: a finite number of dollars ≥ 0."""
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise click.BadParameter(f"expected a finite amount of dollars ≥ 0, got {value}")
+    return value
+
+
+def budget_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--budget", type=float, default=None, callback=check_budget, help=help_text)
 
 
 class CLIGroup(click.Group):
@@ -112,35 +141,45 @@ def main() -> None:
     """Reprogram a black-box classifier (a prediction API or a local model) for a new task."""
 
 
-def _summary(result: Any, wall: float) -> dict[str, Any]:
-    return {"test_accuracy": result.test_accuracy,
-            "zero_shot_test_accuracy": result.zero_shot_accuracy,
-            "probe_test_accuracy": result.probe_accuracy,
-            "early_stop": result.extra.get("early_stop", False),
-            "best_val_accuracy": result.best_val_accuracy, "steps": result.steps,
-            "queries": result.extra["queries"], "billed_images": result.extra["billed_images"],
-            "dollars": result.extra["dollars"], "dollars_left": result.extra.get("dollars_left"),
-            "wall_seconds": round(wall, 1),
-            "run_dir": str(result.run_dir) if result.run_dir else None,
-            "stopped": result.stopped}
+def _summary(result: Any) -> dict[str, Any]:
+    """The run's numbers; billed images, dollars and wall time are the whole run's (all its
+    parts, from its ledger and budget.json), queries are this part's."""
+    return jsonable({
+        "test_accuracy": result.test_accuracy,
+        "zero_shot_test_accuracy": result.zero_shot_accuracy,
+        "probe_test_accuracy": result.probe_accuracy,
+        "early_stop": result.extra.get("early_stop", False),
+        "best_val_accuracy": result.best_val_accuracy, "steps": result.steps,
+        "queries": result.extra["queries"], "billed_images": result.extra["billed_images"],
+        "uncertain_images": result.extra.get("uncertain_images", 0),
+        "dollars": result.extra["dollars"], "dollars_left": result.extra.get("dollars_left"),
+        "wall_seconds": round(result.extra.get("wall_seconds", 0.0), 1),
+        "run_dir": str(result.run_dir) if result.run_dir else None,
+        "stopped": result.stopped})
 
 
-def _print_estimate(phases: list[Any], card: Any, patience: int = 0) -> None:
-    click.echo(f"estimate ({card.name}: ${card.price_per_1000:g} per 1,000 images, "
+def _print_estimate(phases: list[Any], card: Any, patience: int = 0, rate: float | None = None) -> None:
+    from barapi.budget import format_dollars
+
+    limit = rate if rate and card.requests_per_second else card.requests_per_second
+    click.echo(f"estimate ({card.name}: {format_dollars(card.price_per_1000)} per 1,000 images, "
                f"{card.max_images_per_request} per request, "
-               f"{card.requests_per_second or 'no'} requests/s limit):", err=True)
+               f"{f'{limit:g}' if limit else 'no'} requests/s limit"
+               f"{' as learned from the provider' if rate and rate != card.requests_per_second else ''}):",
+               err=True)
     if patience:
         click.echo(f"  (at most: --patience {patience} may stop training earlier)", err=True)
     for p in phases:
-        wall = f"{p.seconds / 60:.1f} min" if p.seconds is not None else "—"
+        seconds = p.requests / limit if limit else None
+        wall = f"{seconds / 60:.1f} min" if seconds is not None else "—"
         click.echo(f"  {p.name:<14} {p.images:>10,} images {p.requests:>9,} requests "
-                   f"${p.dollars:>9.2f}   {wall:>10} at the rate limit", err=True)
+                   f"{format_dollars(p.dollars):>11}   {wall:>10} at the rate limit", err=True)
 
 
 @main.command()
 @config_options
 @card_options
-@click.option("--train-size", type=int, default=None,
+@click.option("--train-size", type=click.IntRange(min=1), default=None,
               help="price a training split of this many images instead of the dataset's")
 @click.option("--json", "as_json", is_flag=True)
 def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
@@ -150,10 +189,11 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
     from barapi.estimate import as_dicts
 
     session = api.prepare(config_from(preset, options), card_file=card_file,
-                          card_fields=card_overrides(card_set), use_cache=False, start=False)
+                          card_fields=card_overrides(card_set), use_cache=False, start=False,
+                          sends=False)
     phases = session.estimate(train_size)
     if as_json:
-        click.echo(json.dumps({"card": session.card.name, "phases": as_dicts(phases)}))
+        click.echo(dumps({"card": session.card.name, "phases": as_dicts(phases)}))
     else:
         _print_estimate(phases, session.card, session.config.patience)
 
@@ -165,8 +205,8 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
               default=None, help="continue the run in this folder (other options are ignored)")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="where run folders are created")
-@click.option("--budget", type=float, default=None,
-              help="hard limit in dollars for the whole run folder (earlier spend included)")
+@budget_option("hard limit in dollars for the whole run folder (earlier spend included); "
+               "needed for a priced provider; a resume keeps the run's own unless given")
 @click.option("--yes", is_flag=True, help="start even when the estimate exceeds --budget")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="answer cache (default: ~/.cache/barapi; shared between runs)")
@@ -180,68 +220,122 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
         **options: Any) -> None:
     """Reprogram the black box (default: local EfficientNet-Lite0 on scikit-learn digits)."""
     from barapi import api
+    from barapi.budget import format_dollars
 
     config = config_from(preset, options)
     session = api.prepare(config, runs_root=runs_dir, resume=resume, budget=budget,
                           card_file=card_file, card_fields=card_overrides(card_set),
                           cache_dir=cache_dir, use_cache=use_cache, start=False)
     phases = session.estimate()
+    record = session.folder.record() if session.folder is not None else {}
     if not as_json:
-        _print_estimate(phases, session.card, session.config.patience)
-    # --budget and the estimate both cover the whole run folder (a resumed run included)
-    if budget is not None and phases[-1].dollars > budget and not yes:
-        steps, epochs = session.reach(budget)
-        fail(f"the estimate ${phases[-1].dollars:.2f} exceeds the budget ${budget:.2f}, which "
-             f"pays for about {steps:,} training steps ({epochs:.1f} epochs) besides label mapping "
-             f"and evaluation; "
-             f"lower --epochs or --q, raise --budget, or pass --yes to run until it is spent")
+        _print_estimate(phases, session.card, session.config.patience,
+                        record.get("requests_per_second"))
+    # the budget and the estimate both cover the whole run folder; a resumed run was accepted
+    # when it started, and runs until its budget is spent
+    limit = session.service.budget.limit
+    if resume is None and limit is not None and phases[-1].dollars > limit and not yes:
+        steps, epochs = session.reach(limit)
+        fail(f"the estimate {format_dollars(phases[-1].dollars)} exceeds the budget "
+             f"{format_dollars(limit)}, which pays for about {steps:,} training steps "
+             f"({epochs:.1f} epochs) besides label mapping and evaluation; lower --epochs or --q, "
+             f"raise --budget, or pass --yes to run until it is spent")
+    session.check()
     session.start()
     config = session.config
     if not as_json:
+        what = ("zero-shot (no program)" if config.method == "zero-shot" else
+                f"program {config.program_resolution}², q={config.q}, {config.epochs} epoch(s)")
         click.echo(f"barapi: {config.method} on {config.dataset} through {config.provider}/"
-                   f"{config.model}, canvas {config.canvas}, program "
-                   f"{config.program_resolution}², q={config.q}, {config.epochs} epoch(s) → "
+                   f"{config.model or 'default'}, canvas {config.canvas}, {what} → "
                    f"{session.folder.path if session.folder else ''}", err=True)
-    start = time.monotonic()
     show = progress if progress is not None else sys.stderr.isatty()
     result = session.run(progress=show)
-    summary = _summary(result, time.monotonic() - start)
+    summary = _summary(result)
     if result.run_dir is not None:
-        (result.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (result.run_dir / "summary.json").write_text(dumps(summary, indent=2) + "\n")
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(dumps(summary))
     else:
-        probe = ("" if math.isnan(result.probe_accuracy)  # a label-map head
-                 else f", linear probe {result.probe_accuracy:.1%}")
+        probe = ("" if not math.isfinite(result.probe_accuracy)  # a label-map head
+                 else f", linear probe {percent(result.probe_accuracy)}")
         patience = " · stopped by --patience" if result.extra.get("early_stop") else ""
-        click.echo(f"test accuracy {result.test_accuracy:.1%} (zero-shot mapping "
-                   f"{result.zero_shot_accuracy:.1%}{probe} on the same split){patience} · best val "
-                   f"{result.best_val_accuracy:.1%} · {summary['queries']:,} queries · "
-                   f"${summary['dollars']:.2f} · {summary['wall_seconds']:.0f} s\n"
-                   f"run folder: {result.run_dir}")
+        best = ("" if config.method == "zero-shot" or not math.isfinite(result.best_val_accuracy)
+                else f" · best val {percent(result.best_val_accuracy)}")
+        uncertain = (f" ({summary['uncertain_images']:,} of them uncertain)"
+                     if summary["uncertain_images"] else "")
+        click.echo(f"test accuracy {percent(result.test_accuracy)} (zero-shot mapping "
+                   f"{percent(result.zero_shot_accuracy)}{probe} on the same split){patience}{best}"
+                   f" · {summary['queries']:,} queries · {summary['billed_images']:,} billed images"
+                   f"{uncertain} · {format_dollars(summary['dollars'])} · "
+                   f"{summary['wall_seconds']:.0f} s\nrun folder: {result.run_dir}")
     if result.stopped:
+        left = session.service.budget.left
         click.echo(f"stopped early: {result.stopped}\ncontinue with: barapi run --resume "
-                   f"{result.run_dir} --budget TOTAL (dollars for the whole run, "
-                   f"${result.extra['dollars']:.2f} already spent)", err=True)
+                   f"{result.run_dir} --budget TOTAL (dollars for the whole run; "
+                   f"{format_dollars(result.extra['dollars'])} already spent"
+                   f"{f', {format_dollars(left)} left of the run budget' if left is not None else ''})",
+                   err=True)
         sys.exit(3)
+
+
+def _paid_use(run_dir: Path, budget: float | None, images: int, what: str,
+              as_json: bool) -> tuple[Any, Any, Any]:
+    """A run's program and a query service on its ledger and budget, after showing what
+    `images` queries will cost; refuses when they do not fit (nothing sent)."""
+    from barapi import api
+    from barapi.budget import format_dollars
+
+    fitted, service, folder = api.run_service(run_dir, budget)
+    cost = service.budget.cost_nano(images) / 1e9
+    left = service.budget.left
+    if cost > 0:
+        click.echo(f"{what}: at most {images:,} images, {format_dollars(cost)} (cached answers are "
+                   f"free); {format_dollars(left) if left is not None else 'no limit'} left of the "
+                   f"budget", err=True)
+    if left is not None and cost > left:
+        fail(f"{what} may cost {format_dollars(cost)}, more than the {format_dollars(left)} left "
+             f"of the run's budget; pass --budget DOLLARS for this {what}")
+    return fitted, service, folder
+
+
+def _after_paid_use(service: Any, folder: Any) -> None:
+    """Record what an evaluation or prediction spent beside the run's ledger."""
+    budget = service.budget
+    folder.write_record(spent_nanodollars=budget.spent_nano, billed_images=budget.spent_images,
+                        uncertain_images=budget.uncertain_images)
+    if service.cache is not None:
+        service.cache.close()
+    folder.unlock()
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--part", type=click.Choice(["test", "val", "train"]), default="test",
               show_default=True)
+@budget_option("most this evaluation may spend, in dollars (default: what is left of the "
+               "run's budget); recorded in the run's ledger")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(run_dir: Path, part: str, as_json: bool) -> None:
+def evaluate(run_dir: Path, part: str, budget: float | None, as_json: bool) -> None:
     """Accuracy of a run's best program on its own split (test by default)."""
     from barapi import api
     from barapi.trainer import Task
 
-    fitted, service = api.run_service(run_dir)
-    task = Task(fitted.config, api.load_split(fitted.config))
-    ev = asyncio.run(api.evaluate(service, task, fitted.head, fitted.weights, part))
+    config = api.load_run(run_dir).config
+    task = Task(config, api.load_split(config))
+    if getattr(task.split, part) is None:
+        fail(f"{run_dir}: the run has no {part} split")
+    fitted, service, folder = _paid_use(run_dir, budget, len(task.windows[part]), "evaluation",
+                                        as_json)
+    try:
+        ev = asyncio.run(api.evaluate(service, task, fitted.head, fitted.weights, part))
+    finally:
+        _after_paid_use(service, folder)
     payload = {"part": part, "accuracy": ev.accuracy, "loss": ev.loss,
-               "samples": len(ev.predictions), "queries": service.stats.images}
-    click.echo(json.dumps(payload) if as_json else
+               "samples": len(ev.predictions), "queries": service.stats.images,
+               "billed_images": service.stats.billed_images,
+               "dollars": service.stats.billed_images * service.budget.cost_nano(1) / 1e9}
+    click.echo(dumps(payload) if as_json else
                f"{part} accuracy {ev.accuracy:.1%} ({len(ev.predictions)} samples, loss {ev.loss:.4f})")
 
 
@@ -249,24 +343,43 @@ def evaluate(run_dir: Path, part: str, as_json: bool) -> None:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@budget_option("most this prediction may spend, in dollars (default: what is left of the "
+               "run's budget); recorded in the run's ledger")
 @click.option("--json", "as_json", is_flag=True)
-def predict(run_dir: Path, images: tuple[Path, ...], as_json: bool) -> None:
+def predict(run_dir: Path, images: tuple[Path, ...], budget: float | None, as_json: bool) -> None:
     """Predict target classes of IMAGES with a run's learned program."""
-    from barapi import api
     from barapi.data import read_image
 
-    fitted, service = api.run_service(run_dir)
+    samples = [read_image(p, str(p)) for p in images]
+    fitted, service, folder = _paid_use(run_dir, budget, len(samples), "prediction", as_json)
     canvas = fitted.program.canvas
-    windows = np.concatenate([canvas.embed(read_image(p, str(p))[None]) for p in images])
-    scores = asyncio.run(fitted.predict_proba(service, windows))
+    windows = np.concatenate([canvas.embed(sample[None]) for sample in samples])
+    try:
+        scores = asyncio.run(fitted.predict_proba(service, windows))
+    finally:
+        _after_paid_use(service, folder)
     for path, row in zip(images, scores, strict=True):
         label = fitted.classes[int(row.argmax())]
         if as_json:
-            click.echo(json.dumps({"image": str(path), "label": label,
-                                   "scores": dict(zip(fitted.classes, row.round(6).tolist(),
-                                                      strict=True))}))
+            click.echo(dumps({"image": str(path), "label": label,
+                              "scores": dict(zip(fitted.classes, row.round(6).tolist(),
+                                                 strict=True))}))
         else:
             click.echo(f"{path}\t{label}\t{row.max():.3f}")
+
+
+@main.command("repair-ledger")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def repair_ledger(run_dir: Path) -> None:
+    """Make a damaged ledger agree with the spend recorded beside it (budget.json, the
+    checkpoint): the difference is added as billed, uncertain spend. Never lowers the spend."""
+    from barapi.budget import format_dollars
+    from barapi.run_folder import RunFolder
+
+    folder = RunFolder.open(run_dir)
+    added = folder.repair_ledger()
+    click.echo(f"{folder.ledger}: added {format_dollars(added, nano=True)} of uncertain spend; the "
+               f"run can be resumed", err=True)
 
 
 @main.group()

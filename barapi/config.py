@@ -24,16 +24,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+MIN_CANVAS = 8
+"""Smallest canvas and model input side, in px (a window of at least 4 px, a 3×k×k program)."""
+
+
 class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     provider: str = Field("local", description="black box: an adapter name (see `barapi providers`)")
-    model: str = Field("efficientnet-lite0", description="model of the provider")
+    model: str | None = Field(None, description="model of the provider (default: "
+                              "efficientnet-lite0 for local, moderation-recognition for clarifai)")
     endpoint: str | None = Field(None, description="provider address host:port (e.g. a "
                                  "loopback emulator); default: the provider's own")
     insecure: bool = Field(False, description="plaintext connection to --endpoint (loopback only)")
     labels: str | None = Field(None, description="the provider's class names, comma-separated, "
                                "where it cannot list them itself (Azure tags)")
+    key_file: str | None = Field(None, description="file whose first line is the provider's API "
+                                 "key (default: the provider's environment variable)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="local model device")
     input_size: int | None = Field(
         112, description="local model input side in px (images are resized to it); 0 = the "
@@ -85,15 +92,38 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
-        if self.patience < 0:
-            raise ValueError(f"patience must be non-negative, got {self.patience}")
+        for name in ("patience", "eval_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
         positive = {"canvas": self.canvas, "batch": self.batch, "epochs": self.epochs,
-                    "q": self.q, "m": self.m}
+                    "q": self.q, "m": self.m, "per_class": self.per_class,
+                    "window": self.window}
         for name, value in positive.items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.canvas < MIN_CANVAS:
+            raise ValueError(f"canvas must be at least {MIN_CANVAS} px, got {self.canvas}")
+        if self.input_size is not None and self.input_size < 0:
+            raise ValueError(f"input_size must be ≥ 1 px (0: the model's native size), "
+                             f"got {self.input_size}")
+        if self.input_size and self.input_size < MIN_CANVAS:
+            raise ValueError(f"input_size must be at least {MIN_CANVAS} px, got {self.input_size}")
         if self.window is not None and self.window > self.canvas:
             raise ValueError(f"window {self.window} is larger than the canvas {self.canvas}")
+        if self.window_size < 1:
+            raise ValueError(f"the sample's window would be {self.window_size} px on a canvas "
+                             f"of {self.canvas}; give --window or a larger --canvas")
+        for name in ("window_top", "window_left"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= self.canvas - self.window_size:
+                raise ValueError(f"{name} must be between 0 and {self.canvas - self.window_size} "
+                                 f"(canvas {self.canvas} − window {self.window_size}), got {value}")
+        if not 0 < self.val_fraction < 1 or not 0 < self.test_fraction < 1 \
+                or self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction and test_fraction must be in (0, 1) and sum to less "
+                             f"than 1, got {self.val_fraction} and {self.test_fraction}")
+        if self.gamma < 0:
+            raise ValueError(f"gamma must be non-negative, got {self.gamma}")
         if self.resolution is not None and not 1 <= self.resolution <= self.canvas:
             raise ValueError(f"resolution must be between 1 and the canvas {self.canvas}")
         if min(self.beta, self.lr, self.head_lr) <= 0 or (self.b is not None and self.b <= 0):
@@ -128,14 +158,15 @@ def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:
     try:
         return RunConfig(**values)
     except ValueError as exc:
-        raise ConfigError(_one_line(exc)) from exc
+        raise ConfigError(one_line(exc)) from exc
 
 
-def _one_line(exc: ValueError) -> str:
+def one_line(exc: Exception) -> str:
+    """A validation error as one line: "field: message" for pydantic's, else str(exc)."""
     errors = getattr(exc, "errors", None)
     if callable(errors):
         first = errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "config"
         message = str(first.get("msg", exc)).removeprefix("Value error, ")
         return f"{where}: {message}" if where != "config" else message
-    return str(exc)
+    return " ".join(str(exc).split())

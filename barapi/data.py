@@ -6,19 +6,34 @@ dataset-fashion-mnist), or a path: a folder with one subfolder per class, a CSV 
 path,label, an .npz with arrays X and y, or a folder holding X.npy and y.npy. Non-image
 matrices (e.g. correlation matrices) are scaled to 0..255 with one min/max over the whole
 dataset, so relative values between samples survive.
+
+Image files are read as a viewer shows them (`read_image`): EXIF orientation applied; 16- and
+32-bit integer samples scaled by their bit depth (a 16-bit value v becomes v >> 8), float samples
+from [0, 1] (or by their own min/max when outside it); transparency (alpha channels, palette and
+colour-key transparency) composited over `BACKGROUND`, white (255, 255, 255), as browsers and
+image viewers show it; of an animated or multi-page file, the first frame. In an image folder,
+operating-system files (`.DS_Store`, `._*` AppleDouble files, `Thumbs.db`, `desktop.ini`, any
+hidden dotfile) and hidden or system folders (`.ipynb_checkpoints`, `__MACOSX`, ...) are skipped.
+Class names (folder names, CSV labels, the names given to `select_classes`) are compared in
+Unicode NFC form, so composed and decomposed spellings ("café" typed or from macOS) match. CSV
+files are read as UTF-8, with or without a byte-order mark.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import re
 import struct
+import unicodedata
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from barapi.errors import ConfigError
 
@@ -27,6 +42,12 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# What transparent pixels are composited over: white, as browsers and image viewers show them.
+BACKGROUND = (255, 255, 255)
+# Files and folders operating systems and tools leave in folders (compared in lower case); any
+# name starting with "." (.DS_Store, ._x.png AppleDouble files, .ipynb_checkpoints) is skipped too.
+OS_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r"})
+OS_FOLDERS = frozenset({"__macosx", "$recycle.bin", "system volume information", "@eadir"})
 
 
 @dataclass(frozen=True)
@@ -67,24 +88,169 @@ def to_rgb_uint8(x: NDArray[np.generic], source: str) -> NDArray[np.uint8]:
     return np.repeat(grey[..., None], 3, axis=3) if grey.ndim == 3 else grey
 
 
+def class_name(name: str) -> str:
+    """A class name in Unicode NFC form: composed and decomposed spellings compare equal."""
+    return unicodedata.normalize("NFC", name)
+
+
 def encode_labels(raw: list[str] | NDArray[np.generic], source: str) -> tuple[NDArray[np.int64], list[str]]:
     raw = np.asarray(raw)
     if raw.ndim != 1:
         raise ConfigError(f"{source}: labels must be one-dimensional, got shape {raw.shape}")
     if raw.dtype.kind == "f" and not np.isfinite(raw).all():
         raise ConfigError(f"{source}: labels contain NaN or infinite values")
+    if raw.dtype.kind == "U":
+        raw = np.array([class_name(str(r)) for r in raw], dtype=str)
     classes, labels = np.unique(raw, return_inverse=True)
     return labels.astype(np.int64), [str(c) for c in classes]
 
 
+# Exceptions Pillow and its decoders raise on truncated or corrupt files (beyond OSError).
+_CORRUPT = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
+            struct.error, zlib.error, NotImplementedError, MemoryError)
+_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def read_image(path: Path, source: str) -> NDArray[np.uint8]:
+    """An image file as (h, w, 3) uint8 RGB, as a viewer shows it.
+
+    - EXIF orientation is applied (a phone photo stored on its side comes out upright).
+    - Of an animated GIF/PNG/WebP or a multi-page TIFF, the first frame is read.
+    - 16- and 32-bit integer samples are scaled by the bit depth of the file (TIFF's
+      BitsPerSample, else 16 for I;16 modes, PNG and PGM, else 16 if every value fits in 16 bits,
+      else 32): v >> (bits - 8), so 65535 → 255 and 32768 → 128 for 16-bit files. Signed samples
+      (TIFF SampleFormat 2) show negatives as black and their positive range scaled likewise.
+    - Float samples (mode F) in [0, 1] are scaled by 255; otherwise by the image's own finite
+      min/max (one value outside [0, 1] is shown as black below 0, white above 1); NaN is black,
+      +inf white, -inf black.
+    - 1-bit, greyscale, palette, CMYK, YCbCr, LAB and HSV images are converted to RGB.
+    - Transparency (alpha channels, palette alpha, a colour-key `transparency`) is composited
+      over `BACKGROUND` (white).
+    - Embedded ICC profiles are not applied: RGB samples are taken as sRGB, CMYK is converted
+      without a profile.
+    Every problem (missing, truncated or corrupt file, an image over Pillow's decompression-bomb
+    limit) is a one-line `ConfigError` naming the file.
+    """
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with path.open("rb") as handle, Image.open(handle) as im:
+                im.load()
+                return _as_shown(_oriented(im))
     except FileNotFoundError as exc:
         raise ConfigError(f"{source}: image file {path} does not exist") from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ConfigError(f"{source}: cannot read image {path}: {exc}") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels, " if found else ""
+        raise ConfigError(
+            f"{source}: image {path} is too large to read safely ({size}over Pillow's "
+            f"decompression-bomb limit of {Image.MAX_IMAGE_PIXELS or 0:,} pixels); resize it to "
+            f"fewer pixels and retry"
+        ) from exc
+    except _CORRUPT as exc:
+        raise ConfigError(f"{source}: cannot read image {path}: {_one_line(exc)}") from exc
+
+
+def _oriented(im: Image.Image) -> Image.Image:
+    """`im` turned upright by its EXIF orientation; unreadable EXIF data is ignored, as viewers do."""
+    try:
+        if im.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):
+            return ImageOps.exif_transpose(im)
+    except (SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error, OSError):
+        pass
+    return im
+
+
+def _integer_bits(im: Image.Image, values: NDArray[np.int64]) -> tuple[int, bool]:
+    """(bit depth, signed) of an integer-mode image's samples."""
+    tags = getattr(im, "tag_v2", None) if im.format == "TIFF" else None
+    if tags is not None and 258 in tags:
+        depth, kind = tags.get(258), tags.get(339, 1)
+        bits = int(depth[0] if isinstance(depth, tuple) else depth)
+        signed = (kind[0] if isinstance(kind, tuple) else kind) == 2
+        return min(max(bits, 1), 32), signed
+    if im.mode != "I" or im.format in ("PNG", "PPM") or values.size == 0 or values.max() <= 0xFFFF:
+        return 16, False
+    return 32, False
+
+
+def _scale_integer(im: Image.Image) -> tuple[NDArray[np.uint8], NDArray[np.bool_] | None]:
+    """Greyscale uint8 of an I;16/I image scaled by its bit depth, and its colour-key mask."""
+    stored = np.asarray(im)
+    values = stored.astype(np.int64)
+    bits, signed = _integer_bits(im, values)
+    if not signed and stored.dtype == np.int32:
+        values = stored.view(np.uint32).astype(np.int64)  # unsigned 32-bit read as int32
+    values = np.clip(values, 0, None)
+    top = bits - 1 if signed else bits
+    if top > 8:
+        grey = np.minimum(values >> (top - 8), 255)
+    else:
+        grey = np.minimum(np.rint(values * (255 / (2**top - 1))), 255)
+    key = im.info.get("transparency")
+    mask = stored == key if isinstance(key, int) else None
+    return grey.astype(np.uint8), mask
+
+
+def _scale_float(im: Image.Image) -> NDArray[np.uint8]:
+    """Greyscale uint8 of a mode-F image: [0, 1] scaled by 255, anything else by min/max."""
+    values = np.asarray(im).astype(np.float64)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if low >= 0 and high <= 1:
+        scaled = values
+    elif high > low:
+        scaled = (values - low) / (high - low)
+    else:
+        scaled = values  # one value outside [0, 1]: clipped below
+    scaled = np.clip(np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
+    return np.rint(scaled * 255).astype(np.uint8)
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        return True
+    return im.mode == "P" and im.palette is not None and im.palette.mode.endswith("A")
+
+
+def _composite(rgb: NDArray[np.uint8], alpha: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Straight-alpha `rgb` over `BACKGROUND`."""
+    a = alpha.astype(np.uint32)[..., None]
+    background = np.array(BACKGROUND, dtype=np.uint32)
+    return ((rgb.astype(np.uint32) * a + background * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def _grey_rgb(grey: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _as_shown(im: Image.Image) -> NDArray[np.uint8]:
+    """(h, w, 3) uint8 of a loaded, upright image, transparency composited over `BACKGROUND`."""
+    if im.mode in _INTEGER_MODES:
+        grey, mask = _scale_integer(im)
+        rgb = _grey_rgb(grey)
+        return rgb if mask is None else _composite(rgb, np.where(mask, 0, 255).astype(np.uint8))
+    if im.mode == "F":
+        return _grey_rgb(_scale_float(im))
+    key = im.info.get("transparency")
+    if im.mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
+        rgb = np.asarray(im, dtype=np.uint8)
+        colour = np.array(key, dtype=np.int64)
+        if colour.max() > 255:  # a 16-bit PNG's colour key, its samples read as their high byte
+            colour >>= 8
+        alpha = np.where((rgb == colour).all(axis=2), 0, 255).astype(np.uint8)
+        return _composite(rgb, alpha)
+    if _has_alpha(im):
+        if im.mode == "La":
+            im = im.convert("LA")
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
+        return _composite(rgba[..., :3], rgba[..., 3])
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def _stack(images: list[NDArray[np.uint8]], paths: list[Path], source: str) -> NDArray[np.uint8]:
@@ -99,17 +265,25 @@ def _stack(images: list[NDArray[np.uint8]], paths: list[Path], source: str) -> N
     return np.stack(images)
 
 
+def is_os_file(path: Path) -> bool:
+    """A file or folder an operating system or tool left behind (.DS_Store, ._x.png, Thumbs.db,
+    __MACOSX, .ipynb_checkpoints, any hidden name): never an image or a class."""
+    name = path.name.lower()
+    return name.startswith(".") or name in OS_FILES or name in OS_FOLDERS
+
+
 def load_folder(root: Path) -> Dataset:
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not is_os_file(p))
     if not class_dirs:
         raise ConfigError(f"{root}: expected one subfolder per class, found none")
     images, paths, raw = [], [], []
     for class_dir in class_dirs:
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in class_dir.iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES and not is_os_file(p))
         for path in files:
             images.append(read_image(path, str(root)))
             paths.append(path)
-            raw.append(class_dir.name)
+            raw.append(class_name(class_dir.name))
     if not images:
         raise ConfigError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     labels, classes = encode_labels(raw, str(root))
@@ -117,8 +291,18 @@ def load_folder(root: Path) -> Dataset:
 
 
 def load_csv(path: Path) -> Dataset:
-    with path.open(newline="") as handle:
-        rows = [r for r in csv.reader(handle) if r and any(c.strip() for c in r)]
+    """A CSV of path,label rows (UTF-8, a byte-order mark allowed), paths relative to the CSV."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = [r for r in csv.reader(handle) if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError as exc:
+        with path.open("rb") as raw_handle:
+            utf16 = raw_handle.read(2) in (b"\xff\xfe", b"\xfe\xff")
+        found = "UTF-16 text" if utf16 else f"byte 0x{exc.object[exc.start:exc.start + 1].hex()}"
+        raise ConfigError(f"{path}: not UTF-8 text ({found} cannot be decoded as UTF-8); save the "
+                          f"CSV as UTF-8") from exc
+    except csv.Error as exc:
+        raise ConfigError(f"{path}: not a readable CSV file: {_one_line(exc)}") from exc
     if rows and rows[0][:2] and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
         rows = rows[1:]
     images, paths, raw = [], [], []
@@ -128,7 +312,7 @@ def load_csv(path: Path) -> Dataset:
         image_path = (path.parent / row[0].strip()).resolve()
         images.append(read_image(image_path, str(path)))
         paths.append(image_path)
-        raw.append(row[1].strip())
+        raw.append(class_name(row[1].strip()))
     if not images:
         raise ConfigError(f"{path}: no rows of path,label found")
     labels, classes = encode_labels(raw, str(path))
@@ -155,7 +339,9 @@ def load_npz(path: Path) -> Dataset:
     except (OSError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise
-        raise ConfigError(f"{path}: not a readable .npz file: {exc}") from exc
+        raise ConfigError(f"{path}: not a readable .npz file ({type(exc).__name__}; an .npz "
+                          f"of numeric arrays X and y is expected, arrays of objects are "
+                          f"refused)") from exc
     return load_arrays(x, y, str(path), path.stem)
 
 
@@ -208,8 +394,13 @@ def load_dataset(spec: str) -> Dataset:
     if path.is_dir() and (path / "X.npy").is_file():
         if not (path / "y.npy").is_file():
             raise ConfigError(f"{path}: has X.npy but no y.npy with the labels")
-        x = np.load(path / "X.npy", allow_pickle=False)
-        return load_arrays(x, np.load(path / "y.npy", allow_pickle=False), str(path), path.name)
+        try:
+            x = np.load(path / "X.npy", allow_pickle=False)
+            y = np.load(path / "y.npy", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ConfigError(f"{path}: X.npy or y.npy is not a readable .npy array "
+                              f"({type(exc).__name__}; arrays of objects are refused)") from exc
+        return load_arrays(x, y, str(path), path.name)
     if path.is_dir():
         return load_folder(path)
     if path.suffix.lower() == ".csv":
@@ -220,12 +411,20 @@ def load_dataset(spec: str) -> Dataset:
 
 
 def select_classes(data: Dataset, names: list[str]) -> Dataset:
-    """The samples of the named classes only, relabelled 0..len(names)-1 in that order."""
-    unknown = [n for n in names if n not in data.classes]
+    """The samples of the named classes only, relabelled 0..len(names)-1 in that order.
+
+    Names are compared in Unicode NFC form, so "café" matches a decomposed "café"."""
+    names = [class_name(n) for n in names]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"--classes names {', '.join(map(repr, repeated))} more than once; "
+                          f"name each class once")
+    known = [class_name(c) for c in data.classes]
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"dataset {data.name}: no class named {', '.join(map(repr, unknown))}; "
                           f"classes are {', '.join(data.classes)}")
-    old = [data.classes.index(n) for n in names]
+    old = [known.index(n) for n in names]
     keep = np.isin(data.labels, old)
     relabel = np.zeros(data.n_classes, dtype=np.int64)
     relabel[old] = np.arange(len(old))

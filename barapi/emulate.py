@@ -58,6 +58,8 @@ class Faults:
     fail_input_every: int = 0  # every n-th input fails (30002) → MIXED_STATUS (10010)
     quota_images: int | None = None  # after this many billed images: CONN_EXCEEDS_LIMITS (11006)
     delay: float = 0.0  # seconds added to every answer
+    drop_every: int = 0  # every n-th request is billed, then its response is lost
+    bad_answer_every: int = 0  # every n-th answered input gets NaN scores (billed)
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Counters:
     throttled: int = 0
     unavailable: int = 0
     rejected_auth: int = 0
+    dropped: int = 0
 
 
 class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
@@ -76,6 +79,7 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
         self.counters = Counters()
         self._last = 0.0
         self._inputs_seen = 0
+        self._answered = 0
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -125,6 +129,9 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
             scores.update(zip(same, folded, strict=True))
         outputs = []
         for i in range(n):
+            self._answered += i in scores
+            if i in scores and f.bad_answer_every and self._answered % f.bad_answer_every == 0:
+                scores[i] = np.full_like(scores[i], np.nan)
             if i not in scores:
                 outputs.append(resources_pb2.Output(status=self._status(30002, "input failed")))
                 continue
@@ -136,7 +143,13 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
                                                   for v, name in concepts])))
         bad = n - len(good)
         c.billed_images += len(good)
-        code = status_code_pb2.MIXED_STATUS if bad else status_code_pb2.SUCCESS
+        if f.drop_every and c.requests % f.drop_every == 0:
+            c.dropped += 1  # billed above; the client never hears of it
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset after processing")
+        if not good:  # the service reports FAILURE when every input failed
+            code = status_code_pb2.FAILURE
+        else:
+            code = status_code_pb2.MIXED_STATUS if bad else status_code_pb2.SUCCESS
         return service_pb2.MultiOutputResponse(status=self._status(code), outputs=outputs)
 
     async def start(self, port: int = 0) -> int:
@@ -154,6 +167,8 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
 
 Answer = tuple[int, Any, dict[str, str]]
 """HTTP status, JSON-serialisable body, extra response headers."""
+DROP = 0
+"""An `Answer` status: close the connection without any response."""
 
 
 class LoopbackHTTPServer:
@@ -168,6 +183,9 @@ class LoopbackHTTPServer:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status, payload, headers = answer(self.path, self.headers, body)
+                if status == DROP:  # processed (and billed), then the connection is lost
+                    self.close_connection = True
+                    return
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 for name, value in {**headers, "Content-Type": "application/json",
@@ -216,7 +234,13 @@ class AzureEmulator:
 
     @staticmethod
     def _error(status: int, message: str) -> Answer:
+        """The gateway's error shape (401, 403, 429, 5xx)."""
         return status, {"error": {"code": str(status), "message": message}}, {}
+
+    @staticmethod
+    def _service_error(status: int, code: str, message: str) -> Answer:
+        """The Custom Vision service's own error shape (400s about the request)."""
+        return status, {"code": code, "message": message}, {}
 
     def answer(self, path: str, headers: Any, body: bytes) -> Answer:
         """Status, JSON body and extra headers for one request; `headers` are looked up
@@ -258,12 +282,19 @@ class AzureEmulator:
         except Exception:
             with self._lock:
                 c.billed_images -= 1  # a rejected image is not billed
-            return self._error(400, "BadRequestImageFormat")
+            return self._service_error(400, "BadRequestImageFormat", "Bad Request Image Format")
         if f.delay:
             time.sleep(f.delay)
         full = asyncio.run(self.model.predict_proba(image[None]))[0]
         k = len(self.tags)
         scores = [float(v) for v in fold(full[None], k)[0]]
+        with self._lock:
+            answered = c.billed_images
+            if f.drop_every and c.requests % f.drop_every == 0:
+                c.dropped += 1
+                return DROP, None, {}
+        if f.bad_answer_every and answered % f.bad_answer_every == 0:
+            scores = [-1.0] * k
         ranked = sorted(zip(scores, range(k), self.tags, strict=True), reverse=True)
         predictions = [{"probability": s, "tagId": f"tag-{i}", "tagName": t} for s, i, t in ranked]
         return 200, {"id": "emulated", "project": parts[3], "iteration": parts[6],

@@ -1,4 +1,12 @@
-"""Error kinds shared by adapters, the query layer and the front ends."""
+"""Error kinds shared by adapters, the query layer and the front ends.
+
+Billing rule (DESIGN.md, money invariant 3): an error says whether the provider may have
+billed the request (`billed`). It is True unless the request provably never left (a refused
+connection, a malformed endpoint, a key that cannot be encoded) or the provider answered
+that it refused it (throttled, unauthorised, out of quota, a malformed request). When in
+doubt — a timeout, a connection lost after sending, a 5xx after the body left, an answer
+that cannot be parsed — the request counts as billed, marked uncertain in the ledger.
+"""
 
 from __future__ import annotations
 
@@ -13,42 +21,74 @@ class ConfigError(BarapiError, ValueError):
     """Bad input (options, files, data) found before any query is sent."""
 
 
+class LedgerDamaged(ConfigError):
+    """A run folder's ledger disagrees with the spend recorded beside it; never resolved by
+    spending again (see `barapi repair-ledger`)."""
+
+
+class RunFolderBusy(ConfigError):
+    """Another process holds the run folder's lock."""
+
+
 class ProviderError(BarapiError):
     """A black box refused or failed a request.
 
-    `billed` is True when the provider charged for (part of) the request anyway, e.g. a
-    batch where some inputs failed: its reservation is then committed, not released.
+    `billed`: whether the provider may have charged for it (True unless provably not).
     """
 
-    billed: bool = False
+    def __init__(self, message: str, *, billed: bool = True) -> None:
+        super().__init__(message or type(self).__name__)
+        self.billed = billed
 
 
 class PartialAnswer(ProviderError):
     """Some inputs of a request failed, the others were answered and billed (Clarifai's
-    MIXED_STATUS). `probs` (N, K) holds the answers where `ok` (N,) is True; only those
-    `billed_images` are charged."""
+    MIXED_STATUS, or FAILURE where every input failed). `probs` (N, K) holds the answers
+    where `ok` (N,) is True; only those `billed_images` are charged. `reasons` (N,) gives the
+    provider's reason for each failed input ("" where it succeeded)."""
 
-    billed = True
-
-    def __init__(self, message: str, probs: Any, ok: Any) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, probs: Any, ok: Any, reasons: list[str] | None = None) -> None:
+        super().__init__(message, billed=True)
         self.probs, self.ok = probs, ok
         self.billed_images = int(ok.sum())
+        self.reasons = reasons or [""] * len(ok)
 
 
 class TransientError(ProviderError):
     """Worth retrying: rate limited, unavailable, timed out, 5xx.
 
-    `retry_after` is the provider's requested wait in seconds, when it gave one.
+    `retry_after`: the provider's requested wait in seconds, when it gave one. `throttled`:
+    the provider said we are too fast (429, CONN_THROTTLED): the rate limiter slows down, and
+    such failures do not use up the retry policy's attempts (only its deadline).
     """
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, retry_after: float | None = None, *, billed: bool = True,
+                 throttled: bool = False) -> None:
+        super().__init__(message, billed=billed)
         self.retry_after = retry_after
+        self.throttled = throttled
 
 
 class FatalProviderError(ProviderError):
-    """Never retried: authentication, quota or billing. The run stops with a checkpoint."""
+    """Never retried: authentication, quota or billing. The run stops with a checkpoint.
+    The provider refused the request, so it is not billed unless stated."""
+
+    def __init__(self, message: str, *, billed: bool = False) -> None:
+        super().__init__(message, billed=billed)
+
+
+class InvalidAnswer(FatalProviderError):
+    """The provider answered with values it does not promise (NaN, inf, negative, above 1,
+    all zero, or not summing to 1 where it promises a distribution), twice. Billed, never
+    cached."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, billed=True)
+
+
+class InputsFailed(FatalProviderError):
+    """Inputs of a request kept failing (per-input errors) after their own retries; the
+    answered ones were billed and cached."""
 
 
 class BudgetExhausted(BarapiError):

@@ -38,9 +38,15 @@ def read_key(env_var: str, key_file: Path | str | None = None) -> Secret:
     if key_file is not None:
         path = Path(key_file).expanduser()
         try:
-            value = path.read_text().strip().splitlines()[0].strip()
-        except (OSError, IndexError) as exc:
-            raise ConfigError(f"key file {path}: cannot read a key from it ({exc})") from exc
+            lines = path.read_text(encoding="utf-8").strip().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"key file {path}: cannot read it ({exc.strerror})") from exc
+        except UnicodeDecodeError:
+            raise ConfigError(f"key file {path}: not text (UTF-8); its first line must be the "
+                              f"key") from None
+        value = lines[0].strip() if lines else ""
+        if not value:
+            raise ConfigError(f"key file {path}: empty; its first line must be the key")
     else:
         value = os.environ.get(env_var, "").strip()
         if not value:

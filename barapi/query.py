@@ -1,9 +1,14 @@
 """QueryService: the only path from the algorithm to an adapter.
 
 For each batch of images, in order: cache lookup (a hit costs $0), split of the misses into
-requests of at most the adapter's batch limit, a budget reservation per request (reserve →
-call → commit, or release on failure), rate limiting and a concurrency cap, retries of
-transient errors, cache write. It counts every billable image.
+requests of at most the adapter's batch limit, and for each request: a budget reservation
+(reserve → counted as billed in the ledger just before it leaves → settled by its outcome),
+a concurrency slot and the rate limiter (which slows down when the provider throttles),
+retries of transient errors, validation of the answers against what the provider promises,
+and the cache write of that request's valid answers as soon as it returns (so that a
+kill -9 loses at most the requests in flight). Inputs that fail inside an answered request
+(Clarifai MIXED_STATUS) are asked again with backoff, up to `RetryPolicy.input_attempts`
+rounds; invalid answers are asked once more, then stop the run.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ from numpy.typing import NDArray
 
 from barapi.adapters.base import Adapter
 from barapi.budget import Budget
-from barapi.cache import ProbabilityCache, image_keys
-from barapi.errors import PartialAnswer
+from barapi.cache import ProbabilityCache, cache_identity, image_keys
+from barapi.errors import InputsFailed, InvalidAnswer, PartialAnswer, TransientError
 from barapi.ratelimit import RateLimiter
 from barapi.retry import RetryPolicy
 from barapi.wire import check_batch, worst_case_png_bytes
+
+SUM_TOLERANCE = 1e-3
+"""How far from 1 a promised probability distribution's row may sum (float32 softmax over
+1,000 classes sums to 1 within ~1e-6; 1e-3 leaves room for providers that round)."""
 
 
 @dataclass
@@ -31,11 +40,25 @@ class QueryStats:
     cached_images: int = 0
     requests: int = 0
     attempts: int = 0
+    invalid_answers: int = 0
+    failed_inputs: int = 0
 
     @property
     def images(self) -> int:
         """Images answered, paid or cached."""
         return self.billed_images + self.cached_images
+
+
+def invalid_rows(probs: NDArray[np.float32], kind: str) -> NDArray[np.bool_]:
+    """(N,) True where a row breaks the provider's promise: non-finite, outside [0, 1], all
+    zero, or (kind "distribution") not summing to 1 within SUM_TOLERANCE."""
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(probs).all(axis=1)
+        bad |= (probs < 0).any(axis=1) | (probs > 1 + 1e-6).any(axis=1)
+        bad |= ~(probs > 0).any(axis=1)
+        if kind == "distribution":
+            bad |= np.abs(probs.astype(np.float64).sum(axis=1) - 1) > SUM_TOLERANCE
+    return np.asarray(bad)
 
 
 @dataclass
@@ -69,7 +92,8 @@ class QueryService:
         check_batch(images)
         n, k = len(images), self.adapter.n_sources
         out = np.empty((n, k), dtype=np.float32)
-        keys = image_keys(self.adapter.identity, images) if self.cache is not None else None
+        keys = (image_keys(cache_identity(self.adapter), images)
+                if self.cache is not None else None)
         missing = np.arange(n)
         if self.cache is not None and keys is not None:
             hits = await self.cache.get_many(keys)
@@ -80,69 +104,85 @@ class QueryService:
             missing = np.array([i for i, v in enumerate(hits) if v is None], dtype=np.int64)
         per_request = self.limit_for(images.shape[1:])
         chunks = [missing[i:i + per_request] for i in range(0, len(missing), per_request)]
-        results = await asyncio.gather(*(self._request(images[c]) for c in chunks),
-                                       return_exceptions=True)
-        answered = []
+        results = await asyncio.gather(
+            *(self._request(images[c], [keys[i] for i in c] if keys else None) for c in chunks),
+            return_exceptions=True)
         for chunk, probs in zip(chunks, results, strict=True):
             if isinstance(probs, np.ndarray):
                 out[chunk] = probs
-                answered.append(chunk)
-            elif isinstance(probs, PartialAnswer):
-                out[chunk[probs.ok]] = probs.probs[probs.ok]
-                answered.append(chunk[probs.ok])
-        if self.cache is not None and keys is not None and answered:
-            # cache what was paid for even when another request of the batch failed
-            done = np.concatenate(answered)
-            await self.cache.set_many([keys[i] for i in done], out[done])
         for result in results:
             if isinstance(result, BaseException):
                 raise result
         return out
 
-    async def _request(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
-        """One request's answers; inputs that failed inside an answered request are asked
-        again once, on their own. A PartialAnswer that escapes carries every answer paid for."""
-        try:
-            return await self._send(images)
-        except PartialAnswer as partial:
-            await self._ask_again(images, partial)
-            return np.asarray(partial.probs, dtype=np.float32)
-
-    async def _ask_again(self, images: NDArray[np.uint8], partial: PartialAnswer) -> None:
-        """Fill in the answers of `partial`'s failed inputs by asking for them once more;
-        raise `partial`, with what that paid for, where some fail again."""
-        failed = np.flatnonzero(~partial.ok)
-        try:
-            partial.probs[failed] = await self._send(images[failed])
-        except PartialAnswer as second:
-            partial.probs[failed[second.ok]] = second.probs[second.ok]
-            partial.ok[failed[second.ok]] = True
-            still = ", ".join(str(i) for i in np.flatnonzero(~partial.ok))
-            partial.args = (f"inputs {still} of a request failed twice ({second})",)
-            raise partial from None
-        partial.ok[failed] = True
+    async def _request(self, images: NDArray[np.uint8],
+                       keys: list[str] | None) -> NDArray[np.float32]:
+        """One request's valid answers, cached as they arrive. Failed inputs are asked again
+        with backoff; invalid answers once more."""
+        n = len(images)
+        probs = np.zeros((n, self.adapter.n_sources), dtype=np.float32)
+        pending = np.arange(n)
+        reasons: dict[int, str] = {}
+        invalid_asks = 0
+        for round_ in range(self.retry.input_attempts + 1):
+            if round_:
+                await self.retry.sleep(self.retry.backoff(round_))
+            try:
+                answer, ok = await self._send(images[pending]), np.ones(len(pending), bool)
+            except PartialAnswer as partial:
+                answer, ok = np.asarray(partial.probs, dtype=np.float32), partial.ok.copy()
+                self.stats.failed_inputs += int((~ok).sum())
+                reasons.update({int(pending[i]): partial.reasons[i] for i in np.flatnonzero(~ok)})
+            bad = ok & invalid_rows(answer, self.adapter.answers)
+            if bad.any():
+                self.stats.invalid_answers += int(bad.sum())
+                invalid_asks += 1
+                if invalid_asks > 1:
+                    rows = ", ".join(str(int(i)) for i in pending[bad][:10])
+                    raise InvalidAnswer(
+                        f"{self.adapter.identity} answered values it does not promise (NaN, "
+                        f"inf, negative, above 1, all zero or not summing to 1) twice for input(s) "
+                        f"{rows} of a request: e.g. {answer[bad][0][:6].tolist()}; billed, not cached")
+                ok &= ~bad
+            good = pending[ok]
+            probs[good] = answer[ok]
+            if self.cache is not None and keys is not None and len(good):
+                await self.cache.set_many([keys[i] for i in good], answer[ok])
+            pending = pending[~ok]
+            if not len(pending):
+                return probs
+        detail = "; ".join(f"input {i}: {reasons.get(int(i), 'invalid answer')}" for i in pending[:10])
+        raise InputsFailed(f"{len(pending)} input(s) of a request kept failing after "
+                           f"{self.retry.input_attempts + 1} tries ({detail}); the answered ones "
+                           f"are paid for and cached")
 
     async def _send(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         n = len(images)
 
         async def attempt() -> NDArray[np.float32]:
-            async with self.budget.reservation(n), self._slots:
+            async with self.budget.reservation(n) as ticket, self._slots:
                 await self.limiter.acquire()  # last, so that the request leaves in its slot
                 self.stats.attempts += 1
-                probs = await self.adapter.predict_proba(images)
-            probs = np.asarray(probs, dtype=np.float32)
-            if probs.shape != (n, self.adapter.n_sources):
-                raise ValueError(
-                    f"adapter {self.adapter.identity} returned shape {probs.shape} for {n} images"
-                )
+                self.budget.send(ticket)
+                try:
+                    probs = await self.adapter.predict_proba(images)
+                except TransientError as exc:
+                    if exc.throttled:
+                        self.limiter.throttled()
+                    raise
+                except PartialAnswer as partial:
+                    self.limiter.succeeded()
+                    self.stats.billed_images += partial.billed_images
+                    raise
+                probs = np.asarray(probs, dtype=np.float32)
+                if probs.shape != (n, self.adapter.n_sources):  # unparseable: billed, retried
+                    raise TransientError(f"{self.adapter.identity} returned shape {probs.shape} "
+                                         f"for {n} images (expected {(n, self.adapter.n_sources)})")
+                self.limiter.succeeded()
+            self.stats.billed_images += n
             return probs
 
         try:
-            probs = await self.retry.call(attempt)
-        except PartialAnswer as partial:
+            return await self.retry.call(attempt)
+        finally:
             self.stats.requests += 1
-            self.stats.billed_images += partial.billed_images
-            raise
-        self.stats.requests += 1
-        self.stats.billed_images += n
-        return probs

@@ -3,7 +3,10 @@
     config.json     resolved configuration, seeds and package versions
     metrics.jsonl   one JSON object per step / validation / event
     checkpoint.npz  W, best W, optimiser state, label map, step (atomic, every step)
-    ledger.jsonl    committed spend (see budget.py)
+    ledger.jsonl    every request sent and its outcome (see budget.py)
+    budget.json     the run's budget, and its spend, billed images and wall time as of the
+                    last checkpoint (cross-checked against the ledger on every open)
+    .lock           held (flock) by the one process using the folder
     program.png     the learned program on the canvas
     curves.png      training loss and validation accuracy
     summary.json    final numbers
@@ -11,15 +14,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import platform
+import shutil
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from barapi.config import RunConfig
-from barapi.errors import ConfigError
+from barapi.budget import Budget, format_dollars, read_ledger
+from barapi.config import RunConfig, one_line
+from barapi.errors import ConfigError, LedgerDamaged, RunFolderBusy
 
 PACKAGES = ("barapi", "numpy", "torch", "efficientnet-lite-pytorch", "scikit-learn", "pillow",
             "diskcache", "tenacity", "clarifai-grpc", "azure-cognitiveservices-vision-customvision")
@@ -37,8 +44,13 @@ def package_versions() -> dict[str, str]:
 
 
 class RunFolder:
+    """A run's folder. `lock()` makes this process its only user (an OS lock, released when
+    the process ends, however it ends)."""
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._lock_file: IO[str] | None = None  # closed (lock released) with this object
+        self.created = False
 
     @classmethod
     def create(cls, root: Path, config: RunConfig, **session: Any) -> RunFolder:
@@ -50,17 +62,134 @@ class RunFolder:
         while path.exists():
             n += 1
             path = base.with_name(f"{base.name}-{n}")
-        path.mkdir(parents=True, mode=0o700)
+        try:
+            path.mkdir(parents=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigError(f"runs folder {root}: cannot create a run folder in it "
+                              f"({exc.strerror})") from exc
         folder = cls(path)
+        folder.created = True
+        folder.lock()
         folder.write_json("config.json", {"config": config.model_dump(), "session": session,
                                           "versions": package_versions()})
         return folder
 
+    def lock(self) -> None:
+        """Take the folder's lock; raises RunFolderBusy when another process holds it."""
+        if self._lock_file is not None:
+            return
+        path = self.path / ".lock"
+        try:
+            handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot open the run folder's lock ({exc.strerror})") from exc
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read(64).strip() or "another process"
+            handle.close()
+            raise RunFolderBusy(f"{self.path}: in use by process {holder} (one process at a "
+                                f"time per run folder; wait for it to finish)") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_file = handle
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing releases the flock
+            self._lock_file = None
+
+    def discard(self) -> None:
+        """Remove a folder this process created, when nothing in it was paid for."""
+        self.unlock()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / "budget.json"
+
+    def record(self) -> dict[str, Any]:
+        """budget.json: {"limit": dollars or null, "spent_nanodollars", "billed_images",
+        "wall_seconds", "requests_per_second"} (empty before the first write)."""
+        if not self.record_path.exists():
+            return {}
+        try:
+            data: dict[str, Any] = json.loads(self.record_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise LedgerDamaged(f"{self.record_path}: unreadable ({exc}); restore it from a "
+                                f"backup or delete it to keep only the ledger's figures") from exc
+        return data
+
+    def write_record(self, **fields: Any) -> None:
+        """Update budget.json atomically (temp file, fsync, rename)."""
+        data = {**self.record(), **fields}
+        tmp = self.record_path.with_name(".budget.json.tmp")
+        with tmp.open("w") as handle:
+            handle.write(json.dumps(data, indent=2) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.record_path)
+
+    def budget(self, price_per_1000: float, limit: float | None) -> Budget:
+        """The run's Budget on its ledger, after checking the ledger against the spend
+        recorded in budget.json and the checkpoint: a ledger that records less (cut, deleted)
+        raises LedgerDamaged, with how to repair it."""
+        budget = Budget(price_per_1000, limit, self.ledger)
+        recorded, where = self.recorded_spend()
+        if budget.spent_nano < recorded:
+            raise LedgerDamaged(
+                f"{self.ledger}: records {format_dollars(budget.spent_nano, nano=True)} spent but "
+                f"{where} records {format_dollars(recorded, nano=True)}: the ledger is damaged. "
+                f"Restore it from a backup, or run `barapi repair-ledger {self.path}` to count the "
+                f"difference as spent; nothing is sent until then")
+        return budget
+
+    def recorded_spend(self) -> tuple[int, str]:
+        """The largest spend recorded outside the ledger (nanodollars) and where."""
+        best, where = 0, "nothing"
+        record = self.record().get("spent_nanodollars")
+        if record is not None:
+            best, where = int(record), "budget.json"
+        if self.checkpoint.exists():
+            from barapi.checkpoint import load_checkpoint
+
+            _, meta = load_checkpoint(self.checkpoint)
+            spent = int(meta.get("ledger", {}).get("spent_nanodollars", 0))
+            if spent > best:
+                best, where = spent, "checkpoint.npz"
+        return best, where
+
+    def repair_ledger(self) -> int:
+        """Make the ledger agree with the spend recorded beside it: missing lines are
+        accepted, and the difference is appended as billed, uncertain spend (never less than
+        either record). Returns the nanodollars added."""
+        totals = read_ledger(self.ledger, allow_gaps=True)
+        recorded, _ = self.recorded_spend()
+        missing = max(0, recorded - totals.spent_nano)
+        images = max(0, int(self.record().get("billed_images", 0)) - totals.images)
+        budget = Budget()
+        budget.ledger = self.ledger
+        budget.add_uncertain(images if missing else 0, missing,
+                             "repair: spend recorded beside the ledger", totals.last_id)
+        return missing
+
     @classmethod
-    def open(cls, path: Path) -> RunFolder:
+    def open(cls, path: Path, lock: bool = True) -> RunFolder:
+        """The run folder at `path`, locked for this process unless `lock` is False."""
+        if not Path(path).is_dir():
+            raise ConfigError(f"{path}: no such run folder")
         if not (Path(path) / "config.json").is_file():
             raise ConfigError(f"{path}: not a barapi run folder (no config.json)")
-        return cls(Path(path))
+        folder = cls(Path(path))
+        try:
+            folder.config()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}/config.json: unreadable or not barapi's "
+                              f"({one_line(exc)})") from exc
+        if lock:
+            folder.lock()
+        return folder
 
     def config(self) -> RunConfig:
         return RunConfig(**self.read_json("config.json")["config"])

@@ -151,14 +151,15 @@ def zo_gradient(service: QueryService, task: Task, estimator: ZOEstimator,
 @dataclass
 class RunResult:
     """`weights` and `head` are the program and head selected on the validation split;
-    `final_weights` the last program. `zero_shot_accuracy` is the label map's on the
-    unprogrammed test split (NaN where the black box has too few outputs for a map);
+    `final_weights` the last program; `head` is None when the run stopped before its head
+    was built (budget or provider refusal before the first checkpoint). `zero_shot_accuracy`
+    is the label map's on the unprogrammed test split (NaN where the black box has too few outputs for a map);
     `probe_accuracy` the fitted linear head's there (NaN with a label-map head)."""
 
     run_dir: Path | None
     weights: FloatArray
     final_weights: FloatArray
-    head: OutputHead
+    head: OutputHead | None
     test_accuracy: float
     zero_shot_accuracy: float
     probe_accuracy: float
@@ -188,6 +189,26 @@ class Trainer:
         self.progress = progress
         self.estimator = config.estimator()
         self._make_gradient = make_gradient
+        self.wall_offset = 0.0
+        """Wall-clock seconds of the run's earlier parts (a resumed run)."""
+        self._started = time.monotonic()
+
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds of the whole run so far, earlier parts included."""
+        return self.wall_offset + time.monotonic() - self._started
+
+    def save_record(self) -> None:
+        """The run folder's budget.json: spend and billed images as the ledger has them,
+        wall time and the rate the limiter has learned."""
+        if self.folder is None:
+            return
+        budget, limiter = self.service.budget, self.service.limiter
+        self.folder.write_record(limit=budget.limit, spent_nanodollars=budget.spent_nano,
+                                 billed_images=budget.spent_images,
+                                 uncertain_images=budget.uncertain_images,
+                                 wall_seconds=round(self.wall_seconds(), 3),
+                                 requests_per_second=limiter.rate or None,
+                                 throttled_requests=limiter.throttles)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -213,7 +234,10 @@ class Trainer:
         # default_rng([seed, 1, step]) draws the step's directions
         meta["rng"] = {"seed": self.config.seed, "next_step": state.step}
         meta["stats"] = vars(self.service.stats).copy()
+        budget = self.service.budget
+        meta["ledger"] = {"spent_nanodollars": budget.spent_nano, "billed_images": budget.spent_images}
         save_checkpoint(self.folder.checkpoint, arrays, meta)
+        self.save_record()
 
     def _restore(self, optimizers: dict[str, Optimizer]) -> RunState | None:
         if self.folder is None or not self.folder.checkpoint.exists():
@@ -226,6 +250,7 @@ class Trainer:
                                   if k.startswith(prefix)}}
         stats = meta.pop("stats")
         meta.pop("rng", None)
+        meta.pop("ledger", None)
         for key, value in stats.items():
             setattr(self.service.stats, key, value)
         n_sources = meta["n_sources"]
@@ -264,13 +289,25 @@ class Trainer:
         optimizers = {"opt": Optimizer(c.optimizer, c.lr, c.decay, self.steps_per_epoch)}
         if c.head == "linear":  # a label map has nothing to train
             optimizers["head_opt"] = Optimizer("adam", c.head_lr, c.decay, self.steps_per_epoch)
+        self._started = time.monotonic()
         state = self._restore(optimizers)
         if state is None:
             if self.folder is not None:
                 self.folder.truncate_metrics(-1)  # records of an attempt that never checkpointed
-            state = await self._start()
+            try:
+                state = await self._start()
+            except (BudgetExhausted, FatalProviderError) as exc:
+                # before the first checkpoint: what was paid is in the cache for the resume
+                self._log({"event": "stopped", "step": 0, "reason": str(exc)})
+                self.save_record()
+                return self._unstarted(str(exc), isinstance(exc, FatalProviderError))
             if c.method != "zero-shot" and c.evaluate:
-                await self._validate(state)
+                try:
+                    await self._validate(state)
+                except (BudgetExhausted, FatalProviderError) as exc:
+                    self._save(state, optimizers)  # the resume validates first
+                    self._log({"event": "stopped", "step": 0, "reason": str(exc)})
+                    return self._result(state, float("nan"), str(exc))
             self._save(state, optimizers)
         stopped = None
         try:
@@ -287,10 +324,23 @@ class Trainer:
                 test, stopped = float("nan"), stopped or f"{exc} (before the test evaluation)"
         state.finished = stopped is None
         self._save(state, optimizers)
+        return self._result(state, test, stopped)
+
+    def _result(self, state: RunState, test: float, stopped: str | None) -> RunResult:
+        best_val = state.best_val_accuracy if state.validated_step is not None else float("nan")
         return RunResult(self.folder.path if self.folder else None, state.best_weights,
                          state.weights, state.best_head, test, state.zero_shot_test_accuracy,
-                         state.probe_test_accuracy, state.best_val_accuracy, state.step,
+                         state.probe_test_accuracy, best_val, state.step,
                          stopped, {"best_step": state.best_step, "early_stop": state.early_stop})
+
+    def _unstarted(self, stopped: str, refused: bool) -> RunResult:
+        """A run stopped before its heads were built: nothing learned. `refused`: by the
+        provider (a bad key, an unknown model), not by the budget."""
+        weights, nan = self.task.program.zeros(), float("nan")
+        return RunResult(self.folder.path if self.folder else None, weights, weights, None,
+                         nan, nan, nan, nan, 0, stopped,
+                         {"best_step": 0, "early_stop": False, "unstarted": True,
+                          "refused": refused})
 
     async def _test(self, head: OutputHead, weights: FloatArray) -> float:
         """Test accuracy, or NaN when the split has no test part or evaluation is off."""

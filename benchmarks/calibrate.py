@@ -197,6 +197,7 @@ def with_budget(settings: dict[str, Any]) -> dict[str, Any]:
 
 def run_one(settings: dict[str, Any]) -> dict[str, Any]:
     from barapi import api
+    from benchmarks.suite import CELL_BUDGET
 
     start = time.monotonic()
     values, adapter = dict(settings), None
@@ -221,7 +222,8 @@ def run_one(settings: dict[str, Any]) -> dict[str, Any]:
         if box != "lite0":
             adapter = folded_white_box(box, values.get("input_size", 112),
                                        values.get("device", "cpu"))
-    session = api.prepare(api.make_config(**values), adapter=adapter, use_cache=False)
+    session = api.prepare(api.make_config(**values), adapter=adapter, use_cache=False,
+                          budget=CELL_BUDGET)
     result = session.run()
     return {"settings": settings, "test_accuracy": result.test_accuracy,
             "zero_shot": result.zero_shot_accuracy, "best_val_accuracy": result.best_val_accuracy,

@@ -50,6 +50,9 @@ from barapi.estimate import estimate as estimate_cost
 from benchmarks.common import RESULTS, code_version, markdown_table, write_results
 
 KEY = "benchmark-emulator-key"  # the loopback emulator's own key, not a secret
+CELL_BUDGET = 1000.0
+"""Dollars one cell may spend at the card's price (the emulators bill nothing real; a priced
+card needs an explicit budget all the same)."""
 BOXES = {"lite0": None, "moderation": "moderation-recognition", "nsfw": "nsfw-recognition"}
 TASKS: dict[str, dict[str, Any]] = {
     "digits": {"dataset": "digits"},
@@ -274,7 +277,7 @@ def run_cell(cell: Cell, base: dict[str, Any], root: Path, emulator: ClarifaiEmu
                    if cell.box != "lite0" and config.method == "ar" else None)
         session = (api.prepare(config, resume=folders[0], use_cache=False, adapter=adapter)
                    if folders else api.prepare(config, runs_root=runs, use_cache=False,
-                                               adapter=adapter))
+                                               adapter=adapter, budget=CELL_BUDGET))
         result = session.run()
         assert result.run_dir is not None
         row.update(test_accuracy=result.test_accuracy, zero_shot=result.zero_shot_accuracy,

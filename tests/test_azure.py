@@ -14,7 +14,7 @@ from barapi.adapters.azure import AzureCustomVisionAdapter
 from barapi.budget import Budget
 from barapi.cards import load_card
 from barapi.emulate import AzureEmulator, Faults
-from barapi.errors import FatalProviderError, ProviderError
+from barapi.errors import ConfigError, FatalProviderError, TransientError
 from barapi.keys import Secret
 from barapi.query import QueryService
 from barapi.retry import RetryPolicy
@@ -57,7 +57,9 @@ def test_one_image_per_request_and_429_retry_after_honoured(lite0_32: Any) -> No
     c = emulator.counters
     assert c.throttled > 0 and c.unavailable > 0 and c.requests == svc.stats.attempts
     assert c.billed_images == svc.stats.billed_images == 12 and svc.stats.requests == 12
-    assert svc.budget.spent == pytest.approx(12 * 2 / 1000)
+    # a 429 is a refusal (free); a 503 after the body left may have been billed: counted
+    assert svc.budget.spent == pytest.approx((12 + c.unavailable) * 2 / 1000)
+    assert svc.budget.uncertain_images == c.unavailable
 
 
 @pytest.mark.parametrize(("faults", "key", "message"), [
@@ -74,7 +76,7 @@ def test_gateway_auth_and_quota_are_fatal(lite0_32: Any, faults: Faults | None, 
 
 def test_oversized_images_are_refused_before_sending(lite0_32: Any) -> None:
     noise = images(1, side=1200)  # ~4.3 MB as PNG
-    with AzureEmulator(lite0_32, KEY, TAGS) as emulator, pytest.raises(ProviderError, match="4 MB"):
+    with AzureEmulator(lite0_32, KEY, TAGS) as emulator, pytest.raises(ConfigError, match="4 MB"):
         asyncio.run(adapter(emulator).predict_proba(noise))
     assert emulator.counters.requests == 0
 
@@ -155,3 +157,67 @@ def test_timeouts_are_retried_and_counted_as_billed(lite0_32: Any) -> None:
             asyncio.run(svc.predict_proba(images(1)))
     assert svc.stats.attempts == 3  # retried
     assert svc.budget.spent == pytest.approx(3 * 2 / 1000)  # each attempt may have been billed
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ({"error": {"code": "401", "message": "Access denied due to invalid subscription key."}},
+     "401: Access denied"),
+    ({"code": "BadRequestImageFormat", "message": "Bad Request Image Format"},
+     "BadRequestImageFormat: Bad Request Image Format"),
+    ({"code": "NotFound"}, "NotFound: Not Found"), ({}, "404: Not Found"), (None, "404: Not Found"),
+])
+def test_both_error_body_shapes_are_read_and_no_message_is_empty(body: Any, expected: str) -> None:
+    from barapi.adapters.azure import error_message
+
+    content = b"" if body is None else __import__("json").dumps(body).encode()
+    response = httpx.Response(404, content=content)
+    assert error_message(response).startswith(expected)
+
+
+@pytest.mark.parametrize("endpoint", ["localhost:", "http://", "ftp://127.0.0.1:1", "http://[::1"])
+def test_malformed_endpoints_are_one_line_and_never_charged(endpoint: str) -> None:
+    with pytest.raises(ConfigError, match="endpoint"):
+        AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=TAGS, endpoint=endpoint)
+
+
+def test_a_key_that_cannot_be_sent_is_refused_before_sending() -> None:
+    with pytest.raises(ConfigError, match="key"):
+        AzureCustomVisionAdapter("p/i", key=Secret("clé—🔑"), labels=TAGS,
+                                 endpoint="http://127.0.0.1:9")
+
+
+def test_a_refused_connection_is_never_charged() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    a = AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=TAGS,
+                                 endpoint=f"http://127.0.0.1:{port}")
+    svc = QueryService(a, Budget(2.0, 10.0), retry=RetryPolicy(attempts=2, base=0.01, cap=0.02))
+    with pytest.raises(TransientError, match="not sent"):
+        asyncio.run(svc.predict_proba(images(1)))
+    assert svc.budget.spent == 0
+    with pytest.raises(ConfigError, match="cannot connect"):
+        asyncio.run(a.check())
+
+
+def test_billed_then_dropped_responses_are_counted_so_the_bill_never_exceeds_the_ledger(
+        lite0_32: Any) -> None:
+    with AzureEmulator(lite0_32, KEY, TAGS, Faults(drop_every=3)) as emulator:
+        svc = service(adapter(emulator))
+        asyncio.run(svc.predict_proba(images(12)))
+    c = emulator.counters
+    assert c.dropped > 0 and svc.budget.spent_images >= c.billed_images
+    assert svc.budget.spent_images == c.billed_images  # every drop was counted, nothing more
+
+
+def test_a_run_completes_when_the_service_limits_below_the_cards_rate(lite0_32: Any) -> None:
+    """The card says 20 requests/s (S0 nostore); the service accepts 10 (S0 with storage)."""
+    with AzureEmulator(lite0_32, KEY, TAGS, Faults(max_rps=10)) as emulator:
+        a = adapter(emulator)
+        card = load_card(a.card)
+        svc = api.make_service(a, 10.0, card=card)
+        asyncio.run(svc.predict_proba(images(60)))
+    assert emulator.counters.billed_images == 60 and emulator.counters.throttled > 0
+    assert svc.limiter.rate < card.requests_per_second  # it learned to go slower

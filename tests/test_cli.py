@@ -143,7 +143,7 @@ def test_over_budget_estimate_stops_before_spending(tmp_path: Path) -> None:
 def test_budget_runs_out_mid_run_then_resume_with_more(tmp_path: Path) -> None:
     out = barapi("run", *PRICED, "--budget", "1100", "--yes", "--json", cwd=tmp_path)
     assert out.returncode == 3, out.stderr
-    assert "budget of $1100.00 reached" in out.stderr and "--resume" in out.stderr
+    assert "budget of $1,100.00 reached" in out.stderr and "--resume" in out.stderr
     summary = json.loads(out.stdout)
     assert summary["stopped"] and summary["dollars"] <= 1100
     folder = Path(summary["run_dir"]) if Path(summary["run_dir"]).is_absolute() \

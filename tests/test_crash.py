@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from barapi.budget import read_ledger
+
 ARGS = ["--canvas", "32", "--window", "16", "--input-size", "32", "--resolution", "4",
         "--per-class", "20", "--q", "4", "--epochs", "3", "--m", "2", "--device", "cpu",
         "--card-set", "price_per_1000=1.0", "--budget", "10", "--progress", "--patience", "0"]
@@ -26,7 +28,7 @@ def barapi(*args: str, cwd: Path) -> subprocess.Popen[str]:
 
 
 def ledger_images(folder: Path) -> int:
-    return sum(json.loads(x)["images"] for x in (folder / "ledger.jsonl").read_text().splitlines())
+    return read_ledger(folder / "ledger.jsonl").images
 
 
 def only_run(root: Path) -> Path:

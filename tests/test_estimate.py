@@ -39,7 +39,7 @@ def test_phases_break_down_mapping_training_and_evaluation() -> None:
 def test_actual_spend_matches_the_estimate_when_nothing_is_cached(tmp_path: Path) -> None:
     config = tiny_config(epochs=2, eval_every=3)
     session = api.prepare(config, adapter=LinearSoftmaxAdapter(), card_fields={"price_per_1000": 2.0},
-                          use_cache=False, runs_root=tmp_path)
+                          budget=100.0, use_cache=False, runs_root=tmp_path)
     predicted = session.estimate()[-1]
     result = session.run()
     assert result.extra["billed_images"] == predicted.images

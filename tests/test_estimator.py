@@ -9,10 +9,10 @@ from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from barapi.errors import ConfigError
-from barapi.estimator import BARClassifier
+from barapi.estimator import BARClassifier, as_images
 
 FAST = dict(canvas=16, window=8, resolution=4, q=3, epochs=1, m=2, batch=20)
 
@@ -67,3 +67,86 @@ def test_bad_targets_are_refused() -> None:
         BARClassifier(adapter=LinearSoftmaxAdapter(), **FAST).fit(x, np.zeros(30))
     with pytest.raises(ConfigError, match="not a square image"):
         BARClassifier(adapter=LinearSoftmaxAdapter(), **FAST).fit(x[:, :10], np.arange(30) % 2)
+
+
+def few_digits(classes: int = 3, n: int = 150) -> tuple[np.ndarray, np.ndarray]:
+    data = load_digits()
+    keep = data.target < classes
+    return data.data[keep][:n], data.target[keep][:n]
+
+
+def test_scaled_pipeline_answers_each_row_as_it_answers_it_alone() -> None:
+    """Issue 15: the pixel scaling is fitted once, so a row's answer ignores its batch."""
+    x, y = few_digits()
+    pipe = Pipeline([("scale", StandardScaler()),
+                     ("bar", BARClassifier(adapter=LinearSoftmaxAdapter(), **FAST))])
+    pipe.fit(x[:100], y[:100])
+    test = x[100:]
+    batch = pipe.predict_proba(test)
+    alone = np.concatenate([pipe.predict_proba(test[i:i + 1]) for i in range(len(test))])
+    assert batch.shape == (len(test), 3)
+    assert np.allclose(batch, alone, rtol=0, atol=1e-6)
+    halves = np.concatenate([pipe.predict_proba(test[:7]), pipe.predict_proba(test[7:])])
+    assert np.allclose(batch, halves, rtol=0, atol=1e-6)
+    low, high = pipe[:-1].transform(x[:100]).min(), pipe[:-1].transform(x[:100]).max()
+    assert pipe[-1].input_scale_ == ("affine", float(low), float(high))
+
+
+def test_values_outside_the_training_range_are_clipped_not_rescaled() -> None:
+    x, y = few_digits(n=90)
+    est = BARClassifier(adapter=LinearSoftmaxAdapter(), **FAST).fit(x, y)
+    assert est.input_scale_ == ("affine", 0.0, 16.0)
+    row = x[:1].copy()
+    row[0, :8], row[0, 8:16] = -5.0, 40.0  # below and above the training range
+    image = as_images(row, None, est.input_scale_)
+    assert (image[0, 0] == 0).all() and (image[0, 1] == 255).all()
+    clipped = np.clip(row, 0, 16)
+    assert np.array_equal(image, as_images(clipped, None, est.input_scale_))
+    assert np.array_equal(est.predict_proba(row), est.predict_proba(clipped))
+    # [0, 1] training values: × 255, and anything beyond 1 saturates at 255
+    unit = BARClassifier(adapter=LinearSoftmaxAdapter(), **FAST).fit(x / 16, y)
+    assert unit.input_scale_ == ("affine", 0.0, 1.0)
+    doubled = x[:2] / 8
+    assert np.array_equal(unit.predict_proba(doubled), unit.predict_proba(np.clip(doubled, 0, 1)))
+    # a row that is dimmer than its training range is not stretched back to full contrast
+    assert as_images(x[:1] / 32, None, unit.input_scale_).max() <= 128
+    # uint8 training images are kept as is
+    pixels = (x * 15).astype(np.uint8)
+    kept = BARClassifier(adapter=LinearSoftmaxAdapter(), **FAST).fit(pixels, y)
+    assert kept.input_scale_ == ("uint8",)
+    assert np.array_equal(as_images(pixels[:3], None, kept.input_scale_)[..., 0],
+                          pixels[:3].reshape(3, 8, 8))
+
+
+def test_wrong_feature_count_and_non_finite_values_are_refused_at_predict() -> None:
+    x, y = few_digits(n=60)
+    est = BARClassifier(adapter=LinearSoftmaxAdapter(), **FAST).fit(x, y)
+    assert est.n_features_in_ == 64
+    with pytest.raises(ConfigError, match="X has 49 features, but BARClassifier is expecting 64"):
+        est.predict(x[:3, :49])
+    with pytest.raises(ValueError, match="X has 49 features"):
+        est.predict_proba(x[:3, :49])
+    bad = x[:3].copy()
+    bad[1, 5] = np.nan
+    with pytest.raises(ConfigError, match="NaN or infinite"):
+        est.predict(bad)
+    bad[1, 5] = np.inf
+    with pytest.raises(ConfigError, match="NaN or infinite"):
+        est.predict_proba(bad)
+    with pytest.raises(ConfigError, match="NaN or infinite"):
+        BARClassifier(adapter=LinearSoftmaxAdapter(), **FAST).fit(bad, y[:3])
+
+
+def test_fitted_scaling_rule_survives_pickle() -> None:
+    x, y = few_digits(n=90)
+    pipe = Pipeline([("scale", StandardScaler()),
+                     ("bar", BARClassifier(adapter=LinearSoftmaxAdapter(), **FAST))]).fit(x, y)
+    rule = pipe[-1].input_scale_
+    assert rule[0] == "affine" and all(type(v) is float for v in rule[1:])
+    again = pickle.loads(pickle.dumps(pipe))
+    assert again[-1].input_scale_ == rule
+    again[-1].set_params(adapter=LinearSoftmaxAdapter())
+    probe = np.concatenate([x[:4], x[:1] * 3 - 20])  # includes values outside the range
+    assert np.array_equal(again.predict_proba(probe), pipe.predict_proba(probe))
+    assert np.allclose(again.predict_proba(probe[4:]), pipe.predict_proba(probe)[4:],
+                       rtol=0, atol=1e-6)

@@ -49,7 +49,8 @@ def test_no_file_a_run_writes_contains_the_key(monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
     monkeypatch.setenv("BARAPI_TEST_KEY", KEY)
     session = api.prepare(tiny_config(epochs=1), adapter=KeyedAdapter(), runs_root=tmp_path / "runs",
-                          card_fields={"price_per_1000": 1.0}, cache_dir=tmp_path / "cache")
+                          card_fields={"price_per_1000": 1.0}, cache_dir=tmp_path / "cache",
+                          budget=10.0)
     session.run()
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.name == "ledger.jsonl" for p in written) and any("cache" in str(p) for p in written)

@@ -7,8 +7,9 @@ from conftest import LinearSoftmaxAdapter
 
 from barapi.budget import Budget
 from barapi.cache import ProbabilityCache
-from barapi.errors import BudgetExhausted, TransientError
+from barapi.errors import BudgetExhausted, InputsFailed, InvalidAnswer, PartialAnswer, TransientError
 from barapi.query import QueryService
+from barapi.ratelimit import RateLimiter
 from barapi.retry import RetryPolicy
 
 
@@ -54,30 +55,169 @@ def test_budget_exhaustion_stops_before_sending() -> None:
     assert sum(adapter.calls) <= 25 and service.budget.spent <= 25.0
 
 
-def test_transient_failures_are_retried_and_not_billed() -> None:
-    class Flaky(LinearSoftmaxAdapter):
-        failures = 2
+class Flaky(LinearSoftmaxAdapter):
+    """Fails its first `failures` calls with `error`."""
 
-        async def predict_proba(self, x: np.ndarray) -> np.ndarray:
-            if self.failures:
-                self.failures -= 1
-                raise TransientError("503 unavailable")
-            return await super().predict_proba(x)
+    def __init__(self, error: Exception, failures: int = 2, **options: int) -> None:
+        super().__init__(**options)
+        self.error, self.failures = error, failures
 
-    service = QueryService(Flaky(), Budget(price_per_1000=1.0, limit=1.0),
+    async def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        return await super().predict_proba(x)
+
+
+def test_refusals_are_retried_and_not_billed() -> None:
+    refused = TransientError("429 too many requests", billed=False, throttled=True)
+    service = QueryService(Flaky(refused), Budget(price_per_1000=1.0, limit=1.0),
                            retry=RetryPolicy(sleep=no_sleep))
     asyncio.run(service.predict_proba(images(4)))
     assert service.stats.attempts == 3 and service.stats.billed_images == 4
+    assert service.budget.spent == pytest.approx(0.004) and service.budget.uncertain_images == 0
+
+
+@pytest.mark.parametrize("error", [TransientError("503 after the body left"), TimeoutError("read"),
+                                   ConnectionResetError("lost after sending")])
+def test_unknown_outcomes_are_billed_before_the_retry(error: Exception, tmp_path: Path) -> None:
+    budget = Budget(price_per_1000=1.0, limit=1.0, ledger=tmp_path / "ledger.jsonl")
+    service = QueryService(Flaky(error, failures=1), budget, retry=RetryPolicy(sleep=no_sleep))
+    if isinstance(error, TransientError):
+        asyncio.run(service.predict_proba(images(4)))
+        assert budget.spent == pytest.approx(0.008)  # the lost attempt and the answered one
+    else:  # not a provider error: not retried, but still counted
+        with pytest.raises(type(error)):
+            asyncio.run(service.predict_proba(images(4)))
+        assert budget.spent == pytest.approx(0.004)
+    assert budget.uncertain_images == 4
+    assert Budget(price_per_1000=1.0, ledger=tmp_path / "ledger.jsonl").uncertain_images == 4
+
+
+def test_throttling_alone_never_uses_up_the_attempts() -> None:
+    throttled = TransientError("11005 CONN_THROTTLED", billed=False, throttled=True)
+    limiter = RateLimiter(10.0, sleep=no_sleep)
+    service = QueryService(Flaky(throttled, failures=25), Budget(price_per_1000=1.0, limit=1.0),
+                           limiter=limiter, retry=RetryPolicy(attempts=3, sleep=no_sleep))
+    asyncio.run(service.predict_proba(images(4)))
     assert service.budget.spent == pytest.approx(0.004)
+    assert limiter.rate < 10.0 and limiter.throttles == 25
 
 
-def test_wrong_answer_shape_is_an_error() -> None:
+def test_wrong_answer_shape_is_billed_and_retried() -> None:
     class Broken(LinearSoftmaxAdapter):
         async def predict_proba(self, x: np.ndarray) -> np.ndarray:
+            self.calls.append(len(x))
             return np.zeros((len(x), 3), dtype=np.float32)
 
-    with pytest.raises(ValueError, match="returned shape"):
-        asyncio.run(QueryService(Broken()).predict_proba(images(2)))
+    adapter = Broken()
+    service = QueryService(adapter, Budget(price_per_1000=1.0, limit=1.0),
+                           retry=RetryPolicy(attempts=2, sleep=no_sleep))
+    with pytest.raises(TransientError, match="returned shape"):
+        asyncio.run(service.predict_proba(images(2)))
+    assert adapter.calls == [2, 2] and service.budget.spent == pytest.approx(0.004)
+
+
+BAD_ROWS = {"nan": np.nan, "inf": np.inf, "negative": -0.5, "all zero": 0.0, "unnormalised": 0.5}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ROWS))
+def test_invalid_answers_are_billed_never_cached_asked_once_more(kind: str, tmp_path: Path) -> None:
+    class Liar(LinearSoftmaxAdapter):
+        lies = 1
+
+        async def predict_proba(self, x: np.ndarray) -> np.ndarray:
+            probs = await super().predict_proba(x)
+            if self.lies:
+                self.lies -= 1
+                probs[-1] = BAD_ROWS[kind]
+            return probs
+
+    adapter = Liar()
+    cache = ProbabilityCache(tmp_path / "cache")
+    service = QueryService(adapter, Budget(price_per_1000=1000.0, limit=100.0), cache)
+    probs = asyncio.run(service.predict_proba(images(3)))
+    assert np.isfinite(probs).all() and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert adapter.calls == [3, 1]  # the bad row alone was asked again
+    assert service.budget.spent == pytest.approx(4.0)  # the bad answer was paid for
+    adapter.lies = 2  # now it lies twice about input 1
+    with pytest.raises(InvalidAnswer, match="twice"):
+        asyncio.run(service.predict_proba(images(3, seed=5)))
+    fresh = QueryService(LinearSoftmaxAdapter(), Budget(price_per_1000=1000.0, limit=100.0), cache)
+    asyncio.run(fresh.predict_proba(images(3, seed=5)))
+    assert fresh.stats.cached_images == 2  # the good answers were kept, the bad one was not
+
+
+def test_each_request_is_cached_as_it_returns(tmp_path: Path) -> None:
+    """A batch whose last request never returns (a kill) keeps the answers of the others."""
+    class Hangs(LinearSoftmaxAdapter):
+        async def predict_proba(self, x: np.ndarray) -> np.ndarray:
+            if len(self.calls) == 2:
+                self.calls.append(len(x))
+                await asyncio.sleep(3600)
+            return await super().predict_proba(x)
+
+    adapter = Hangs(max_batch=10)
+    cache = ProbabilityCache(tmp_path)
+    service = QueryService(adapter, Budget(price_per_1000=1000.0, limit=100.0), cache,
+                           max_concurrency=1)
+    x = images(30)
+
+    async def killed() -> None:
+        task = asyncio.create_task(service.predict_proba(x))
+        while len(adapter.calls) < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(killed())
+    assert len(cache) == 20
+    assert service.budget.spent == pytest.approx(30.0)  # the request in flight counts as billed
+
+
+class Mixed(LinearSoftmaxAdapter):
+    """Every input in `failing` fails (MIXED_STATUS) for its first `times` asks."""
+
+    def __init__(self, failing: set[int], times: int, **options: int) -> None:
+        super().__init__(**options)
+        self.failing, self.times, self.asked = failing, times, 0
+
+    async def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        probs = await super().predict_proba(x)
+        ok = np.ones(len(x), bool)
+        for i in range(len(x)):
+            key = int(x[i, 0, 0, 0]) if self.asked else i
+            if key in self.failing and self.times:
+                ok[i] = False
+        if self.asked == 0:
+            self.first = x.copy()
+        self.asked += 1
+        if not ok.all():
+            self.times -= 1
+            raise PartialAnswer("mixed", probs, ok, ["30002 input failed" if not o else "" for o in ok])
+        return probs
+
+
+def test_failed_inputs_are_asked_again_and_the_run_continues() -> None:
+    x = images(10)
+    x[:, 0, 0, 0] = np.arange(10)  # inputs tell their index
+    adapter = Mixed({2, 7}, times=3)
+    service = QueryService(adapter, Budget(price_per_1000=1000.0, limit=100.0),
+                           retry=RetryPolicy(sleep=no_sleep))
+    probs = asyncio.run(service.predict_proba(x))
+    assert np.allclose(probs, asyncio.run(LinearSoftmaxAdapter().predict_proba(x)), atol=1e-6)
+    assert service.budget.spent == pytest.approx(10.0)  # failed inputs are not billed
+
+
+def test_inputs_that_keep_failing_stop_with_their_indices_and_reasons() -> None:
+    x = images(10)
+    x[:, 0, 0, 0] = np.arange(10)
+    service = QueryService(Mixed({4}, times=100), Budget(price_per_1000=1000.0, limit=100.0),
+                           retry=RetryPolicy(input_attempts=3, sleep=no_sleep))
+    with pytest.raises(InputsFailed, match=r"input 4: 30002 input failed"):
+        asyncio.run(service.predict_proba(x))
+    assert service.budget.spent == pytest.approx(9.0)
 
 
 def test_requests_respect_the_byte_limit_at_worst_case_png_size() -> None:
