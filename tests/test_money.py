@@ -66,7 +66,7 @@ def test_one_process_per_run_folder_and_the_lock_dies_with_its_process(tmp_path:
     folder = stopped_run(tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from barapi.run_folder import RunFolder; "
-        f"RunFolder.open({str(folder)!r}); print('locked', flush=True); time.sleep(600)")],
+        f"held = RunFolder.open({str(folder)!r}); print('locked', flush=True); time.sleep(600)")],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
