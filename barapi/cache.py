@@ -13,7 +13,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sqlite3
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import diskcache
 import numpy as np
@@ -29,6 +34,9 @@ def default_cache_dir() -> Path:
 
 
 KEY_FORMAT = 2
+CACHE_ERRORS = (diskcache.Timeout, sqlite3.Error, OSError)
+"""Failures of the cache itself (locked past its timeout, disk full): never fatal to a run."""
+T = TypeVar("T")
 
 
 def cache_identity(adapter: Adapter) -> str:
@@ -68,6 +76,7 @@ class ProbabilityCache:
                 made.rmdir()
                 made = made.parent
         self._opened: diskcache.Cache | None = None
+        self._worker: ThreadPoolExecutor | None = None
 
     @property
     def _cache(self) -> diskcache.Cache:
@@ -85,23 +94,50 @@ class ProbabilityCache:
         return self._opened
 
     def _get_many(self, keys: list[str]) -> list[NDArray[np.float32] | None]:
-        return [self._cache.get(k) for k in keys]
+        try:
+            return [self._cache.get(k) for k in keys]
+        except CACHE_ERRORS as exc:  # answers not found are asked for (and paid) again
+            self._warn("read", exc)
+            return [None] * len(keys)
 
     def _set_many(self, keys: list[str], values: NDArray[np.float32]) -> None:
-        with self._cache.transact():
-            for key, value in zip(keys, values, strict=True):
-                self._cache.set(key, np.array(value, dtype=np.float32))
+        try:
+            with self._cache.transact():
+                for key, value in zip(keys, values, strict=True):
+                    self._cache.set(key, np.array(value, dtype=np.float32))
+        except CACHE_ERRORS as exc:  # the run goes on with its answers; they are not kept
+            self._warn("write", exc)
+
+    def _warn(self, what: str, exc: BaseException) -> None:
+        warnings.warn(f"answer cache {self.directory}: {what} failed ({type(exc).__name__}: "
+                      f"{exc}); the run goes on without it", RuntimeWarning, stacklevel=3)
+
+    def _submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        """Run a blocking diskcache call on the cache's one worker thread: calls of one
+        process never contend for SQLite's write lock with each other."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="barapi-cache")
+        return self._worker.submit(fn, *args)
+
+    def store(self, keys: list[str], values: NDArray[np.float32]) -> Future[None]:
+        """Queue paid answers for writing, without waiting: called the moment they arrive,
+        so that no cancellation can come between an answer and its write; `close` waits."""
+        return self._submit(self._set_many, list(keys), np.array(values, dtype=np.float32))
 
     async def get_many(self, keys: list[str]) -> list[NDArray[np.float32] | None]:
-        return await asyncio.to_thread(self._get_many, keys)
+        return await asyncio.wrap_future(self._submit(self._get_many, keys))
 
     async def set_many(self, keys: list[str], values: NDArray[np.float32]) -> None:
-        await asyncio.to_thread(self._set_many, keys, values)
+        await asyncio.shield(asyncio.wrap_future(self.store(keys, values)))
 
     def __len__(self) -> int:
         return len(self._cache)
 
     def close(self) -> None:
+        """Wait for pending writes, then close the files (reopened on next use)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
         if self._opened is not None:
             self._opened.close()
             self._opened = None

@@ -127,8 +127,10 @@ class QueryService:
         for round_ in range(self.retry.input_attempts + 1):
             if round_:
                 await self.retry.sleep(self.retry.backoff(round_))
+            sent_keys = [keys[i] for i in pending] if keys is not None else None
             try:
-                answer, ok = await self._send(images[pending]), np.ones(len(pending), bool)
+                answer = await self._send(images[pending], sent_keys)
+                ok = np.ones(len(pending), bool)
             except PartialAnswer as partial:
                 answer, ok = np.asarray(partial.probs, dtype=np.float32), partial.ok.copy()
                 self.stats.failed_inputs += int((~ok).sum())
@@ -145,9 +147,7 @@ class QueryService:
                         f"{rows} of a request: e.g. {answer[bad][0][:6].tolist()}; billed, not cached")
                 ok &= ~bad
             good = pending[ok]
-            probs[good] = answer[ok]
-            if self.cache is not None and keys is not None and len(good):
-                await self.cache.set_many([keys[i] for i in good], answer[ok])
+            probs[good] = answer[ok]  # (cached by _send the moment they arrived)
             pending = pending[~ok]
             if not len(pending):
                 return probs
@@ -156,7 +156,17 @@ class QueryService:
                            f"{self.retry.input_attempts + 1} tries ({detail}); the answered ones "
                            f"are paid for and cached")
 
-    async def _send(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+    def _store(self, keys: list[str] | None, probs: NDArray[np.float32],
+               ok: NDArray[np.bool_]) -> None:
+        """Queue the valid answers among `ok` for the cache, at once (no await in between)."""
+        if self.cache is None or keys is None:
+            return
+        keep = ok & ~invalid_rows(probs, self.adapter.answers)
+        if keep.any():
+            self.cache.store([k for k, y in zip(keys, keep, strict=True) if y], probs[keep])
+
+    async def _send(self, images: NDArray[np.uint8],
+                    keys: list[str] | None = None) -> NDArray[np.float32]:
         n = len(images)
 
         async def attempt() -> NDArray[np.float32]:
@@ -173,11 +183,13 @@ class QueryService:
                 except PartialAnswer as partial:
                     self.limiter.succeeded()
                     self.stats.billed_images += partial.billed_images
+                    self._store(keys, np.asarray(partial.probs, dtype=np.float32), partial.ok)
                     raise
                 probs = np.asarray(probs, dtype=np.float32)
                 if probs.shape != (n, self.adapter.n_sources):  # unparseable: billed, retried
                     raise TransientError(f"{self.adapter.identity} returned shape {probs.shape} "
                                          f"for {n} images (expected {(n, self.adapter.n_sources)})")
+                self._store(keys, probs, np.ones(n, bool))
                 self.limiter.succeeded()
             self.stats.billed_images += n
             return probs

@@ -116,7 +116,6 @@ async def service_run(rng: random.Random, folder: Path, model: NumpyModel) -> Ou
                                                                 deadline=30, input_attempts=6),
                             max_batch=card.max_images_per_request, max_concurrency=concurrency)
 
-    ended = "done"
     images = [np.random.default_rng(rng.randrange(2**32)).integers(0, 256, (n, 16, 16, 3),
                                                                      dtype=np.uint8)
               for n in batches]
@@ -126,25 +125,19 @@ async def service_run(rng: random.Random, folder: Path, model: NumpyModel) -> Ou
         adapter: Any = ClarifaiAdapter(key=Secret(KEY), endpoint=f"127.0.0.1:{port}", insecure=True,
                                        timeout=5.0)
         service = make(adapter)
-        try:
-            await asyncio.gather(*(service.predict_proba(x) for x in images))
-        except BarapiError as exc:
-            ended = type(exc).__name__
-        finally:
-            await adapter.aclose()
-            await emulator.stop()
+        ended = first_error(await asyncio.gather(*(service.predict_proba(x) for x in images),
+                                                 return_exceptions=True))
+        await adapter.aclose()
+        await emulator.stop()
         billed = emulator.counters.billed_images
     else:
         with AzureEmulator(model, KEY, TAGS, faults) as azure:
             adapter = AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=TAGS, timeout=5.0,
                                                endpoint=f"http://127.0.0.1:{azure.port}")
             service = make(adapter)
-            try:
-                await asyncio.gather(*(service.predict_proba(x) for x in images))
-            except BarapiError as exc:
-                ended = type(exc).__name__
-            finally:
-                await adapter.aclose()
+            ended = first_error(await asyncio.gather(*(service.predict_proba(x) for x in images),
+                                                     return_exceptions=True))
+            await adapter.aclose()
             billed = azure.counters.billed_images
     if service.cache is not None:
         service.cache.close()
@@ -154,6 +147,16 @@ async def service_run(rng: random.Random, folder: Path, model: NumpyModel) -> Ou
                    time.monotonic() - start,
                    {"concurrency": concurrency, "images_asked": sum(batches),
                     "throttles": service.limiter.throttles})
+
+
+def first_error(results: list[Any]) -> str:
+    """"done", or the name of the first barapi error among gathered results (others raise)."""
+    for result in results:
+        if isinstance(result, BarapiError):
+            return type(result).__name__
+        if isinstance(result, BaseException):
+            raise result
+    return "done"
 
 
 class BackgroundEmulator:

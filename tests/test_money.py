@@ -41,7 +41,8 @@ def ledger_images(folder: Path) -> int:
     return read_ledger(folder / "ledger.jsonl").images
 
 
-def stopped_run(tmp_path: Path, budget: str = "150") -> Path:
+def stopped_run(tmp_path: Path, budget: str = "250") -> Path:
+    """A run stopped by its budget mid-training (after its first checkpoint)."""
     out = barapi("run", *PRICED, "--budget", budget, "--yes", cwd=tmp_path)
     assert out.returncode == 3, out.stderr
     return run_dir(tmp_path)
@@ -49,21 +50,23 @@ def stopped_run(tmp_path: Path, budget: str = "150") -> Path:
 
 def test_a_resume_without_budget_keeps_the_runs_budget(tmp_path: Path) -> None:
     folder = stopped_run(tmp_path)
-    assert ledger_images(folder) <= 150
+    assert (folder / "checkpoint.npz").exists() and ledger_images(folder) <= 250
     out = barapi("run", "--resume", str(folder), "--json", cwd=tmp_path)
-    assert out.returncode == 3, out.stderr  # still stopped by the remembered $150
-    assert ledger_images(folder) <= 150 and json.loads(out.stdout)["dollars"] <= 150
+    assert out.returncode == 3, out.stderr  # still stopped by the remembered $250
+    assert ledger_images(folder) <= 250 and json.loads(out.stdout)["dollars"] <= 250
     out = barapi("run", "--resume", str(folder), "--budget", "5000", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     # the summary's counts are the ledger's, across the three parts of the run
-    assert summary["billed_images"] == ledger_images(folder) > 150
+    assert summary["billed_images"] == ledger_images(folder) > 250
     assert summary["dollars"] == pytest.approx(ledger_images(folder))
     assert json.loads((folder / "budget.json").read_text())["limit"] == 5000
 
 
 def test_one_process_per_run_folder_and_the_lock_dies_with_its_process(tmp_path: Path) -> None:
-    folder = stopped_run(tmp_path)
+    out = barapi("run", *PRICED, "--budget", "5000", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    folder = run_dir(tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from barapi.run_folder import RunFolder; "
         f"held = RunFolder.open({str(folder)!r}); print('locked', flush=True); time.sleep(600)")],
@@ -82,6 +85,37 @@ def test_one_process_per_run_folder_and_the_lock_dies_with_its_process(tmp_path:
         holder.wait()
     out = barapi("run", "--resume", str(folder), "--budget", "5000", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_estimator_pays_fit_and_predictions_from_one_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import LinearSoftmaxAdapter, tiny_config
+    from sklearn.datasets import load_digits
+
+    from barapi.errors import BudgetExhausted, ConfigError
+    from barapi.estimator import BARClassifier
+
+    class Priced(LinearSoftmaxAdapter):
+        card = "clarifai-nsfw"  # $1.20 per 1,000 images
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # fit's answer cache: fresh
+
+    digits = load_digits()
+    keep = digits.target < 2
+    x, y = digits.data[keep][:60], digits.target[keep][:60]
+    settings = {k: v for k, v in tiny_config().model_dump().items()
+                if k in ("canvas", "window", "resolution", "q", "batch", "m")}
+    with pytest.raises(ConfigError, match="give a budget"):
+        BARClassifier(adapter=Priced(), epochs=1, **settings).fit(x, y)
+    clf = BARClassifier(adapter=Priced(), epochs=1, budget=1.0, **settings).fit(x, y)
+    after_fit = clf.spent_nano_
+    assert 0 < after_fit <= 1e9
+    clf.predict(x[:10])
+    assert clf.spent_nano_ == after_fit + 10 * 1_200_000  # predictions are paid from it too
+    left = int((1e9 - clf.spent_nano_) // 1_200_000)
+    with pytest.raises(BudgetExhausted):
+        clf.predict(np.repeat(x[:1], left + 5, axis=0) + np.arange(left + 5)[:, None] % 3)
+    assert clf.spent_nano_ <= 1e9
 
 
 def test_evaluate_and_predict_pay_through_the_runs_ledger_and_budget(tmp_path: Path) -> None:
@@ -129,16 +163,16 @@ def test_a_damaged_ledger_stops_the_run_instead_of_resetting_its_spend(damage: s
         ledger.write_text("\n".join(lines[:len(lines) // 2]) + "\n")
     else:
         ledger.unlink()
-    out = barapi("run", "--resume", str(folder), "--budget", "160", cwd=tmp_path)
+    out = barapi("run", "--resume", str(folder), "--budget", "300", cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert "repair-ledger" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not ledger.exists() or ledger_images(folder) < spent  # nothing was spent
     out = barapi("repair-ledger", str(folder), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert read_ledger(ledger).spent_nano >= spent * 10**9
-    out = barapi("run", "--resume", str(folder), "--budget", "160", "--json", cwd=tmp_path)
+    out = barapi("run", "--resume", str(folder), "--budget", "300", "--json", cwd=tmp_path)
     assert out.returncode == 3, out.stderr
-    assert ledger_images(folder) <= 160
+    assert ledger_images(folder) <= 300
 
 
 def test_a_torn_last_line_is_counted_not_a_traceback(tmp_path: Path) -> None:
@@ -149,7 +183,7 @@ def test_a_torn_last_line_is_counted_not_a_traceback(tmp_path: Path) -> None:
     out = barapi("run", "--resume", str(folder), "--json", cwd=tmp_path)
     assert out.returncode == 3, out.stderr
     assert "Traceback" not in out.stderr
-    assert ledger_images(folder) >= spent + 7 and json.loads(out.stdout)["dollars"] <= 150
+    assert ledger_images(folder) >= spent + 7 and json.loads(out.stdout)["dollars"] <= 250
 
 
 @pytest.mark.parametrize("budget", ["0", "20"])
@@ -197,4 +231,9 @@ def test_kill_9_during_a_paid_request_leaves_it_counted(tmp_path: Path) -> None:
     folder = run_dir(tmp_path)
     totals = read_ledger(folder / "ledger.jsonl")
     assert totals.images > 0
-    RunFolder.open(folder)  # the dead process's lock is gone
+    held = RunFolder.open(folder)  # the dead process's lock is gone
+    held.unlock()
+    out = barapi("run", "--resume", str(folder), "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)  # the whole run's counts: the ledger's, across the kill
+    assert summary["billed_images"] == ledger_images(folder) > totals.images

@@ -172,6 +172,7 @@ def test_each_request_is_cached_as_it_returns(tmp_path: Path) -> None:
             await task
 
     asyncio.run(killed())
+    cache.close()  # what an interrupted run does on its way out: pending writes finish
     assert len(cache) == 20
     assert service.budget.spent == pytest.approx(30.0)  # the request in flight counts as billed
 
