@@ -88,26 +88,42 @@ class AzureCustomVisionAdapter(Adapter):
         if url.scheme == "http" and not is_loopback(url.host):
             raise ConfigError(f"--endpoint {endpoint!r} would send the key in plaintext: http:// "
                               f"(--insecure) only to a loopback address (127.0.0.1, ::1, localhost)")
-        try:
-            key.reveal().encode("latin-1")
-        except UnicodeEncodeError:
-            raise ConfigError("the Azure prediction key holds characters that cannot be sent in "
-                              "an HTTP header; check AZURE_CV_PREDICTION_KEY or --key-file") from None
         self._index = {name: i for i, name in enumerate(self.labels)}
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def _key_header(self) -> str:
+        """The key; ConfigError (nothing sent) without one that an HTTP header can carry."""
+        key = self._key.reveal()
+        try:
+            key.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ConfigError("the Azure prediction key holds characters that cannot be sent in "
+                              "an HTTP header; check AZURE_CV_PREDICTION_KEY or --key-file") from None
+        return key
+
     async def check(self, timeout: float = 10.0) -> None:
-        """Open (and close) a TCP connection to the endpoint; no HTTP request is sent."""
+        """Open (and close) a TCP connection to the endpoint, trying for up to `timeout`
+        seconds, after checking the key; no HTTP request is sent. Raises ConfigError."""
+        self._key_header()
         url = httpx.URL(self._endpoint)
         port = url.port or (443 if url.scheme == "https" else 80)
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(url.host, port), timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
-            why = getattr(exc, "strerror", None) or type(exc).__name__
-            raise ConfigError(f"cannot connect to Azure Custom Vision at {url.host}:{port} "
-                              f"({why}); check --endpoint and the network") from None
-        writer.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:  # a server that is still starting (an emulator) gets `timeout` seconds
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(url.host, port),
+                                                   max(0.1, deadline - loop.time()))
+            except (OSError, asyncio.TimeoutError) as exc:
+                if loop.time() + 0.2 < deadline:
+                    await asyncio.sleep(0.2)
+                    continue
+                why = getattr(exc, "strerror", None) or type(exc).__name__
+                raise ConfigError(f"cannot connect to Azure Custom Vision at {url.host}:{port} "
+                                  f"within {timeout:g} s ({why}); check --endpoint and the "
+                                  f"network") from None
+            writer.close()
+            return
 
     def _http(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -117,6 +133,7 @@ class AzureCustomVisionAdapter(Adapter):
         return self._client
 
     async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        key = self._key_header()
         probs = np.zeros((len(images), len(self.labels)), dtype=np.float32)
         for row, image in zip(probs, images, strict=True):
             body = encode_png(image)
@@ -126,7 +143,7 @@ class AzureCustomVisionAdapter(Adapter):
             try:
                 response = await self._http().post(
                     self._path, content=body, headers={
-                        "Prediction-Key": self._key.reveal(),
+                        "Prediction-Key": key,
                         "Content-Type": "application/octet-stream"})
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # no connection was made: the request provably never left
@@ -179,6 +196,7 @@ def create(model: str = "", endpoint: str | None = None, insecure: bool = False,
         raise ConfigError("Azure Custom Vision needs --endpoint (e.g. "
                           "myresource.cognitiveservices.azure.com)")
     url = endpoint if "://" in endpoint else f"{'http' if insecure else 'https'}://{endpoint}"
-    return AzureCustomVisionAdapter(model, key=read_key("AZURE_CV_PREDICTION_KEY", key_file),
+    return AzureCustomVisionAdapter(model, key=read_key("AZURE_CV_PREDICTION_KEY", key_file,
+                                                        lazy=True),
                                     labels=[t.strip() for t in (labels or "").split(",") if t.strip()],
                                     endpoint=url)

@@ -97,11 +97,6 @@ class ClarifaiAdapter(Adapter):
         if insecure and not is_loopback(self._host):
             raise ConfigError(f"--insecure would send the key in plaintext to {self._host}: only "
                               f"to a loopback address (127.0.0.1, ::1, localhost)")
-        try:
-            key.reveal().encode("ascii")
-        except UnicodeEncodeError:
-            raise ConfigError("the Clarifai key holds characters that cannot be sent in a "
-                              "gRPC header (ASCII only); check CLARIFAI_PAT or --key-file") from None
         self.identity = (f"clarifai/{self._target}/{user_id}/{app_id}/{model}@"
                          f"{version_id or 'latest'}")
         self._key, self._ids = key, resources_pb2.UserAppIDSet(user_id=user_id, app_id=app_id)
@@ -132,8 +127,18 @@ class ClarifaiAdapter(Adapter):
             self._loop = loop
         return service_pb2_grpc.V2Stub(self._channel)
 
+    def _authorization(self) -> tuple[tuple[str, str], ...]:
+        """The request metadata; ConfigError (nothing sent) without a usable key."""
+        key = self._key.reveal()
+        if not key.isascii():
+            raise ConfigError("the Clarifai key holds characters that cannot be sent in a "
+                              "gRPC header (ASCII only); check CLARIFAI_PAT or --key-file")
+        return (("authorization", f"Key {key}"),)
+
     async def check(self, timeout: float = 10.0) -> None:
-        """Connect (no prediction is sent); ConfigError when the endpoint cannot be reached."""
+        """The key is there, and the endpoint connects (no prediction is sent); ConfigError
+        otherwise."""
+        self._authorization()
         await self._stub()
         assert self._channel is not None
         try:
@@ -154,6 +159,7 @@ class ClarifaiAdapter(Adapter):
                                  billed=False) from None
 
     async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        metadata = self._authorization()
         request = service_pb2.PostModelOutputsRequest(
             user_app_id=self._ids, model_id=self.model, version_id=self._version,
             inputs=[resources_pb2.Input(data=resources_pb2.Data(
@@ -162,7 +168,7 @@ class ClarifaiAdapter(Adapter):
         await self._connected()
         try:
             response = await stub.PostModelOutputs(
-                request, metadata=(("authorization", f"Key {self._key.reveal()}"),),
+                request, metadata=metadata,
                 timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             # the body may have left: whatever gRPC says, the request may have been billed
@@ -223,6 +229,7 @@ def create(model: str = "moderation-recognition", endpoint: str | None = None,
     (comma-separated concept names) is needed for models other than the two built in."""
     names = [n.strip() for n in labels.split(",") if n.strip()] if labels else None
     ids = parse_model(model)
-    return ClarifaiAdapter(ids["model"], key=read_key("CLARIFAI_PAT", key_file), endpoint=endpoint,
+    return ClarifaiAdapter(ids["model"], key=read_key("CLARIFAI_PAT", key_file, lazy=True),
+                           endpoint=endpoint,
                            insecure=insecure, labels=names, user_id=ids.get("user_id", "clarifai"),
                            app_id=ids.get("app_id", "main"), version_id=ids["version_id"])

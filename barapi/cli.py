@@ -226,6 +226,7 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
     session = api.prepare(config, runs_root=runs_dir, resume=resume, budget=budget,
                           card_file=card_file, card_fields=card_overrides(card_set),
                           cache_dir=cache_dir, use_cache=use_cache, start=False)
+    session.check()  # the key is there and the endpoint answers: free, before anything else
     phases = session.estimate()
     record = session.folder.record() if session.folder is not None else {}
     if not as_json:
@@ -240,7 +241,6 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
              f"{format_dollars(limit)}, which pays for about {steps:,} training steps "
              f"({epochs:.1f} epochs) besides label mapping and evaluation; lower --epochs or --q, "
              f"raise --budget, or pass --yes to run until it is spent")
-    session.check()
     session.start()
     config = session.config
     if not as_json:

@@ -1,7 +1,7 @@
 """Run configuration: every hyperparameter of a run, validated, with documented defaults.
 
 The CLI builds its options from these fields, so this model is the single source of truth.
-Defaults were chosen by measurement on a 2-core CPU (see README, "Defaults").
+Defaults were chosen by measurement (see docs/method.md and docs/results.md).
 """
 
 from __future__ import annotations

@@ -1,24 +1,33 @@
 """API keys: read from the environment or a file the user names, never from argv or config.
 
 A `Secret` hides its value from repr/str/format, so it cannot leak into logs, run folders,
-checkpoints or cache keys by accident; adapters call `reveal()` only to build a request.
+checkpoints or cache keys by accident; adapters call `reveal()` only to build a request. A
+lazy secret (`read_key(..., lazy=True)`) reads the key on first `reveal()`: commands that
+send nothing (`barapi estimate`) never need one.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from barapi.errors import ConfigError
 
 
 class Secret:
-    __slots__ = ("_value",)
+    __slots__ = ("_load", "_value")
 
-    def __init__(self, value: str) -> None:
-        self._value = value
+    def __init__(self, value: str | None = None, load: Callable[[], str] | None = None) -> None:
+        if value is None and load is None:
+            raise ValueError("a Secret needs a value or a way to load it")
+        self._value, self._load = value, load
 
     def reveal(self) -> str:
+        """The key; raises ConfigError when a lazy secret cannot find it."""
+        if self._value is None:
+            assert self._load is not None
+            self._value = self._load()
         return self._value
 
     def __repr__(self) -> str:
@@ -33,8 +42,11 @@ class Secret:
         raise TypeError("a Secret is never pickled or written anywhere")
 
 
-def read_key(env_var: str, key_file: Path | str | None = None) -> Secret:
-    """The key in `key_file` (first line) if given, else in the environment variable."""
+def read_key(env_var: str, key_file: Path | str | None = None, lazy: bool = False) -> Secret:
+    """The key in `key_file` (first line) if given, else in the environment variable; with
+    `lazy`, read on first use. Raises ConfigError when there is none (at once, or then)."""
+    if lazy:
+        return Secret(load=lambda: read_key(env_var, key_file).reveal())
     if key_file is not None:
         path = Path(key_file).expanduser()
         try:

@@ -13,8 +13,8 @@ era: they spell out the estimator's settings but not the head or early stopping,
 rerun now would use today's defaults for those); `few-output`: linear-head BAR on Clarifai
 Moderation's 5 outputs (the emulator's folded model, called in-process) on shirt vs
 T-shirt, changes to the then-defaults over seeds 0, 1, 2; `wide`: the evidence behind the
-defaults and the README's advice, 5–10 seeds with 1,000-image test splits on three black
-boxes (one H100: about 30 minutes over resumed calls; `--table` prints its README table
+defaults and the advice in docs/results.md, 5–10 seeds with 1,000-image test splits on three black
+boxes (one H100: about 30 minutes over resumed calls; `--table` prints its docs/results.md table
 from the JSON without running anything). `few-output` and `wide` spell out the defaults of
 their time (SPELLED), so their rows keep their meaning; rows marked "stopping": "accuracy"
 ran before `--patience` also counted a lower validation loss as progress, and rows with

@@ -1,4 +1,4 @@
-"""Every number and plot of the README's results section, from scratch.
+"""Every number and plot of docs/results.md's tables, from scratch.
 
     python -m benchmarks [--quick] [--group main ablations] [--seeds 0 1 2] [--only TEXT]
 
@@ -8,7 +8,7 @@ benchmarks/results/suite/ (not committed) as soon as it finishes and its run fol
 checkpoints, so an interrupted suite resumes where it stopped (finished runs are read back, a
 run cut short continues from its checkpoint; delete that folder to start from scratch).
 Writes benchmarks/results/suite.json (rows with machine and package versions), suite.md (the
-tables the README embeds between its `results:begin/end` markers, which `--readme`
+tables docs/results.md embeds between its `results:begin/end` markers, which `--readme`
 rewrites) and curves_*.png (validation accuracy against billable images and dollars).
 `--quick` runs tiny settings into a temporary folder: it proves the code works, its numbers
 mean nothing.
@@ -400,7 +400,11 @@ def plot_curves(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     return paths
 
 
-def update_readme(markdown: str, readme: Path) -> None:
+RESULTS_DOC = Path(__file__).parent.parent / "docs" / "results.md"
+
+
+def update_readme(markdown: str, readme: Path = RESULTS_DOC) -> None:
+    """Rewrite the tables between the results markers of `readme` (docs/results.md)."""
     text = readme.read_text()
     begin, end = "<!-- results:begin -->", "<!-- results:end -->"
     if begin not in text or end not in text:
@@ -444,7 +448,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--only", default="", help="run only cells whose task, box or method "
                         "contains this text")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's results")
+    parser.add_argument("--readme", action="store_true",
+                        help="rewrite the results tables of docs/results.md")
     parser.add_argument("--report", action="store_true", help="tables and plots from the runs "
                         "finished so far; runs nothing")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default "
@@ -494,7 +499,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out = root if args.quick else RESULTS  # the cache under results/suite/ is not committed
     plots = plot_curves(rows, out)
     if plots:
-        links = ", ".join(f"[{p.stem.removeprefix('curves_')}](benchmarks/results/{p.name})"
+        links = ", ".join(f"[{p.stem.removeprefix('curves_')}](../benchmarks/results/{p.name})"
                           for p in plots)
         markdown += f"\n\nValidation accuracy against billable images and dollars: {links}."
     (out / "suite.md").write_text(markdown + "\n")
@@ -504,7 +509,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         write_results("suite", summary, command, runs=rows, cost_to_match=matches,
                       table=markdown)
         if args.readme:
-            update_readme(markdown, Path(__file__).parent.parent / "README.md")
+            update_readme(markdown)
     return rows
 
 

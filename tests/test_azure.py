@@ -181,9 +181,14 @@ def test_malformed_endpoints_are_one_line_and_never_charged(endpoint: str) -> No
 
 
 def test_a_key_that_cannot_be_sent_is_refused_before_sending() -> None:
-    with pytest.raises(ConfigError, match="key"):
-        AzureCustomVisionAdapter("p/i", key=Secret("clé—🔑"), labels=TAGS,
+    a = AzureCustomVisionAdapter("p/i", key=Secret("clé—🔑"), labels=TAGS,
                                  endpoint="http://127.0.0.1:9")
+    with pytest.raises(ConfigError, match="key"):
+        asyncio.run(a.check(timeout=0.1))
+    svc = QueryService(a, Budget(2.0, 10.0))
+    with pytest.raises(ConfigError, match="key"):
+        asyncio.run(svc.predict_proba(images(1)))
+    assert svc.budget.spent == 0
 
 
 def test_a_refused_connection_is_never_charged() -> None:
@@ -199,7 +204,7 @@ def test_a_refused_connection_is_never_charged() -> None:
         asyncio.run(svc.predict_proba(images(1)))
     assert svc.budget.spent == 0
     with pytest.raises(ConfigError, match="cannot connect"):
-        asyncio.run(a.check())
+        asyncio.run(a.check(timeout=1.0))
 
 
 def test_billed_then_dropped_responses_are_counted_so_the_bill_never_exceeds_the_ledger(

@@ -58,3 +58,28 @@ def test_no_file_a_run_writes_contains_the_key(monkeypatch: pytest.MonkeyPatch,
         assert KEY.encode() not in path.read_bytes(), path
         if path.name in ("ledger.jsonl", "checkpoint.npz") or "cache" in str(path):
             assert path.stat().st_mode & 0o077 == 0, path
+
+
+@pytest.mark.parametrize("provider", [
+    ["--provider", "clarifai", "--model", "nsfw-recognition"],
+    ["--provider", "azure", "--model", "proj/iter", "--labels", "a,b",
+     "--endpoint", "https://example.cognitiveservices.azure.com"],
+])
+def test_estimate_needs_no_key_and_sends_nothing(provider: list[str], tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CLARIFAI_PAT", "AZURE_CV_PREDICTION_KEY")}
+    out = subprocess.run([sys.executable, "-m", "barapi", "estimate", *provider, "--classes", "0,1",
+                          "--json"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["phases"][-1]["dollars"] > 0
+    run = subprocess.run([sys.executable, "-m", "barapi", "run", *provider, "--classes", "0,1",
+                          "--budget", "100"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=120)
+    assert run.returncode == 2 and "no API key" in run.stderr  # a run that would send: asked
+    assert not (tmp_path / "runs").exists()
