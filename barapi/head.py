@@ -12,6 +12,7 @@ Two kinds, one contract (`scores`: (N, K) probabilities → (N, C) scores, rows 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,6 +23,8 @@ from scipy.optimize import minimize
 from barapi.labelmap import LabelMap
 from barapi.losses import EPS, batched_focal_loss
 
+FIT_ITERATIONS = 500
+"""Most L-BFGS iterations of the linear probe's fit."""
 PROB_FLOOR = 1e-7
 """Probabilities are clipped here before the log: APIs round small ones to 0."""
 
@@ -80,7 +83,10 @@ class LinearHead:
     def loss_and_gradient(self, probs: NDArray[np.floating], labels: NDArray[np.integer],
                           gamma: float, class_weights: F64 | None) -> tuple[float, F64]:
         """Penalised loss and its exact gradient with respect to `parameters` (flat)."""
-        phi = self.features(probs)
+        return self._loss_and_gradient(self.features(probs), labels, gamma, class_weights)
+
+    def _loss_and_gradient(self, phi: F64, labels: NDArray[np.integer], gamma: float,
+                           class_weights: F64 | None) -> tuple[float, F64]:
         h = softmax(phi @ self.weights.T + self.bias)
         loss = float(batched_focal_loss(h[None], labels, gamma, class_weights)[0])
         dz = focal_logit_gradient(h, labels, gamma, class_weights)
@@ -101,20 +107,56 @@ class LinearHead:
     @classmethod
     def fit(cls, probs: NDArray[np.floating], labels: NDArray[np.integer], n_classes: int,
             gamma: float, class_weights: F64 | None, l2: float) -> LinearHead:
-        """Fit A, b to (N, K) answers by L-BFGS (the linear probe); μ, σ from these answers."""
+        """Fit A, b to (N, K) answers (the linear probe); μ, σ from these answers.
+
+        Cross-entropy (γ = 0) is fitted by scikit-learn's `LogisticRegression` (lbfgs) with
+        the same penalty — 3.3× faster than L-BFGS on barapi's own objective on a 10-class
+        task (`python -m benchmarks.probe_fit`); the focal loss by L-BFGS on barapi's
+        objective, its features computed once. A fit that stops at `FIT_ITERATIONS` without
+        converging says so (RuntimeWarning); the head is usable all the same, and training
+        moves it further."""
         raw = centred_log_probs(probs)
         mean, scale = raw.mean(axis=0), raw.std(axis=0) + 1e-6
         k = raw.shape[1]
         start = cls(np.zeros((n_classes, k)), np.zeros(n_classes), mean, scale, l2)
         labels = np.asarray(labels)
+        phi = (raw - mean) / scale
+        if gamma == 0 and l2 > 0 and len(np.unique(labels)) == n_classes:
+            return start._fit_cross_entropy(phi, labels, class_weights)
 
         def objective(flat: F64) -> tuple[float, F64]:
-            return start.with_parameters(flat).loss_and_gradient(probs, labels, gamma,
-                                                                 class_weights)
+            return start.with_parameters(flat)._loss_and_gradient(phi, labels, gamma,
+                                                                  class_weights)
 
         result = minimize(objective, start.parameters, jac=True, method="L-BFGS-B",
-                          options={"maxiter": 500})
+                          options={"maxiter": FIT_ITERATIONS})
+        if not result.success:
+            _not_converged(int(result.nit), str(result.message))
         return start.with_parameters(result.x)
+
+    def _fit_cross_entropy(self, phi: F64, labels: NDArray[np.integer],
+                           class_weights: F64 | None) -> LinearHead:
+        """The cross-entropy probe by scikit-learn. barapi's objective is mean_i w_i·CE_i +
+        (λ/2)·‖A‖² over a softmax of C logits; scikit-learn's is C'·Σ_i w_i·CE_i + ½‖W‖²,
+        so C' = 1/(Nλ) for C > 2 classes, and for 2 classes — one logit w = a₁ − a₀, whose
+        optimum has a₀ = −a₁, so that our penalty is (λ/4)‖w‖² — C' = 2/(Nλ)."""
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+
+        n, c = len(labels), self.n_classes
+        strength = (2.0 if c == 2 else 1.0) / (n * self.l2)
+        weights = None if class_weights is None else np.asarray(class_weights)[labels]
+        model = LogisticRegression(C=strength, max_iter=FIT_ITERATIONS)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(phi, labels, sample_weight=weights)
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            _not_converged(int(np.max(model.n_iter_)), "scikit-learn lbfgs")
+        if c == 2:  # one logit → two, symmetric
+            w, b = model.coef_[0], float(model.intercept_[0])
+            return replace(self, weights=np.stack([-w / 2, w / 2]), bias=np.array([-b / 2, b / 2]))
+        return replace(self, weights=np.array(model.coef_, dtype=np.float64),
+                       bias=np.array(model.intercept_, dtype=np.float64))
 
     def arrays(self) -> dict[str, NDArray[Any]]:
         return {"linear_weights": self.weights, "linear_bias": self.bias,
@@ -123,6 +165,12 @@ class LinearHead:
 
 
 OutputHead = LabelMap | LinearHead
+
+
+def _not_converged(iterations: int, how: str) -> None:
+    warnings.warn(f"linear probe: the fit stopped after {iterations} iterations without "
+                  f"converging ({how}); the head is still trained with the program",
+                  RuntimeWarning, stacklevel=3)
 
 
 def softmax(z: F64) -> F64:

@@ -75,3 +75,34 @@ def test_heads_round_trip_through_arrays() -> None:
     back_map = head_from_arrays(head_arrays(label_map, "y."), "y.", 7)
     assert isinstance(back_map, LabelMap)
     assert np.array_equal(back_map.assignment, label_map.assignment)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_cross_entropy_probe_reaches_the_optimum_of_barapis_own_objective(
+        n_classes: int, weighted: bool) -> None:
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(n_classes)
+    probs = rng.dirichlet(np.ones(12), size=90).astype(np.float32)
+    labels = rng.integers(0, n_classes, 90)
+    weights = rng.uniform(0.5, 2.0, n_classes) if weighted else None
+    fast = LinearHead.fit(probs, labels, n_classes, 0.0, weights, 0.05)  # scikit-learn
+    start = fast.with_parameters(np.zeros_like(fast.parameters))
+    exact = minimize(lambda f: start.with_parameters(f).loss_and_gradient(probs, labels, 0.0, weights),
+                     start.parameters, jac=True, method="L-BFGS-B", options={"gtol": 1e-10})
+    ours = fast.loss_and_gradient(probs, labels, 0.0, weights)[0]
+    assert ours == pytest.approx(exact.fun, rel=1e-5)
+    assert np.allclose(fast.scores(probs), start.with_parameters(exact.x).scores(probs), atol=1e-3)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_a_probe_that_does_not_converge_says_so(gamma: float,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import barapi.head
+
+    monkeypatch.setattr(barapi.head, "FIT_ITERATIONS", 1)
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(12), size=60).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="without converging"):
+        LinearHead.fit(probs, rng.integers(0, 3, 60), 3, gamma, None, 0.01)
