@@ -10,6 +10,7 @@ the REST protocol itself and maps status codes to its error kinds: 429 and 5xx â
 from __future__ import annotations
 
 import asyncio
+import warnings
 from typing import Any
 
 import httpx
@@ -89,6 +90,7 @@ class AzureCustomVisionAdapter(Adapter):
             raise ConfigError(f"--endpoint {endpoint!r} would send the key in plaintext: http:// "
                               f"(--insecure) only to a loopback address (127.0.0.1, ::1, localhost)")
         self._index = {name: i for i, name in enumerate(self.labels)}
+        self._tags_checked = False
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -175,6 +177,7 @@ class AzureCustomVisionAdapter(Adapter):
         """Fill `row` from a 200 answer; an answer that cannot be parsed is billed and retried."""
         try:
             predictions = response.json()["predictions"]
+            names = [str(p.get("tagName")) for p in predictions]
             for prediction in predictions:
                 column = self._index.get(prediction.get("tagName"))
                 if column is not None:
@@ -182,6 +185,25 @@ class AzureCustomVisionAdapter(Adapter):
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TransientError(f"Azure Custom Vision answer could not be parsed "
                                  f"({type(exc).__name__}: {exc}); billed, asked again") from None
+        if not self._tags_checked:
+            self._check_tags(names)
+
+    def _check_tags(self, names: list[str]) -> None:
+        """The first answer lists the project's tags: every `--labels` tag must be one of
+        them (else FatalProviderError: that answer was billed), and a subset is said."""
+        unknown = [tag for tag in self.labels if tag not in names]
+        if unknown:
+            raise FatalProviderError(
+                f"--labels: {', '.join(map(repr, unknown))} "
+                f"{'is' if len(unknown) == 1 else 'are'} not among the project's tags: "
+                f"{', '.join(sorted(names))} (found in the first answer, which was billed)",
+                billed=True)
+        self._tags_checked = True
+        if len(names) > len(self.labels):
+            self.label_note = (f"using {len(self.labels)} of the project's {len(names)} tags "
+                               f"({', '.join(self.labels)}); the others, "
+                               f"{', '.join(sorted(set(names) - set(self.labels)))}, are ignored")
+            warnings.warn(self.label_note, UserWarning, stacklevel=2)
 
     async def aclose(self) -> None:
         if self._client is not None and self._loop is asyncio.get_running_loop():

@@ -33,11 +33,13 @@ class Adapter(ABC):
     card: str
     identity: str
     answers: str = "distribution"
+    label_note: str | None = None
+    """Said to the user once the labels are known, e.g. that `--labels` names a subset."""
 
     async def check(self) -> None:  # noqa: B027 - optional hook
         """Free preflight before the first paid request: raise ConfigError when the black
-        box cannot be reached at all (malformed endpoint, refused connection). Sends no
-        prediction."""
+        box cannot be reached at all (malformed endpoint, refused connection, no key), and
+        learn `labels` where the service lists them for free. Sends no prediction."""
 
     @abstractmethod
     async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:

@@ -86,10 +86,8 @@ class ClarifaiAdapter(Adapter):
                  endpoint: str | None = None, insecure: bool = False, user_id: str = "clarifai",
                  app_id: str = "main", version_id: str = "", labels: list[str] | None = None,
                  max_batch: int = 128, timeout: float = 60.0) -> None:
-        if labels is None and model not in CONCEPTS:
-            raise ConfigError(f"Clarifai model {model!r}: pass its concept names as labels "
-                              f"(known: {', '.join(CONCEPTS)})")
-        self.model, self.labels = model, list(labels or CONCEPTS[model])
+        self.model, self.given = model, list(labels) if labels else None
+        self.labels = list(labels or CONCEPTS.get(model, []))  # the service's list wins (check)
         self.card = CARDS.get(model, "clarifai-moderation")
         self.max_batch, self.timeout = max_batch, timeout
         self._target = endpoint or "api.clarifai.com:443"
@@ -143,11 +141,43 @@ class ClarifaiAdapter(Adapter):
         assert self._channel is not None
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout)
+            await self._discover_labels()
         except (asyncio.TimeoutError, grpc.aio.AioRpcError) as exc:
             raise ConfigError(f"cannot connect to Clarifai at {self._target} within {timeout:g} s "
-                              f"({type(exc).__name__}); check --endpoint and the network") from None
+                              f"to read model {self.model!r} ({type(exc).__name__}); check "
+                              f"--endpoint and the network") from None
         finally:
             await self.aclose()
+
+    async def _discover_labels(self) -> None:
+        """The model's concepts from GetModelOutputInfo (a free model call, no prediction);
+        `--labels` given are checked against them. Raises ConfigError."""
+        request = service_pb2.GetModelRequest(user_app_id=self._ids, model_id=self.model,
+                                              version_id=self._version)
+        response = await (await self._stub()).GetModelOutputInfo(
+            request, metadata=self._authorization(), timeout=self.timeout)
+        if response.status.code != SUCCESS:
+            error = classify(response.status.code, response.status.description)
+            raise ConfigError(f"model {self.model!r}: {error}")
+        names = [c.name for c in response.model.output_info.data.concepts]
+        if not names:
+            if not self.given:
+                raise ConfigError(f"Clarifai model {self.model!r} lists no concepts; name the "
+                                  f"ones it returns with --labels")
+            return
+        if self.given is None:
+            self.labels = names
+            return
+        unknown = [name for name in self.given if name not in names]
+        if unknown:
+            raise ConfigError(f"--labels: {', '.join(map(repr, unknown))} "
+                              f"{'is' if len(unknown) == 1 else 'are'} not among the concepts of "
+                              f"{self.model!r}: {', '.join(names)}")
+        self.labels = list(self.given)
+        if len(self.given) < len(names):
+            self.label_note = (f"using {len(self.given)} of the {len(names)} concepts of "
+                               f"{self.model!r} ({', '.join(self.given)}); the others, "
+                               f"{', '.join(n for n in names if n not in self.given)}, are ignored")
 
     async def _connected(self) -> None:
         """Wait briefly for the channel: a request that cannot connect provably never left."""
@@ -159,6 +189,9 @@ class ClarifaiAdapter(Adapter):
                                  billed=False) from None
 
     async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        if not self.labels:
+            raise ConfigError(f"Clarifai model {self.model!r}: its concepts are not known yet "
+                              f"(pass --labels, or let barapi read them: Session.check())")
         metadata = self._authorization()
         request = service_pb2.PostModelOutputsRequest(
             user_app_id=self._ids, model_id=self.model, version_id=self._version,
@@ -225,8 +258,8 @@ def parse_model(spec: str) -> dict[str, str]:
 def create(model: str = "moderation-recognition", endpoint: str | None = None,
            insecure: bool = False, labels: str | None = None, key_file: str | None = None,
            **_: Any) -> ClarifaiAdapter:
-    """Entry point for ``--provider clarifai``; the key comes from CLARIFAI_PAT. `labels`
-    (comma-separated concept names) is needed for models other than the two built in."""
+    """Entry point for ``--provider clarifai``; the key comes from CLARIFAI_PAT or `key_file`.
+    `labels` (comma-separated concept names) overrides the concepts the model lists."""
     names = [n.strip() for n in labels.split(",") if n.strip()] if labels else None
     ids = parse_model(model)
     return ClarifaiAdapter(ids["model"], key=read_key("CLARIFAI_PAT", key_file, lazy=True),

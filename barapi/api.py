@@ -121,6 +121,7 @@ class Session:
     trainer: Trainer
     folder: RunFolder | None
     runs_root: Path | None = None
+    _checked: bool = False
 
     def estimate(self, n_train: int | None = None) -> list[Phase]:
         """The run's cost per phase; `n_train` prices a training split of another size."""
@@ -158,13 +159,20 @@ class Session:
             self.folder.write_record(limit=self.service.budget.limit)
 
     def check(self) -> None:
-        """Free preflight: the black box can be reached (see `Adapter.check`)."""
-        asyncio.run(self.adapter.check())
+        """Free preflight: the black box can be reached, and its labels are known (see
+        `Adapter.check`); once per session."""
+        if not self._checked:
+            asyncio.run(self.adapter.check())
+            self._checked = True
+            if self.config.head == "map":
+                check_fits(self.trainer.task.split.train.n_classes, self.config.m,
+                           self.adapter.n_sources)
 
     def run(self, progress: bool = False) -> RunResult:
         """Run (or continue) the run. A new run folder whose run failed before anything was
         billed (a bad key, an unknown model) is removed; otherwise it is kept, and the
         failure is logged in it."""
+        self.check()
         self.start()
         try:
             return self._run(progress)
@@ -269,7 +277,7 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
         check_writable(Path(runs_root), "runs folder")
     split = split or load_split(config)
     adapter = adapter or open_adapter(config)
-    if config.head == "map":
+    if config.head == "map" and adapter.n_sources:  # (unknown until `check` for some APIs)
         check_fits(split.train.n_classes, config.m, adapter.n_sources)
     card, stored_cache = run_settings(resumed, adapter, card_file, card_fields,
                                       False if cache is not None else use_cache, cache_dir)

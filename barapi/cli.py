@@ -226,7 +226,9 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
     session = api.prepare(config, runs_root=runs_dir, resume=resume, budget=budget,
                           card_file=card_file, card_fields=card_overrides(card_set),
                           cache_dir=cache_dir, use_cache=use_cache, start=False)
-    session.check()  # the key is there and the endpoint answers: free, before anything else
+    session.check()  # the key is there, the endpoint answers, labels known: free, first
+    if session.adapter.label_note and not as_json:
+        click.echo(f"barapi: {session.adapter.label_note}", err=True)
     phases = session.estimate()
     record = session.folder.record() if session.folder is not None else {}
     if not as_json:

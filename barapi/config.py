@@ -37,8 +37,9 @@ class RunConfig(BaseModel):
     endpoint: str | None = Field(None, description="provider address host:port (e.g. a "
                                  "loopback emulator); default: the provider's own")
     insecure: bool = Field(False, description="plaintext connection to --endpoint (loopback only)")
-    labels: str | None = Field(None, description="the provider's class names, comma-separated, "
-                               "where it cannot list them itself (Azure tags)")
+    labels: str | None = Field(None, description="the provider's class names, comma-separated: "
+                               "for Clarifai a subset of the model's concepts (default: all, "
+                               "read from the model); for Azure the project's tags (required)")
     key_file: str | None = Field(None, description="file whose first line is the provider's API "
                                  "key (default: the provider's environment variable)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="local model device")

@@ -70,6 +70,7 @@ class Counters:
     unavailable: int = 0
     rejected_auth: int = 0
     dropped: int = 0
+    model_calls: int = 0  # free calls (GetModelOutputInfo): never billed
 
 
 class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
@@ -151,6 +152,21 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
         else:
             code = status_code_pb2.MIXED_STATUS if bad else status_code_pb2.SUCCESS
         return service_pb2.MultiOutputResponse(status=self._status(code), outputs=outputs)
+
+    async def GetModelOutputInfo(self, request: Any, context: Any) -> Any:
+        """The model's concepts, as the service lists them (a free call: not billed)."""
+        self.counters.model_calls += 1
+        metadata = dict(context.invocation_metadata())
+        if metadata.get("authorization") != f"Key {self.key}":
+            self.counters.rejected_auth += 1
+            return service_pb2.SingleModelResponse(status=self._status(11009, "API key not found"))
+        if request.model_id not in CONCEPTS:
+            return service_pb2.SingleModelResponse(status=self._status(21200, "model not found"))
+        concepts = [resources_pb2.Concept(id=name, name=name) for name in CONCEPTS[request.model_id]]
+        model = resources_pb2.Model(id=request.model_id, output_info=resources_pb2.OutputInfo(
+            data=resources_pb2.Data(concepts=concepts)))
+        return service_pb2.SingleModelResponse(status=self._status(status_code_pb2.SUCCESS),
+                                               model=model)
 
     async def start(self, port: int = 0) -> int:
         self.server = grpc.aio.server(

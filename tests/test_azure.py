@@ -226,3 +226,24 @@ def test_a_run_completes_when_the_service_limits_below_the_cards_rate(lite0_32: 
         asyncio.run(svc.predict_proba(images(60)))
     assert emulator.counters.billed_images == 60 and emulator.counters.throttled > 0
     assert svc.limiter.rate < card.requests_per_second  # it learned to go slower
+
+
+def test_tags_given_are_checked_against_the_first_answer(lite0_32: Any) -> None:
+    with AzureEmulator(lite0_32, KEY, ["stop", "yield"]) as emulator:
+        endpoint = f"http://127.0.0.1:{emulator.port}"
+        typo = AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=["stop", "yeild"],
+                                        endpoint=endpoint)
+        svc = service(typo)
+        with pytest.raises(FatalProviderError, match=r"'yeild' is not among the project's tags: "
+                                                     r"stop, yield"):
+            asyncio.run(svc.predict_proba(images(1)))
+        assert svc.budget.spent_images == emulator.counters.billed_images == 1  # it was billed
+        subset = AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=["stop", "other"],
+                                          endpoint=endpoint)
+        with pytest.raises(FatalProviderError, match="'other'"):
+            asyncio.run(service(subset).predict_proba(images(1)))
+    with AzureEmulator(lite0_32, KEY, ["stop", "yield", "slow"]) as emulator:
+        part = AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=["stop", "yield"],
+                                        endpoint=f"http://127.0.0.1:{emulator.port}")
+        with pytest.warns(UserWarning, match="using 2 of the project's 3 tags"):
+            asyncio.run(service(part).predict_proba(images(2)))

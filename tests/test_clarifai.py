@@ -339,3 +339,29 @@ def test_run_completes_under_injected_faults_without_overspending(lite0_32: Any,
     assert counters.billed_images == session.service.stats.billed_images
     assert budget.spent_images - budget.uncertain_images == counters.billed_images
     assert budget.spent <= 1.0
+
+
+def test_concepts_are_read_from_the_model_for_free_and_wrong_labels_refused(lite0_32: Any) -> None:
+    from barapi.errors import ConfigError
+
+    async def body(emulator: ClarifaiEmulator, _: ClarifaiAdapter) -> None:
+        def make(model: str, labels: list[str] | None = None) -> ClarifaiAdapter:
+            return ClarifaiAdapter(model, key=Secret(KEY), endpoint=f"127.0.0.1:{emulator.port}",
+                                   insecure=True, labels=labels)
+
+        found = make("nsfw-recognition")
+        await found.check()
+        assert found.labels == ["nsfw", "sfw"] and found.label_note is None
+        with pytest.raises(ConfigError, match=r"'NSFW' is not among the concepts of "
+                                              r"'nsfw-recognition': nsfw, sfw"):
+            await make("nsfw-recognition", ["NSFW", "sfw"]).check()
+        subset = make("moderation-recognition", ["safe", "explicit"])
+        await subset.check()
+        assert subset.labels == ["safe", "explicit"]
+        assert subset.label_note is not None and "2 of the 5 concepts" in subset.label_note
+        with pytest.raises(ConfigError, match="21200"):
+            await make("me/app/unknown-model").check()
+        assert emulator.counters.requests == 0 and emulator.counters.billed_images == 0
+        assert emulator.counters.model_calls == 4  # free calls only
+
+    with_emulator(lite0_32, None, body)
