@@ -60,7 +60,8 @@ class AzureCustomVisionAdapter(Adapter):
     """A published Custom Vision classification iteration as a black box.
 
     `model` is "PROJECT_ID/PUBLISHED_NAME"; `labels` are the project's tag names (the columns
-    of `predict_proba`, in this order).
+    of `predict_proba`, in this order), checked against the first answer; without them the
+    tags are learned from one paid answer (`discover_labels`, through QueryService).
     """
 
     max_batch = 1
@@ -71,9 +72,11 @@ class AzureCustomVisionAdapter(Adapter):
         project, sep, iteration = model.partition("/")
         if not sep or not project or not iteration:
             raise ConfigError(f"Azure model must be PROJECT_ID/PUBLISHED_NAME, got {model!r}")
-        if len(labels) < 2:
-            raise ConfigError("Azure Custom Vision needs the project's tag names: --labels a,b,...")
+        if len(labels) == 1:
+            raise ConfigError("--labels: name 2 or more of the project's tags (or none: barapi "
+                              "then learns them from one paid answer)")
         self.labels = list(labels)
+        self.paid_labels = not labels  # learned from the first (paid) answer
         self.card = "azure-s0-nostore" if nostore else "azure-s0"
         self.identity = f"azure/{endpoint}/{project}/{iteration}"
         self._path = (f"/customvision/v3.1/prediction/{project}/classify/iterations/{iteration}/image"
@@ -90,7 +93,7 @@ class AzureCustomVisionAdapter(Adapter):
             raise ConfigError(f"--endpoint {endpoint!r} would send the key in plaintext: http:// "
                               f"(--insecure) only to a loopback address (127.0.0.1, ::1, localhost)")
         self._index = {name: i for i, name in enumerate(self.labels)}
-        self._tags_checked = False
+        self._tags_checked = not labels
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -135,58 +138,85 @@ class AzureCustomVisionAdapter(Adapter):
         return self._client
 
     async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        if not self.labels:
+            raise ConfigError("Azure Custom Vision: the project's tags are not known yet (pass "
+                              "--labels, or let barapi learn them from one paid answer)")
         key = self._key_header()
         probs = np.zeros((len(images), len(self.labels)), dtype=np.float32)
         for row, image in zip(probs, images, strict=True):
-            body = encode_png(image)
-            if len(body) > MAX_IMAGE_BYTES:
-                raise ConfigError(f"image of {len(body):,} bytes exceeds Azure's 4 MB limit; "
-                                  f"use a smaller canvas (not sent)")
-            try:
-                response = await self._http().post(
-                    self._path, content=body, headers={
-                        "Prediction-Key": key,
-                        "Content-Type": "application/octet-stream"})
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                # no connection was made: the request provably never left
-                raise TransientError(f"Azure Custom Vision unreachable (not sent): "
-                                     f"{exc or type(exc).__name__}", billed=False) from None
-            except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
-                raise ConfigError(f"Azure Custom Vision request could not be built (not sent): "
-                                  f"{exc or type(exc).__name__}") from None
-            except httpx.TimeoutException as exc:
-                # the body may have left: it may have been processed and billed
-                raise TransientError(f"Azure Custom Vision timed out ({type(exc).__name__}) "
-                                     f"after sending") from None
-            except httpx.TransportError as exc:
-                raise TransientError(f"Azure Custom Vision connection lost after sending "
-                                     f"({type(exc).__name__}: {exc or 'no details'})") from None
-            status = response.status_code
-            if status == 200:
-                self._read(response, row)
-                continue
-            message = f"Azure Custom Vision {status} {error_message(response)}"
-            if status == 429:
-                raise TransientError(message, retry_after(response), billed=False, throttled=True)
-            if status >= 500:  # the body had left: may have been processed
-                raise TransientError(message, retry_after(response))
-            raise FatalProviderError(message)  # 401/403 (key, quota) and other refusals
+            self._read(await self._post(image, key), row)
         return probs
+
+    async def discover_labels(self, image: NDArray[np.uint8]) -> list[str]:
+        """The project's tags, sorted, from one prediction of `image` (a paid request)."""
+        predictions = self._predictions(await self._post(image, self._key_header()))
+        names = sorted({str(p.get("tagName")) for p in predictions})
+        if len(names) < 2:
+            raise FatalProviderError(f"Azure Custom Vision answered {len(names)} tag(s) "
+                                     f"({', '.join(names)}); a classifier needs 2 or more",
+                                     billed=True)
+        return names
+
+    async def _post(self, image: NDArray[np.uint8], key: str) -> httpx.Response:
+        """One prediction request; a 200 response, or barapi's error for the failure."""
+        body = encode_png(image)
+        if len(body) > MAX_IMAGE_BYTES:
+            raise ConfigError(f"image of {len(body):,} bytes exceeds Azure's 4 MB limit; "
+                              f"use a smaller canvas (not sent)")
+        try:
+            response = await self._http().post(
+                self._path, content=body, headers={
+                    "Prediction-Key": key,
+                    "Content-Type": "application/octet-stream"})
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # no connection was made: the request provably never left
+            raise TransientError(f"Azure Custom Vision unreachable (not sent): "
+                                 f"{exc or type(exc).__name__}", billed=False) from None
+        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+            raise ConfigError(f"Azure Custom Vision request could not be built (not sent): "
+                              f"{exc or type(exc).__name__}") from None
+        except httpx.TimeoutException as exc:
+            # the body may have left: it may have been processed and billed
+            raise TransientError(f"Azure Custom Vision timed out ({type(exc).__name__}) "
+                                 f"after sending") from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"Azure Custom Vision connection lost after sending "
+                                 f"({type(exc).__name__}: {exc or 'no details'})") from None
+        status = response.status_code
+        if status == 200:
+            return response
+        message = f"Azure Custom Vision {status} {error_message(response)}"
+        if status == 429:
+            raise TransientError(message, retry_after(response), billed=False, throttled=True)
+        if status >= 500:  # the body had left: may have been processed
+            raise TransientError(message, retry_after(response))
+        raise FatalProviderError(message)  # 401/403 (key, quota) and other refusals
+
+    @staticmethod
+    def _predictions(response: httpx.Response) -> list[dict[str, Any]]:
+        """The answer's predictions; one that cannot be parsed is billed and retried."""
+        try:
+            predictions = response.json()["predictions"]
+            if not isinstance(predictions, list) or not all(isinstance(p, dict) for p in predictions):
+                raise TypeError("predictions is not a list of objects")
+            return predictions
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TransientError(f"Azure Custom Vision answer could not be parsed "
+                                 f"({type(exc).__name__}: {exc}); billed, asked again") from None
 
     def _read(self, response: httpx.Response, row: NDArray[np.float32]) -> None:
         """Fill `row` from a 200 answer; an answer that cannot be parsed is billed and retried."""
+        predictions = self._predictions(response)
         try:
-            predictions = response.json()["predictions"]
-            names = [str(p.get("tagName")) for p in predictions]
             for prediction in predictions:
-                column = self._index.get(prediction.get("tagName"))
+                column = self._index.get(str(prediction.get("tagName")))
                 if column is not None:
                     row[column] = float(prediction["probability"])
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise TransientError(f"Azure Custom Vision answer could not be parsed "
                                  f"({type(exc).__name__}: {exc}); billed, asked again") from None
         if not self._tags_checked:
-            self._check_tags(names)
+            self._check_tags([str(p.get("tagName")) for p in predictions])
 
     def _check_tags(self, names: list[str]) -> None:
         """The first answer lists the project's tags: every `--labels` tag must be one of
@@ -204,6 +234,12 @@ class AzureCustomVisionAdapter(Adapter):
                                f"({', '.join(self.labels)}); the others, "
                                f"{', '.join(sorted(set(names) - set(self.labels)))}, are ignored")
             warnings.warn(self.label_note, UserWarning, stacklevel=2)
+
+    def use_labels(self, labels: list[str]) -> None:
+        """Take the project's tags (learned, or stored in a run folder) as the columns."""
+        self.labels = list(labels)
+        self._index = {name: i for i, name in enumerate(self.labels)}
+        self._tags_checked = True
 
     async def aclose(self) -> None:
         if self._client is not None and self._loop is asyncio.get_running_loop():

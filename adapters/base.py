@@ -35,6 +35,17 @@ class Adapter(ABC):
     answers: str = "distribution"
     label_note: str | None = None
     """Said to the user once the labels are known, e.g. that `--labels` names a subset."""
+    paid_labels: bool = False
+    """True while the labels are unknown and only a paid answer can tell them
+    (`discover_labels`, asked through QueryService so that it is reserved and ledgered)."""
+
+    async def discover_labels(self, image: NDArray[np.uint8]) -> list[str]:
+        """The class names, from one paid prediction of the (H, W, 3) `image`."""
+        raise NotImplementedError(f"{type(self).__name__} does not learn its labels")
+
+    def use_labels(self, labels: list[str]) -> None:
+        """Take `labels` (learned, or stored in a run folder) as the answer's columns."""
+        self.labels = list(labels)
 
     async def check(self) -> None:  # noqa: B027 - optional hook
         """Free preflight before the first paid request: raise ConfigError when the black

@@ -277,6 +277,8 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
         check_writable(Path(runs_root), "runs folder")
     split = split or load_split(config)
     adapter = adapter or open_adapter(config)
+    if record.get("labels") and not adapter.labels:  # learned by the run before: never again
+        adapter.use_labels(list(record["labels"]))
     if config.head == "map" and adapter.n_sources:  # (unknown until `check` for some APIs)
         check_fits(split.train.n_classes, config.m, adapter.n_sources)
     card, stored_cache = run_settings(resumed, adapter, card_file, card_fields,

@@ -39,7 +39,8 @@ class RunConfig(BaseModel):
     insecure: bool = Field(False, description="plaintext connection to --endpoint (loopback only)")
     labels: str | None = Field(None, description="the provider's class names, comma-separated: "
                                "for Clarifai a subset of the model's concepts (default: all, "
-                               "read from the model); for Azure the project's tags (required)")
+                               "read from the model); for Azure some of the project's tags "
+                               "(default: all, learned from one paid answer)")
     key_file: str | None = Field(None, description="file whose first line is the provider's API "
                                  "key (default: the provider's environment variable)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="local model device")

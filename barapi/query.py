@@ -156,6 +156,22 @@ class QueryService:
                            f"{self.retry.input_attempts + 1} tries ({detail}); the answered ones "
                            f"are paid for and cached")
 
+    async def discover_labels(self, image: NDArray[np.uint8]) -> list[str]:
+        """The adapter's labels from one paid prediction of the (H, W, 3) `image`: reserved,
+        ledgered, rate-limited and retried like any request."""
+
+        async def attempt() -> list[str]:
+            async with self.budget.reservation(1) as ticket, self._slots:
+                await self.limiter.acquire()
+                self.stats.attempts += 1
+                self.budget.send(ticket)
+                return await self.adapter.discover_labels(image)
+
+        labels = await self.retry.call(attempt)
+        self.stats.requests += 1
+        self.stats.billed_images += 1
+        return labels
+
     def _store(self, keys: list[str] | None, probs: NDArray[np.float32],
                ok: NDArray[np.bool_]) -> None:
         """Queue the valid answers among `ok` for the cache, at once (no await in between)."""

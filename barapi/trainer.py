@@ -261,6 +261,21 @@ class Trainer:
         self.folder.truncate_metrics(meta["step"])
         return RunState.from_checkpoint(arrays, meta)
 
+    async def _learn_labels(self) -> None:
+        """Labels that only a paid answer tells (Azure tags without --labels): one image —
+        the first training sample under the blank program — asked through the query service,
+        and the answer kept in the run folder so that a resume never asks again."""
+        adapter = self.service.adapter
+        if adapter.labels or not adapter.paid_labels:
+            return
+        image = self.task.program.images(self.task.windows["train"][:1], self.task.program.zeros())
+        labels = await self.service.discover_labels(image[0])
+        adapter.use_labels(labels)
+        adapter.label_note = f"learned the {len(labels)} tags from one paid answer: {', '.join(labels)}"
+        self._log({"event": "labels", "step": 0, "labels": labels})
+        if self.folder is not None:
+            self.folder.write_record(labels=labels)
+
     async def _validate(self, state: RunState) -> None:
         ev = await evaluate(self.service, self.task, state.head, state.weights, "val")
         self._log({"event": "val", "step": state.step, "val_loss": ev.loss,
@@ -295,6 +310,7 @@ class Trainer:
             if self.folder is not None:
                 self.folder.truncate_metrics(-1)  # records of an attempt that never checkpointed
             try:
+                await self._learn_labels()
                 state = await self._start()
             except (BudgetExhausted, FatalProviderError) as exc:
                 # before the first checkpoint: what was paid is in the cache for the resume

@@ -247,3 +247,37 @@ def test_tags_given_are_checked_against_the_first_answer(lite0_32: Any) -> None:
                                         endpoint=f"http://127.0.0.1:{emulator.port}")
         with pytest.warns(UserWarning, match="using 2 of the project's 3 tags"):
             asyncio.run(service(part).predict_proba(images(2)))
+
+
+def test_tags_are_learned_from_one_paid_answer_and_never_asked_again(lite0_32: Any,
+                                                                     tmp_path: Any) -> None:
+    from barapi.budget import read_ledger
+    from barapi.run_folder import RunFolder
+
+    config = api.make_config(provider="azure", dataset="digits", classes="0,1", canvas=32,
+                             window=16, resolution=4, per_class=4, q=1, epochs=2, m=1, batch=4,
+                             patience=0)
+    with AzureEmulator(lite0_32, KEY, ["yes", "no", "maybe"]) as emulator:
+        def fresh() -> AzureCustomVisionAdapter:
+            return AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=[],
+                                            endpoint=f"http://127.0.0.1:{emulator.port}")
+
+        first = api.prepare(config, adapter=fresh(), budget=0.05, runs_root=tmp_path / "runs",
+                            cache_dir=tmp_path / "cache")
+        result = first.run()
+        assert result.stopped and "budget" in result.stopped  # stopped mid-run
+        folder = result.run_dir
+        assert folder is not None
+        assert first.adapter.labels == ["maybe", "no", "yes"]
+        assert RunFolder(folder).record()["labels"] == ["maybe", "no", "yes"]
+        again = fresh()
+
+        async def never(image: Any) -> list[str]:
+            raise AssertionError("a resumed run asked for the tags again")
+
+        again.discover_labels = never  # type: ignore[method-assign]
+        resumed = api.prepare(config, adapter=again, resume=folder, budget=5.0)
+        assert again.labels == ["maybe", "no", "yes"]  # from the run folder, before any request
+        assert resumed.run().stopped is None
+        billed = emulator.counters.billed_images
+    assert read_ledger(folder / "ledger.jsonl").images == billed
