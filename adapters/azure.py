@@ -75,8 +75,8 @@ class AzureCustomVisionAdapter(Adapter):
         if len(labels) == 1:
             raise ConfigError("--labels: name 2 or more of the project's tags (or none: barapi "
                               "then learns them from one paid answer)")
-        self.labels = list(labels)
-        self.paid_labels = not labels  # learned from the first (paid) answer
+        self.labels, self.given = list(labels), list(labels)
+        self.paid_labels = True  # the project's tags: told by one paid answer (discover_labels)
         self.card = "azure-s0-nostore" if nostore else "azure-s0"
         self.identity = f"azure/{endpoint}/{project}/{iteration}"
         self._path = (f"/customvision/v3.1/prediction/{project}/classify/iterations/{iteration}/image"
@@ -236,10 +236,23 @@ class AzureCustomVisionAdapter(Adapter):
             warnings.warn(self.label_note, UserWarning, stacklevel=2)
 
     def use_labels(self, labels: list[str]) -> None:
-        """Take the project's tags (learned, or stored in a run folder) as the columns."""
-        self.labels = list(labels)
+        """Take the project's tags (learned, or stored in a run folder): all of them, or the
+        `--labels` given, which must be among them (ConfigError; a subset is said)."""
+        if self.given:
+            unknown = [tag for tag in self.given if tag not in labels]
+            if unknown:
+                raise ConfigError(f"--labels: {', '.join(map(repr, unknown))} "
+                                  f"{'is' if len(unknown) == 1 else 'are'} not among the "
+                                  f"project's tags: {', '.join(sorted(labels))}")
+            if len(labels) > len(self.given):
+                self.label_note = (f"using {len(self.given)} of the project's {len(labels)} "
+                                   f"tags ({', '.join(self.given)}); the others, "
+                                   f"{', '.join(sorted(set(labels) - set(self.given)))}, are "
+                                   f"ignored")
+        self.labels = list(self.given or labels)
         self._index = {name: i for i, name in enumerate(self.labels)}
         self._tags_checked = True
+        self.paid_labels = False
 
     async def aclose(self) -> None:
         if self._client is not None and self._loop is asyncio.get_running_loop():

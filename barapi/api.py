@@ -130,7 +130,7 @@ class Session:
         per_request = self.service.limit_for((self.config.canvas, self.config.canvas, 3))
         train = len(split.train.labels) if n_train is None else n_train
         return estimate_cost(self.config, train, len(split.val.labels), n_test, self.card,
-                             per_request)
+                             per_request, label_images=int(self.adapter.paid_labels))
 
     def reach(self, budget: float) -> tuple[int, float]:
         """(training steps, epochs) that `budget` dollars pay for, after what is already spent
@@ -277,7 +277,7 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
         check_writable(Path(runs_root), "runs folder")
     split = split or load_split(config)
     adapter = adapter or open_adapter(config)
-    if record.get("labels") and not adapter.labels:  # learned by the run before: never again
+    if record.get("labels") and adapter.paid_labels:  # learned by the run before: never again
         adapter.use_labels(list(record["labels"]))
     if config.head == "map" and adapter.n_sources:  # (unknown until `check` for some APIs)
         check_fits(split.train.n_classes, config.m, adapter.n_sources)

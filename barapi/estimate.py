@@ -58,14 +58,17 @@ def validation_count(config: RunConfig, n_train: int) -> int:
 
 
 def estimate(config: RunConfig, n_train: int, n_val: int, n_test: int, card: Card,
-             per_request: int | None = None) -> list[Phase]:
+             per_request: int | None = None, label_images: int = 0) -> list[Phase]:
     """Phases "label mapping", "training", "evaluation" (and their "total").
 
-    `per_request`: images per request when the adapter allows fewer than the card.
+    `per_request`: images per request when the adapter allows fewer than the card;
+    `label_images`: images (one request each) asked to learn the black box's labels (Azure's
+    tags), counted with the label mapping.
     """
     m = min(card.max_images_per_request, per_request or card.max_images_per_request)
     mapping = mapping_images(config, n_train)
-    phases = [_phase("label mapping", mapping, _requests(mapping, m, EVAL_CHUNK), card)]
+    phases = [_phase("label mapping", mapping + label_images,
+                     _requests(mapping, m, EVAL_CHUNK) + label_images, card)]
     train_images = train_requests = 0
     if config.method == "bar":
         variants = config.estimator().n_evaluations

@@ -262,19 +262,18 @@ class Trainer:
         return RunState.from_checkpoint(arrays, meta)
 
     async def _learn_labels(self) -> None:
-        """Labels that only a paid answer tells (Azure tags without --labels): one image —
+        """Labels that only a paid answer tells (Azure's tags): one image —
         the first training sample under the blank program — asked through the query service,
         and the answer kept in the run folder so that a resume never asks again."""
         adapter = self.service.adapter
-        if adapter.labels or not adapter.paid_labels:
+        if not adapter.paid_labels:
             return
         image = self.task.program.images(self.task.windows["train"][:1], self.task.program.zeros())
         labels = await self.service.discover_labels(image[0])
-        adapter.use_labels(labels)
-        adapter.label_note = f"learned the {len(labels)} tags from one paid answer: {', '.join(labels)}"
-        self._log({"event": "labels", "step": 0, "labels": labels})
         if self.folder is not None:
             self.folder.write_record(labels=labels)
+        self._log({"event": "labels", "step": 0, "labels": labels})
+        adapter.use_labels(labels)  # ConfigError for a --labels name the service lacks
 
     async def _validate(self, state: RunState) -> None:
         ev = await evaluate(self.service, self.task, state.head, state.weights, "val")

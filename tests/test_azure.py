@@ -281,3 +281,24 @@ def test_tags_are_learned_from_one_paid_answer_and_never_asked_again(lite0_32: A
         assert resumed.run().stopped is None
         billed = emulator.counters.billed_images
     assert read_ledger(folder / "ledger.jsonl").images == billed
+
+
+def test_a_tag_the_project_lacks_stops_before_training_in_one_line(lite0_32: Any,
+                                                                  tmp_path: Any) -> None:
+    from barapi.budget import read_ledger
+    from barapi.run_folder import RunFolder
+
+    config = api.make_config(provider="azure", dataset="digits", classes="0,1", canvas=32,
+                             window=16, resolution=4, per_class=4, q=1, epochs=1, m=1, batch=4)
+    with AzureEmulator(lite0_32, KEY, ["stop", "yield"]) as emulator:
+        typo = AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=["stop", "yeild"],
+                                        endpoint=f"http://127.0.0.1:{emulator.port}")
+        session = api.prepare(config, adapter=typo, budget=1.0, runs_root=tmp_path / "runs")
+        assert session.estimate()[0].images == 9  # 8 training samples + the one that asks
+        with pytest.raises(ConfigError, match=r"'yeild' is not among the project's tags: "
+                                              r"stop, yield"):
+            session.run()
+        assert emulator.counters.billed_images == 1  # the one answer that told the tags
+    (folder,) = (tmp_path / "runs").iterdir()  # kept: something was paid; marked failed
+    assert read_ledger(folder / "ledger.jsonl").images == 1
+    assert "failed" in [r["event"] for r in RunFolder(folder).metrics()]
