@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 from typing import Any
 
-import grpc
 import numpy as np
 from numpy.typing import NDArray
 
@@ -23,6 +22,7 @@ from barapi.keys import Secret, read_key
 from barapi.wire import encode_png
 
 try:
+    import grpc
     from clarifai_grpc.channel.clarifai_channel import ClarifaiChannel
     from clarifai_grpc.grpc.api import resources_pb2, service_pb2, service_pb2_grpc
     from clarifai_grpc.grpc.api.status import status_code_pb2

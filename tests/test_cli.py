@@ -153,3 +153,25 @@ def test_budget_runs_out_mid_run_then_resume_with_more(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert summary["stopped"] is None and spent_before < summary["dollars"] <= 5000
+
+
+def test_a_missing_optional_package_is_one_line_naming_the_extra(tmp_path: Path) -> None:
+    code = """
+import sys
+
+class NoGrpc:  # as on a machine where barapi was installed without its cloud extra
+    def find_spec(self, name, path=None, target=None):
+        if name == "grpc" or name.startswith("grpc."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoGrpc())
+from barapi.cli import main
+main(["emulate", "clarifai", "--port", "0"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, env={**__import__("os").environ, "CLARIFAI_PAT": "k"},
+                         timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == ("barapi: error: this needs the optional package grpc: "
+                                  "pip install -e '.[cloud]' (or pip install 'barapi[cloud]')")
