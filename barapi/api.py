@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from numpy.typing import NDArray
 from barapi.adapters.base import Adapter
 from barapi.adapters.registry import create_adapter
 from barapi.budget import NANO, Budget, to_nano
-from barapi.cache import ProbabilityCache
+from barapi.cache import ProbabilityCache, check_writable
 from barapi.cards import Card, build_card, load_card
 from barapi.checkpoint import load_checkpoint
 from barapi.config import RunConfig, make_config
@@ -368,14 +367,3 @@ def run_service(path: Path | str, budget: float | None = None) -> tuple[FittedPr
     service = make_service(adapter, ledger, cache=cache, card=card,
                            rate=folder.record().get("requests_per_second"))
     return fitted, service, folder
-
-
-def check_writable(path: Path, what: str) -> None:
-    """Raise ConfigError unless `path` is (or can be made) a writable folder."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ConfigError(f"{what} {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {path}: not writable")

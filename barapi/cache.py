@@ -28,6 +28,19 @@ from barapi.adapters.base import Adapter
 from barapi.errors import ConfigError
 
 
+def check_writable(path: Path, what: str) -> Path:
+    """The nearest existing folder at or above `path`; raises ConfigError unless `path` is
+    (or can be made inside it) a writable folder. `what` names it in the message."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: not writable")
+    return probe
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "barapi"
@@ -59,12 +72,7 @@ class ProbabilityCache:
 
     def __init__(self, directory: Path | str | None = None) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
-        probe = self.directory
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-            raise ConfigError(f"cache folder {self.directory}: {probe} is "
-                              f"{'not a folder' if not probe.is_dir() else 'not writable'}")
+        probe = check_writable(self.directory, "cache folder")
         if probe != self.directory:  # try to make it, then leave nothing behind until used
             try:
                 self.directory.mkdir(parents=True, mode=0o700)
