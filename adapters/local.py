@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -96,7 +96,7 @@ class LocalAdapter(Adapter):
         self.chunk = chunk or (8 if self.device.type == "cpu" else max_batch)
         if isinstance(model, torch.nn.Module):
             model = model.eval().to(self.device)
-            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            model = cast(Any, model).to(memory_format=torch.channels_last)  # stubs vary
         self._model = model
         self.labels = list(labels)
         self.input_size = input_size

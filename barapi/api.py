@@ -28,6 +28,7 @@ from barapi.estimate import Phase, reach
 from barapi.estimate import estimate as estimate_cost
 from barapi.head import OutputHead
 from barapi.labelmap import check_fits
+from barapi.plan import Plan, plan_run
 from barapi.program import Canvas, Program
 from barapi.query import QueryService
 from barapi.ratelimit import RateLimiter
@@ -55,7 +56,8 @@ def load_split(config: RunConfig) -> Split:
     if config.classes:
         data = select_classes(data, [c.strip() for c in config.classes.split(",") if c.strip()])
     return stratified_split(data, config.val_fraction, config.test_fraction, config.seed,
-                            config.per_class, config.rebalance)
+                            config.per_class, config.rebalance,
+                            val_size=config.val_size, test_size=config.test_size)
 
 
 def card_for(adapter: Adapter, card_file: Path | None = None,
@@ -140,6 +142,16 @@ class Session:
         evaluation = next(p.images for p in self.estimate() if p.name == "evaluation")
         return reach(self.config, len(self.trainer.task.split.train.labels),
                      max(0, int(images) - evaluation))
+
+    def plan(self, budget: float) -> Plan:
+        """The validation/test sizes and training steps `budget` dollars pay for, test
+        accuracy included (see `barapi.plan.plan_run`; ConfigError when none fits)."""
+        split = self.trainer.task.split
+        n_test = len(split.test.labels) if split.test is not None else 0
+        per_request = self.service.limit_for((self.config.canvas, self.config.canvas, 3))
+        return plan_run(self.config, len(split.train.labels), len(split.val.labels), n_test,
+                        split.train.n_classes, self.card, budget, per_request,
+                        int(self.adapter.paid_labels))
 
     def start(self) -> None:
         """Create the run folder (if `runs_root` was given), lock it, record its budget and

@@ -185,14 +185,39 @@ def _print_estimate(phases: list[Any], card: Any, patience: int = 0, rate: float
                    f"{format_dollars(p.dollars):>11}   {wall:>10} at the rate limit", err=True)
 
 
+def _print_plan(plan: Any, session: Any, limit: float) -> None:
+    """What the budget pays for, against the configured run, then the plan's estimate."""
+    from barapi.budget import format_dollars
+
+    configured = session.estimate()[-1].dollars
+    split = session.trainer.task.split
+    n_test = len(split.test.labels) if split.test is not None else 0
+    click.echo(f"plan for the {format_dollars(limit)} budget (as configured the run would cost "
+               f"{format_dollars(configured)}):", err=True)
+    click.echo(f"  test {plan.n_test:,} of {n_test:,} images (an accuracy near 80% measured "
+               f"±{plan.test_margin(0.8):.1%}, 95%), validation {plan.n_val:,} of "
+               f"{len(split.val.labels):,}", err=True)
+    if plan.config.method == "bar":
+        full = session.trainer.total_steps
+        per_epoch = session.trainer.steps_per_epoch
+        click.echo(f"  training {plan.steps:,} of {full:,} steps ({plan.steps / per_epoch:.1f} of "
+                   f"{session.config.epochs} epochs); the best program by validation is kept",
+                   err=True)
+    click.echo("  (--yes runs as configured until the budget is spent; --val-size, --test-size "
+               "and --max-steps set these yourself)", err=True)
+    _print_estimate(plan.phases, session.card, plan.config.patience)
+
+
 @main.command()
 @config_options
 @card_options
 @click.option("--train-size", type=click.IntRange(min=1), default=None,
               help="price a training split of this many images instead of the dataset's")
+@budget_option("dollars: also show the plan this budget pays for (test accuracy included)")
 @click.option("--json", "as_json", is_flag=True)
 def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
-             train_size: int | None, as_json: bool, **options: Any) -> None:
+             train_size: int | None, budget: float | None, as_json: bool,
+             **options: Any) -> None:
     """Images, requests, dollars and wall time a run would cost; sends nothing."""
     from barapi import api
     from barapi.estimate import as_dicts
@@ -201,10 +226,20 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
                           card_fields=card_overrides(card_set), use_cache=False, start=False,
                           sends=False)
     phases = session.estimate(train_size)
+    plan = session.plan(budget) if budget is not None and train_size is None else None
     if as_json:
-        click.echo(dumps({"card": session.card.name, "phases": as_dicts(phases)}))
+        shown: dict[str, Any] = {"card": session.card.name, "phases": as_dicts(phases)}
+        if plan is not None:
+            shown["plan"] = {"shaped": plan.shaped, "val_size": plan.n_val,
+                             "test_size": plan.n_test, "steps": plan.steps,
+                             "epochs": plan.config.epochs, "phases": as_dicts(plan.phases)}
+        click.echo(dumps(shown))
     else:
         _print_estimate(phases, session.card, session.config.patience)
+        if plan is not None and plan.shaped:
+            _print_plan(plan, session, budget or 0.0)
+        elif plan is not None:
+            click.echo("the budget pays for the run as configured", err=True)
 
 
 @main.command()
@@ -247,11 +282,14 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
     # when it started, and runs until its budget is spent
     limit = session.service.budget.limit
     if resume is None and limit is not None and phases[-1].dollars > limit and not yes:
-        steps, epochs = session.reach(limit)
-        fail(f"the estimate {format_dollars(phases[-1].dollars)} exceeds the budget "
-             f"{format_dollars(limit)}, which pays for about {steps:,} training steps "
-             f"({epochs:.1f} epochs) besides label mapping and evaluation; lower --epochs or --q, "
-             f"raise --budget, or pass --yes to run until it is spent")
+        plan = session.plan(limit)  # the budget shapes the run: test accuracy included
+        if not as_json:
+            _print_plan(plan, session, limit)
+        session = api.prepare(plan.config, adapter=session.adapter, runs_root=runs_dir,
+                              budget=budget, card_file=card_file,
+                              card_fields=card_overrides(card_set), cache_dir=cache_dir,
+                              use_cache=use_cache, start=False)
+        session.check()
     session.start()
     config = session.config
     if not as_json:

@@ -56,6 +56,10 @@ class RunConfig(BaseModel):
                                 "(e.g. 0,1 for a binary task on a few-output API)")
     val_fraction: float = Field(0.1, description="share of each class held out for validation")
     test_fraction: float = Field(0.2, description="share of each class held out for testing")
+    val_size: int | None = Field(None, description="at most this many validation images, "
+                                 "spread over the classes like the split (a budget plan sets it)")
+    test_size: int | None = Field(None, description="at most this many test images, spread over "
+                                  "the classes like the split (a budget plan sets it)")
     per_class: int | None = Field(None, description="at most this many training samples per class")
     rebalance: bool = Field(False, description="oversample training classes to equal size")
     canvas: int = Field(112, description="side S of the queried image in px")
@@ -88,6 +92,8 @@ class RunConfig(BaseModel):
     decay: float = Field(1.0, description="step size multiplier per epoch")
     batch: int = Field(20, description="minibatch size (images per program variant)")
     epochs: int = Field(6, description="passes over the training split (at most: see patience)")
+    max_steps: int | None = Field(None, description="stop training after this many steps, "
+                                  "within the last epoch (a budget plan sets it)")
     eval_every: int = Field(0, description="validate every N steps (0: once per epoch)")
     patience: int = Field(2, description="stop after this many validations without a better "
                           "validation accuracy or a lower validation loss (0: train every epoch)")
@@ -102,7 +108,8 @@ class RunConfig(BaseModel):
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
         positive = {"canvas": self.canvas, "batch": self.batch, "epochs": self.epochs,
                     "q": self.q, "m": self.m, "per_class": self.per_class,
-                    "window": self.window}
+                    "window": self.window, "val_size": self.val_size,
+                    "test_size": self.test_size, "max_steps": self.max_steps}
         for name, value in positive.items():
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")

@@ -440,10 +440,34 @@ class Split:
     test: Dataset | None = None
 
 
+def proportional_counts(sizes: list[int], total: int) -> list[int]:
+    """At most `total` items taken from groups of `sizes`, shared in proportion to the sizes
+    (largest remainders get the leftovers), at least one per non-empty group.
+
+    Raises ConfigError when `total` is smaller than the number of non-empty groups."""
+    if total >= sum(sizes):
+        return list(sizes)
+    groups = sum(1 for n in sizes if n)
+    if total < groups:
+        raise ConfigError(f"{total} images cannot hold one of each of the {groups} classes")
+    spare = total - groups  # one each first, the rest in proportion to what is left
+    rest = [max(n - 1, 0) for n in sizes]
+    shares = [spare * r / sum(rest) for r in rest]
+    counts = [int(x) for x in shares]
+    for i in sorted(range(len(sizes)), key=lambda i: counts[i] - shares[i])[:spare - sum(counts)]:
+        counts[i] += 1
+    return [c + (1 if n else 0) for c, n in zip(counts, sizes, strict=True)]
+
+
 def stratified_split(data: Dataset, val_fraction: float, test_fraction: float, seed: int,
-                     per_class: int | None = None, rebalance: bool = False) -> Split:
+                     per_class: int | None = None, rebalance: bool = False, *,
+                     val_size: int | None = None, test_size: int | None = None) -> Split:
     """Stratified train/val/test split; then at most `per_class` training samples per class
-    (scarce-data experiments) and optional oversampling of training classes to equal size."""
+    (scarce-data experiments) and optional oversampling of training classes to equal size.
+
+    `val_size` / `test_size` cap the validation and test parts (images, shared among the
+    classes in proportion to their parts, see `proportional_counts`); the images they leave
+    out are not used at all, so the training part never depends on them."""
     counts = np.bincount(data.labels, minlength=data.n_classes)
     if data.n_classes < 2:
         raise ConfigError(f"dataset {data.name}: needs at least 2 classes, found {data.n_classes}")
@@ -467,6 +491,13 @@ def stratified_split(data: Dataset, val_fraction: float, test_fraction: float, s
         parts["test"].append(index[:n_test])
         parts["val"].append(index[n_test:n_test + n_val])
         parts["train"].append(train[:per_class] if per_class else train)
+    for name, cap in (("val", val_size), ("test", test_size)):
+        if cap is not None:
+            try:
+                keep = proportional_counts([len(p) for p in parts[name]], cap)
+            except ConfigError as exc:
+                raise ConfigError(f"{name}_size {cap}: {exc}") from None
+            parts[name] = [p[:k] for p, k in zip(parts[name], keep, strict=True)]
     if rebalance:
         largest = max(len(p) for p in parts["train"])
         parts["train"] = [np.concatenate([p, rng.choice(p, largest - len(p))]) for p in parts["train"]]

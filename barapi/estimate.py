@@ -49,10 +49,16 @@ def step_sizes(config: RunConfig, n_train: int) -> list[int]:
     return [config.batch] * full + ([rest] if rest else [])
 
 
+def total_steps(config: RunConfig, n_train: int) -> int:
+    """Training steps of a run: `epochs` passes over the split, cut at `max_steps`."""
+    steps = len(step_sizes(config, n_train)) * config.epochs
+    return steps if config.max_steps is None else min(steps, config.max_steps)
+
+
 def validation_count(config: RunConfig, n_train: int) -> int:
     """Validations in a run: at step 0, every `eval_every` steps, and after the last step."""
     steps_per_epoch = len(step_sizes(config, n_train))
-    total = steps_per_epoch * config.epochs
+    total = total_steps(config, n_train)
     every = config.eval_every or steps_per_epoch
     return 1 + sum(1 for s in range(1, total + 1) if s % every == 0 or s == total)
 
@@ -72,11 +78,11 @@ def estimate(config: RunConfig, n_train: int, n_val: int, n_test: int, card: Car
     train_images = train_requests = 0
     if config.method == "bar":
         variants = config.estimator().n_evaluations
-        for size in step_sizes(config, n_train):
+        sizes = step_sizes(config, n_train)
+        for step in range(total_steps(config, n_train)):
+            size = sizes[step % len(sizes)]
             train_images += size * variants
             train_requests += _requests(size * variants, m)
-        train_images *= config.epochs
-        train_requests *= config.epochs
     phases.append(_phase("training", train_images, train_requests, card))
     evals: list[int] = []
     if config.evaluate:

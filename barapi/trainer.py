@@ -22,7 +22,7 @@ from barapi.checkpoint import load_checkpoint, save_checkpoint
 from barapi.config import RunConfig
 from barapi.data import Split
 from barapi.errors import BudgetExhausted, ConfigError, FatalProviderError
-from barapi.estimate import EVAL_CHUNK
+from barapi.estimate import EVAL_CHUNK, total_steps
 from barapi.head import LinearHead, OutputHead
 from barapi.labelmap import LabelMap, check_fits, frequency_map, random_map
 from barapi.losses import batched_focal_loss, class_weights
@@ -216,7 +216,8 @@ class Trainer:
 
     @property
     def total_steps(self) -> int:
-        return 0 if self.config.method == "zero-shot" else self.steps_per_epoch * self.config.epochs
+        c = self.config
+        return 0 if c.method == "zero-shot" else total_steps(c, len(self.task.split.train.labels))
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.folder is not None:

@@ -187,7 +187,7 @@ RUN_ROWS = [
     Row("budget missing for a priced card", "run",
         ["--card-set", "price_per_1000=1000"], r"budget", priced=False),
     Row("estimate over budget without --yes", "run",
-        ["--card-set", "price_per_1000=1000", "--budget", "1"], r"exceeds the budget",
+        ["--card-set", "price_per_1000=1000", "--budget", "1"], r"cannot pay for",
         priced=False, prelude=True),
     # hyperparameters that make no sense
     Row("lr nan", "run", ["--lr", "nan"], r"\blr\b"),

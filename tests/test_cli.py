@@ -133,10 +133,10 @@ def test_estimate_prints_the_cost_and_sends_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
 
 
-def test_over_budget_estimate_stops_before_spending(tmp_path: Path) -> None:
+def test_a_budget_too_small_for_a_measured_run_stops_before_spending(tmp_path: Path) -> None:
     out = barapi("run", *PRICED, "--budget", "50", cwd=tmp_path)
     assert out.returncode == 2
-    assert "exceeds the budget $50.00" in out.stderr and "--yes" in out.stderr
+    assert "--budget $50 cannot pay for" in out.stderr and "smallest such run costs" in out.stderr
     assert not (tmp_path / "runs").exists()
 
 
