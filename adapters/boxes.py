@@ -32,7 +32,6 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-
 import numpy as np
 import torch
 from numpy.typing import NDArray
@@ -262,9 +261,10 @@ class NudeNetRuntime:
                                       "onnx2torch: pip install 'barapi[nudenet]'") from exc
                 import warnings
 
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    net = convert(str(self.path))
+                # its Slice indexes with a list, which torch ≥ 2.8 warns about on every call
+                warnings.filterwarnings("ignore", message="Using a non-tuple sequence",
+                                        category=UserWarning, module=r"onnx2torch\.")
+                net = convert(str(self.path))
                 self._modules[device.type] = net.eval().to(device)
             return self._modules[device.type]
 
