@@ -441,7 +441,9 @@ def emulate_clarifai(port: int, box: str, input_size: int, max_rps: float, unava
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT is ignored in background jobs
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        click.echo(f"clarifai emulator on 127.0.0.1:{bound} (box {box})", err=True)
+        click.echo(f"clarifai emulator on 127.0.0.1:{bound}", err=True)
+        click.echo(f"box: {box} ({', '.join(v.identity.split('/')[1] for v in views.values())})",
+                   err=True)
         try:
             await stop.wait()
         finally:
@@ -491,7 +493,8 @@ def emulate_azure(port: int, tags: str, box: str, input_size: int, max_rps: floa
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT is ignored in background jobs
         signal.signal(sig, lambda *_: stop.set())
     with emulator:
-        click.echo(f"azure emulator on http://127.0.0.1:{emulator.port} (box {box})", err=True)
+        click.echo(f"azure emulator on http://127.0.0.1:{emulator.port}", err=True)
+        click.echo(f"box: {box}", err=True)
         try:
             stop.wait()
         finally:
