@@ -110,15 +110,21 @@ class LocalAdapter(Adapter):
         self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="barapi-local")
 
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float images → (N, 3, S, S) at `input_size` S: bilinear, antialiased
+        when shrinking; unchanged when already S or when `input_size` is None."""
+        if self.input_size is not None and x.shape[-1] != self.input_size:
+            x = torch.nn.functional.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear",
+                align_corners=False, antialias=x.shape[-1] > self.input_size)
+        return x
+
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """(N, K) probabilities of (N, 3, H, W) float images in [0, 1] on `device`.
 
         Differentiable: only the white-box AR baseline calls this outside inference mode.
         """
-        if self.input_size is not None and x.shape[-1] != self.input_size:
-            x = torch.nn.functional.interpolate(
-                x, size=(self.input_size, self.input_size), mode="bilinear",
-                align_corners=False, antialias=x.shape[-1] > self.input_size)
+        x = self.resize(x)
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
         out = self._model(x).float()
         return out.softmax(dim=1) if self.outputs == "logits" else out
@@ -201,7 +207,8 @@ def _torchvision(name: str, weights_path: str | None) -> tuple[torch.nn.Module, 
 def create(model: str = "efficientnet-lite0", device: str = "auto",
            input_size: int | None = None, weights: str | None = None,
            max_batch: int = 256, **_: Any) -> LocalAdapter:
-    """Entry point for ``--provider local``: one of `MODELS` with its shipped weights."""
+    """Entry point for ``--provider local``: one of `MODELS` with its shipped weights, or one
+    of the few-output boxes of `barapi.adapters.boxes.BOXES` (e.g. ``nudenet-moderation``)."""
     if model in EFFICIENTNET_LITE:
         if weights:
             raise ConfigError(f"--weights is for torchvision models ({', '.join(TORCHVISION)}); "
@@ -210,6 +217,14 @@ def create(model: str = "efficientnet-lite0", device: str = "auto",
     elif model in TORCHVISION:
         (net, labels), native = _torchvision(model, weights), TORCHVISION[model]
     else:
-        raise ConfigError(f"unknown local model {model!r}; choose one of {', '.join(MODELS)}")
+        from barapi.adapters.boxes import BOXES, create_box
+
+        if model in BOXES:
+            if weights:
+                raise ConfigError(f"--weights is for torchvision models ({', '.join(TORCHVISION)}); "
+                                  f"box {model} brings its own model")
+            return create_box(model, device=device, input_size=input_size, max_batch=max_batch)
+        raise ConfigError(f"unknown local model {model!r}; choose one of "
+                          f"{', '.join((*MODELS, *BOXES))}")
     return LocalAdapter(net, labels, input_size=input_size or native, device=device,
                         max_batch=max_batch, name=model)

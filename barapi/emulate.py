@@ -1,10 +1,13 @@
 """Loopback emulators of paid prediction APIs, answering from a real local model.
 
 `ClarifaiEmulator` serves ``clarifai.api.V2/PostModelOutputs`` with a `grpc.aio` server built
-from the `clarifai-grpc` package, on 127.0.0.1 only. Its concepts come from a local
-EfficientNet-Lite0: ImageNet class i counts towards concept i mod K (K = 5 for Moderation,
-2 for NSFW), so each concept's score is the summed probability of its 1,000/K classes. It
-checks the key, counts billable images, and injects faults on demand (`Faults`).
+from the `clarifai-grpc` package, on 127.0.0.1 only. Its concepts come from a local box
+(`barapi.adapters.boxes`): by default ``imagenet`` — EfficientNet-Lite0's probabilities summed
+over meaningful groups of ImageNet classes, whose "safe" saturates near 1 on ordinary images
+as a real moderation service's does; or ``nudenet`` (a nudity detector, through
+onnxruntime); or ``modk``, the easy box (ImageNet class i counted towards concept i mod K).
+The request's model_id picks the view (moderation or nsfw). It checks the key, counts
+billable images, and injects faults on demand (`Faults`).
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import numpy as np
@@ -42,6 +45,25 @@ def fold(probs: np.ndarray, k: int) -> np.ndarray:
     splits rows among threads, by the number of rows)."""
     probs = np.asarray(probs, dtype=np.float32)
     return np.stack([probs[:, j::k].sum(axis=1) for j in range(k)], axis=1)
+
+
+Boxes: TypeAlias = "Adapter | Mapping[str, Adapter]"
+"""What an emulator answers from: {Clarifai model_id: box} whose labels are that model's
+concepts (answered as they are), or one adapter of many classes, folded i mod K (`fold`)."""
+
+
+async def concept_scores(model: Adapter, images: np.ndarray, k: int) -> np.ndarray:
+    """(N, k) concept scores of (N, H, W, 3) uint8 images from `model`: its own answers when it
+    has k labels (a box view), else its answers folded i mod k (the easy box's rule)."""
+    answers = np.asarray(await model.predict_proba(images), dtype=np.float32)
+    return answers if answers.shape[1] == k else fold(answers, k)
+
+
+def box_version(box: Adapter) -> str:
+    """A model version id for the box: 16 hex digits of SHA-256 over its identity."""
+    import hashlib
+
+    return hashlib.sha256(box.identity.encode()).hexdigest()[:16]
 
 
 HOST = "127.0.0.1"
@@ -75,7 +97,9 @@ class Counters:
 
 
 class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
-    def __init__(self, model: Adapter, key: str, faults: Faults | None = None) -> None:
+    """`model`: see `Boxes`. A model_id the mapping lacks is answered "model not found"."""
+
+    def __init__(self, model: Boxes, key: str, faults: Faults | None = None) -> None:
         self.model, self.key = model, key
         self.faults = faults or Faults()
         self.counters = Counters()
@@ -106,7 +130,8 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
         n = len(request.inputs)
         if f.quota_images is not None and c.billed_images + n > f.quota_images:
             return service_pb2.MultiOutputResponse(status=self._status(11006, "quota exhausted"))
-        if request.model_id not in CONCEPTS:
+        box = self._box(request.model_id)
+        if box is None:
             return service_pb2.MultiOutputResponse(status=self._status(21200, "model not found"))
         names = CONCEPTS[request.model_id]
         decoded: dict[int, np.ndarray] = {}
@@ -126,9 +151,8 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
             if i in scores:
                 continue
             same = [j for j in good if decoded[j].shape == decoded[i].shape]
-            full = await self.model.predict_proba(np.stack([decoded[j] for j in same]))
-            folded = fold(full, len(names))
-            scores.update(zip(same, folded, strict=True))
+            answers = await concept_scores(box, np.stack([decoded[j] for j in same]), len(names))
+            scores.update(zip(same, answers, strict=True))
         outputs = []
         for i in range(n):
             self._answered += i in scores
@@ -154,6 +178,14 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
             code = status_code_pb2.MIXED_STATUS if bad else status_code_pb2.SUCCESS
         return service_pb2.MultiOutputResponse(status=self._status(code), outputs=outputs)
 
+    def _box(self, model_id: str) -> Adapter | None:
+        """The box answering `model_id`, None for a model this emulator does not serve."""
+        if model_id not in CONCEPTS:
+            return None
+        if isinstance(self.model, Mapping):
+            return self.model.get(model_id)
+        return self.model
+
     async def GetModelOutputInfo(self, request: Any, context: Any) -> Any:
         """The model's concepts, as the service lists them (a free call: not billed)."""
         self.counters.model_calls += 1
@@ -161,11 +193,13 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
         if metadata.get("authorization") != f"Key {self.key}":
             self.counters.rejected_auth += 1
             return service_pb2.SingleModelResponse(status=self._status(11009, "API key not found"))
-        if request.model_id not in CONCEPTS:
+        box = self._box(request.model_id)
+        if box is None:
             return service_pb2.SingleModelResponse(status=self._status(21200, "model not found"))
         concepts = [resources_pb2.Concept(id=name, name=name) for name in CONCEPTS[request.model_id]]
         model = resources_pb2.Model(id=request.model_id, output_info=resources_pb2.OutputInfo(
-            data=resources_pb2.Data(concepts=concepts)))
+            data=resources_pb2.Data(concepts=concepts)),
+            model_version=resources_pb2.ModelVersion(id=box_version(box)))
         return service_pb2.SingleModelResponse(status=self._status(status_code_pb2.SUCCESS),
                                                model=model)
 
@@ -238,7 +272,9 @@ class AzureEmulator:
 
     Routes ``POST /customvision/v3.1/prediction/{project}/classify/iterations/{name}/image``
     and ``.../image/nostore``; bodies as application/octet-stream or multipart `imageData`
-    (what the SDK sends). Tags fold the model's 1,000 classes like the Clarifai emulator.
+    (what the SDK sends). `model`: a box whose labels are as many as the tags (tag i gets
+    its concept i; see `barapi.adapters.boxes.view_for`), or an adapter of many classes,
+    folded i mod K (`fold`), K the number of tags.
     Gateway errors use Azure's nested body ``{"error": {"code", "message"}}``; 429s carry
     Retry-After. Runs in a background thread; use as a context manager.
     """
@@ -308,9 +344,8 @@ class AzureEmulator:
             return self._service_error(400, "BadRequestImageFormat", "Bad Request Image Format")
         if f.delay:
             time.sleep(f.delay)
-        full = asyncio.run(self.model.predict_proba(image[None]))[0]
         k = len(self.tags)
-        scores = [float(v) for v in fold(full[None], k)[0]]
+        scores = [float(v) for v in asyncio.run(concept_scores(self.model, image[None], k))[0]]
         with self._lock:
             answered = c.billed_images
             if f.drop_every and c.requests % f.drop_every == 0:
