@@ -95,8 +95,10 @@ class ClarifaiAdapter(Adapter):
         if insecure and not is_loopback(self._host):
             raise ConfigError(f"--insecure would send the key in plaintext to {self._host}: only "
                               f"to a loopback address (127.0.0.1, ::1, localhost)")
-        self.identity = (f"clarifai/{self._target}/{user_id}/{app_id}/{model}@"
-                         f"{version_id or 'latest'}")
+        self._base = f"clarifai/{self._target}/{user_id}/{app_id}/{model}"
+        self.identity = f"{self._base}@{version_id or 'latest'}"
+        """Resolved by `check` to the version the service reports, so that answers of one
+        model version are never served from the cache to a run against another."""
         self._key, self._ids = key, resources_pb2.UserAppIDSet(user_id=user_id, app_id=app_id)
         self._version = version_id
         self._index = {name: i for i, name in enumerate(self.labels)}
@@ -159,6 +161,8 @@ class ClarifaiAdapter(Adapter):
         if response.status.code != SUCCESS:
             error = classify(response.status.code, response.status.description)
             raise ConfigError(f"model {self.model!r}: {error}")
+        if not self._version and response.model.model_version.id:
+            self.identity = f"{self._base}@{response.model.model_version.id}"
         names = [c.name for c in response.model.output_info.data.concepts]
         if not names:
             if not self.given:

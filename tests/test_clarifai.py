@@ -365,3 +365,22 @@ def test_concepts_are_read_from_the_model_for_free_and_wrong_labels_refused(lite
         assert emulator.counters.model_calls == 4  # free calls only
 
     with_emulator(lite0_32, None, body)
+
+
+def test_the_reported_model_version_is_part_of_the_cache_identity(lite0_32: Any) -> None:
+    """Two boxes behind one endpoint (an emulator restarted with another --box, or the
+    service's model updated under "latest") never share cache keys."""
+    from barapi.adapters.boxes import create_box
+
+    identities = []
+    for box in ("imagenet-moderation", "modk-moderation"):
+        model = create_box(box, device="cpu", input_size=32)
+
+        async def body(_: ClarifaiEmulator, adapter: ClarifaiAdapter) -> str:
+            before = adapter.identity
+            await adapter.check()
+            assert before.endswith("@latest") and not adapter.identity.endswith("@latest")
+            return adapter.identity
+
+        identities.append(with_emulator({"moderation-recognition": model}, None, body))
+    assert identities[0] != identities[1]
