@@ -15,6 +15,7 @@ from barapi.adapters.base import Adapter
 from barapi.adapters.local import LocalAdapter
 from barapi.errors import ConfigError
 from barapi.head import PROB_FLOOR, LinearHead, OutputHead
+from barapi.program import Program
 from barapi.trainer import FloatArray, GradientFn, Probabilities, Task
 
 
@@ -39,29 +40,40 @@ def target_scores(head: OutputHead, probs: torch.Tensor) -> torch.Tensor:
     return h / h.sum(dim=1, keepdim=True)
 
 
+class ProgramImages:
+    """W → the (N, 3, S, S) float images in [0, 1] the program makes of N windows,
+    differentiable in W (torch): tanh(upsampled W) on the canvas outside the window."""
+
+    def __init__(self, program: Program, device: torch.device) -> None:
+        self.program, self.device = program, device
+        self.upsample = torch.from_numpy(program.upsample).to(device)
+        self.mask = torch.from_numpy(program.canvas.mask).permute(2, 0, 1).to(device)
+        self.full_resolution = program.resolution == program.canvas.size
+
+    def __call__(self, w: torch.Tensor, windows: NDArray[np.uint8]) -> torch.Tensor:
+        rows, cols = self.program.canvas.window_slice
+        full = w if self.full_resolution else self.upsample @ w @ self.upsample.T
+        background = (torch.tanh(full) * self.mask + 1) / 2
+        x = background.unsqueeze(0).repeat(len(windows), 1, 1, 1)
+        x[:, :, rows, cols] = torch.from_numpy(windows).to(self.device).permute(0, 3, 1, 2) / 255.0
+        return x
+
+
 def autograd_gradient(adapter: Adapter, task: Task) -> GradientFn:
     """GradientFn for the AR baseline on a local model (pass to `Trainer(make_gradient=...)`
     as ``functools.partial(autograd_gradient, adapter)``)."""
     check_white_box(adapter)
     assert isinstance(adapter, LocalAdapter)
     device = adapter.device
-    program = task.program
-    upsample = torch.from_numpy(program.upsample).to(device)
-    mask = torch.from_numpy(program.canvas.mask).permute(2, 0, 1).to(device)
-    rows, cols = program.canvas.window_slice
+    images = ProgramImages(task.program, device)
     class_weights = torch.from_numpy(task.weights).to(device)
     gamma = task.gamma
-    full_resolution = program.resolution == program.canvas.size
 
     async def gradient(weights: FloatArray, head: OutputHead, windows: NDArray[np.uint8],
                        labels: NDArray[np.int64], step: int) -> tuple[float, FloatArray,
                                                                       Probabilities]:
         w = torch.tensor(weights, device=device, requires_grad=True)
-        full = w if full_resolution else upsample @ w @ upsample.T
-        background = (torch.tanh(full) * mask + 1) / 2
-        x = background.unsqueeze(0).repeat(len(windows), 1, 1, 1)
-        x[:, :, rows, cols] = torch.from_numpy(windows).to(device).permute(0, 3, 1, 2) / 255.0
-        probs = adapter.probabilities(x)
+        probs = adapter.probabilities(images(w, windows))
         h = target_scores(head, probs)
         y = torch.from_numpy(labels).to(device)
         p = h[torch.arange(len(y), device=device), y].clamp_min(1e-12)

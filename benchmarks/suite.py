@@ -53,13 +53,24 @@ KEY = "benchmark-emulator-key"  # the loopback emulator's own key, not a secret
 CELL_BUDGET = 1000.0
 """Dollars one cell may spend at the card's price (the emulators bill nothing real; a priced
 card needs an explicit budget all the same)."""
-BOXES = {"lite0": None, "moderation": "moderation-recognition", "nsfw": "nsfw-recognition"}
+BOXES = {"lite0": None, "moderation": "moderation-recognition", "nsfw": "nsfw-recognition",
+         "imagenet moderation": "moderation-recognition", "imagenet nsfw": "nsfw-recognition",
+         "nudenet moderation": "moderation-recognition", "nudenet nsfw": "nsfw-recognition"}
+"""Black box → the Clarifai model id the emulator serves it as ("moderation" and "nsfw" are
+the easy `modk` boxes of the first tables; see adapters/boxes.py)."""
+
+
+def family(box: str) -> str:
+    """The emulator's --box family behind a suite box: modk, imagenet or nudenet."""
+    return box.split()[0] if " " in box else "modk"
 TASKS: dict[str, dict[str, Any]] = {
     "digits": {"dataset": "digits"},
     "digits 0–4": {"dataset": "digits", "classes": "0,1,2,3,4"},
     "mnist5k, 50/class": {"dataset": "mnist5k", "per_class": 50},
     "fashion, 100/class": {"dataset": "@fashion"},
     "fashion shirt vs T-shirt": {"dataset": "@fashion", "classes": "Shirt,T-shirt/top"},
+    "digits 0 vs 1": {"dataset": "digits", "classes": "0,1"},
+    "fashion sneaker vs sandal": {"dataset": "@fashion", "classes": "Sneaker,Sandal"},
 }
 PAPER_AT_112 = {"preset": "paper", "canvas": 112, "input_size": 112}
 PAPER = "BAR, paper settings (112 px, 3 epochs)"
@@ -75,6 +86,12 @@ METHODS: dict[str, dict[str, Any]] = {
 MAIN = [("digits", "lite0"), ("digits 0–4", "moderation"), ("fashion shirt vs T-shirt", "nsfw"),
         ("fashion shirt vs T-shirt", "lite0"), ("mnist5k, 50/class", "lite0"),
         ("fashion, 100/class", "lite0"), ("fashion shirt vs T-shirt", "moderation")]
+HONEST = [(task, f"{fam} {view}") for fam in ("imagenet", "nudenet")
+          for task, view in (("digits 0 vs 1", "nsfw"), ("digits 0–4", "moderation"),
+                             ("fashion shirt vs T-shirt", "nsfw"),
+                             ("fashion sneaker vs sandal", "nsfw"))]
+"""Group "honest": the few-output rows again on boxes that answer like a moderation service
+("safe" saturated; NudeNet an independent model family), each with its white-box ceiling."""
 TASK_ONLY = ("feature extraction (white-box)", "CNN from scratch")
 """Baselines that do not depend on the black box: run once per task, beside EfficientNet-Lite0."""
 ABLATION_BASE = {"head": "map", "epochs": 2, "patience": 0}
@@ -134,6 +151,13 @@ def cells(groups: list[str], seeds: list[int], quick: bool) -> list[Cell]:
                 few = {"m": 1} if box != "lite0" else {}  # the map must fit in 5 or 2 outputs
                 for seed in seeds:
                     out.append(Cell("main", task, box, method, seed, {**settings, **few}))
+    if "honest" in groups:
+        for task, box in (HONEST[:1] if quick else HONEST):
+            for method, settings in METHODS.items():
+                if method in TASK_ONLY:
+                    continue
+                for seed in seeds:
+                    out.append(Cell("honest", task, box, method, seed, {**settings, "m": 1}))
     if "ablations" in groups:
         for name, settings in ABLATIONS.items():
             if quick and name not in ("q = 5", "random map"):
@@ -173,22 +197,34 @@ def fashion_npz(root: Path, per_class: int = 300) -> Path:
 
 
 @contextmanager
-def clarifai_emulator(input_size: int | None) -> Iterator[ClarifaiEmulator]:
-    """The Clarifai emulator on a loopback port, served from its own thread and event loop."""
+def clarifai_emulator(input_size: int | None,
+                      families: tuple[str, ...] = ("modk",)) -> Iterator[dict[str, ClarifaiEmulator]]:
+    """One Clarifai emulator per box family (modk: EfficientNet-Lite0 folded i mod K, the
+    first tables' easy box; imagenet; nudenet), each on a loopback port, served from one
+    thread and event loop."""
+    from barapi.adapters.boxes import box_views
     from barapi.adapters.local import create
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    model = create(model="efficientnet-lite0", device="cpu", input_size=input_size)
-    emulator = ClarifaiEmulator(model, KEY)
-    asyncio.run_coroutine_threadsafe(emulator.start(), loop).result()
+    emulators: dict[str, ClarifaiEmulator] = {}
+    for name in families:
+        if name == "modk":
+            emulators[name] = ClarifaiEmulator(
+                create(model="efficientnet-lite0", device="cpu", input_size=input_size), KEY)
+        else:
+            views = box_views(name, device="cpu", input_size=input_size)
+            emulators[name] = ClarifaiEmulator({BOXES[f"{name} {v}"] or "": box
+                                                for v, box in views.items()}, KEY)
+        asyncio.run_coroutine_threadsafe(emulators[name].start(), loop).result()
     previous = os.environ.get("CLARIFAI_PAT")
     os.environ["CLARIFAI_PAT"] = KEY
     try:
-        yield emulator
+        yield emulators
     finally:
-        asyncio.run_coroutine_threadsafe(emulator.stop(), loop).result()
+        for emulator in emulators.values():
+            asyncio.run_coroutine_threadsafe(emulator.stop(), loop).result()
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         if previous is None:
@@ -239,9 +275,14 @@ def folded_white_box(box: str, input_size: int | None, device: str = "cpu") -> A
 
 def local_box(box: str, config: api.RunConfig) -> Any:
     """The local model behind black box `box`, as a white-box adapter on `config`'s device:
-    EfficientNet-Lite0 for "lite0", an emulated service's folded model otherwise."""
-    return (api.open_adapter(config) if box == "lite0"
-            else folded_white_box(box, config.input_size, config.device))
+    EfficientNet-Lite0 for "lite0", an emulated service's model otherwise (for AR)."""
+    if box == "lite0":
+        return api.open_adapter(config)
+    if family(box) == "modk":
+        return folded_white_box(box, config.input_size, config.device)
+    from barapi.adapters.boxes import create_box
+
+    return create_box(box.replace(" ", "-"), device=config.device, input_size=config.input_size)
 
 
 def curve(folder: Path) -> list[list[float]]:
@@ -250,13 +291,14 @@ def curve(folder: Path) -> list[list[float]]:
             if r["event"] == "val"]
 
 
-def run_cell(cell: Cell, base: dict[str, Any], root: Path, emulator: ClarifaiEmulator,
-             cnn_epochs: int = 40) -> dict[str, Any]:
+def run_cell(cell: Cell, base: dict[str, Any], root: Path,
+             emulators: dict[str, ClarifaiEmulator], cnn_epochs: int = 40) -> dict[str, Any]:
     """Run (or read back) one cell; for the emulated boxes, the emulator's own count of billed
     images during the run is stored beside barapi's."""
     done = root / f"{cell.key}.json"
     if done.exists():
         return {**json.loads(done.read_text()), **asdict(cell)}
+    emulator = emulators[family(cell.box)] if cell.box != "lite0" else next(iter(emulators.values()))
     config = config_of(cell, base, root / "data", emulator.port)
     billed_before = emulator.counters.billed_images
     start = time.monotonic()
@@ -273,7 +315,7 @@ def run_cell(cell: Cell, base: dict[str, Any], root: Path, emulator: ClarifaiEmu
     else:
         runs = root / "runs" / cell.key  # one run folder per cell: resumed if cut short
         folders = sorted(runs.iterdir()) if runs.exists() else []
-        adapter = (folded_white_box(cell.box, config.input_size)
+        adapter = (local_box(cell.box, config)
                    if cell.box != "lite0" and config.method == "ar" else None)
         session = (api.prepare(config, resume=folders[0], use_cache=False, adapter=adapter)
                    if folders else api.prepare(config, runs_root=runs, use_cache=False,
@@ -416,11 +458,12 @@ def update_readme(markdown: str, readme: Path = RESULTS_DOC) -> None:
 def run_all(todo: list[Cell], base: dict[str, Any], root: Path,
             quick: bool) -> list[dict[str, Any]]:
     rows = []
-    with clarifai_emulator(base.get("input_size", 112)) as emulator:
+    families = tuple(dict.fromkeys(["modk"] + [family(c.box) for c in todo if c.box != "lite0"]))
+    with clarifai_emulator(base.get("input_size", 112), families) as emulators:
         for i, cell in enumerate(todo, 1):
             print(f"[{i}/{len(todo)}] {cell.task} · {cell.box} · {cell.method} · seed {cell.seed}",
                   file=sys.stderr, flush=True)
-            rows.append(run_cell(cell, base, root, emulator, 2 if quick else 40))
+            rows.append(run_cell(cell, base, root, emulators, 2 if quick else 40))
             print(f"    test {rows[-1]['test_accuracy']:.1%}, {rows[-1].get('images', 0):,} "
                   f"images, {rows[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
     return rows
@@ -443,7 +486,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--group", nargs="+", default=["main", "ablations"],
-                        choices=["main", "ablations"])
+                        choices=["main", "honest", "ablations"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--only", default="", help="run only cells whose task, box or method "
                         "contains this text")
@@ -475,8 +518,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     warn_other_code(rows, root)
     summary = summarise(rows)
     tables = []
-    for group, title in (("main", "Methods side by side"), ("ablations", "Ablations (digits, "
-                         "EfficientNet-Lite0, label map, 2 epochs)")):
+    for group, title in (("main", "Methods side by side"),
+                         ("honest", "Few-output boxes that answer like a moderation service"),
+                         ("ablations", "Ablations (digits, EfficientNet-Lite0, label map, "
+                          "2 epochs)")):
         part = [r for r in summary if r["group"] == group]
         if part:
             tables.append(f"**{title}**\n\n" + markdown_table([formatted(r) for r in part],

@@ -150,3 +150,20 @@ def test_calibrate_seed_range_is_inclusive() -> None:
 
     assert seed_range("0-9") == range(10) and seed_range("5-9") == range(5, 10)
     assert seed_range("3") == range(3, 4)
+
+
+def test_suite_quick_honest_group_serves_the_boxes_through_the_emulator(tmp_path) -> None:
+    from benchmarks import suite
+
+    rows = suite.main(["--quick", "--group", "honest", "--results", str(tmp_path)])
+    assert {r["box"] for r in rows} == {"imagenet nsfw"}
+    bar = [r for r in rows if r["method"] == "BAR, barapi default"]
+    assert bar and bar[0]["images"] == bar[0]["emulator_billed"] > 0  # over the real wire
+
+
+def test_surrogate_quick() -> None:
+    from benchmarks import surrogate
+
+    rows = surrogate.main(["--quick", "--boxes", "imagenet-moderation", "--seeds", "0",
+                           "--walk", "1", "--prime-steps", "2"])
+    assert -1 <= rows[0]["mean_cos"] <= 1 and rows[0]["paid_images"] > 0
