@@ -88,6 +88,10 @@ class RunConfig(BaseModel):
     beta: float = Field(0.05, description="smoothing radius β (in units of W)")
     directions: Literal["sphere", "gaussian"] = Field("gaussian", description="ZO directions")
     two_sided: bool = Field(False, description="antithetic (two-sided) differences, 2q queries")
+    surrogate: str | None = Field(
+        None, description="a local model of ours (efficientnet-lite0|1|2) whose gradient, "
+        "through a proxy fitted to the paid answers, guides the ZO directions (P-RGF; "
+        "one-sided, q ≥ 2; needs the local extra); default: none")
     b: float | None = Field(None, description="ZO scale b (default: d for sphere directions, "
                             "as in the paper; 1 for Gaussian ones)")
     optimizer: Literal["sgd", "adam"] = Field("adam", description="optimiser")
@@ -137,6 +141,8 @@ class RunConfig(BaseModel):
                 or self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction and test_fraction must be in (0, 1) and sum to less "
                              f"than 1, got {self.val_fraction} and {self.test_fraction}")
+        if self.surrogate is not None and (self.two_sided or self.q < 2 or self.head != "linear"):
+            raise ValueError("surrogate needs one-sided differences, q ≥ 2 and the linear head")
         if self.gamma < 0:
             raise ValueError(f"gamma must be non-negative, got {self.gamma}")
         if self.resolution is not None and not 1 <= self.resolution <= self.canvas:

@@ -31,7 +31,7 @@ from barapi.program import Canvas, Program
 from barapi.query import QueryService
 from barapi.run_folder import RunFolder
 from barapi.run_state import RunState
-from barapi.zo import ZOEstimator
+from barapi.zo import PriorGuided, ZOEstimator, prgf_lambda
 
 FloatArray = NDArray[np.float32]
 Probabilities = NDArray[np.float32]
@@ -102,8 +102,9 @@ def score(task: Task, head: OutputHead, probs: NDArray[np.float32], part: str) -
     return Evaluation(loss, float((predictions == data.labels).mean()), predictions)
 
 
-async def build_heads(service: QueryService,
-                      task: Task) -> tuple[LabelMap | None, OutputHead]:
+async def build_heads(service: QueryService, task: Task,
+                      observe: Callable[[NDArray[np.uint8], Probabilities], None] | None = None
+                      ) -> tuple[LabelMap | None, OutputHead]:
     """The label map (None where the black box has too few outputs for it and the head does
     not need it) and the head to train: that map, or a linear head fitted to the answers on
     the unprogrammed training samples (the linear probe)."""
@@ -116,6 +117,8 @@ async def build_heads(service: QueryService,
     if c.head == "linear" or (fits and c.mapping == "frequency"):
         probs = await query_program(service, task.program, task.windows["train"],
                                     task.program.zeros())
+        if observe is not None:
+            observe(task.program.images(task.windows["train"], task.program.zeros()), probs)
     label_map = None
     if fits:
         label_map = (frequency_map(probs, train.labels, train.n_classes, c.m)
@@ -146,6 +149,42 @@ def zo_gradient(service: QueryService, task: Task, estimator: ZOEstimator,
         return estimator.mean_loss(losses), estimator.gradient(losses, directions), probs
 
     return gradient
+
+
+def prior_guided_gradient(service: QueryService, task: Task, estimator: PriorGuided, seed: int,
+                          surrogate: Any) -> GradientFn:
+    """The black-box gradient guided by `surrogate`'s prior (`barapi.surrogate.Surrogate`):
+    the same q + 1 queried variants per sample as `zo_gradient`; each step's answers refit the
+    proxy, and its prior difference updates the alignment estimate that sets λ."""
+    dim = task.program.dim
+
+    async def gradient(weights: FloatArray, head: OutputHead, windows: NDArray[np.uint8],
+                       labels: NDArray[np.int64], step: int) -> tuple[float, FloatArray,
+                                                                      Probabilities]:
+        rng = np.random.default_rng([seed, 1, step])
+        prior = surrogate.prior(weights, head, windows, labels)
+        if prior is None or not np.any(prior):  # nothing fitted yet: a random direction
+            prior = rng.standard_normal(task.program.shape).astype(np.float32)
+        lam = prgf_lambda(surrogate.alpha2, dim, estimator.q - 1)
+        directions = estimator.sample(rng, prior, lam)
+        points = estimator.points(weights, directions)
+        images = task.program.compose(windows, task.program.perturbation(points))
+        probs = await service.predict_proba(images)
+        surrogate.observe(images, probs)
+        surrogate.fit()
+        losses = task.losses(head, probs, labels, len(points))
+        alpha2 = estimator.sample_alpha2(losses, lam, dim)
+        if alpha2 is not None:
+            surrogate.alpha2 = ALPHA_MEMORY * surrogate.alpha2 + (1 - ALPHA_MEMORY) * alpha2
+        surrogate.lam = lam
+        return float(losses[0]), estimator.gradient(losses, directions), probs
+
+    return gradient
+
+
+ALPHA_MEMORY = 0.8
+"""Weight of the past in the running estimate of α² (one step's estimate is noisy: the
+minibatch changes every step, and answers are 8-bit images' ones). Our choice."""
 
 
 @dataclass
@@ -189,6 +228,11 @@ class Trainer:
         self.progress = progress
         self.estimator = config.estimator()
         self._make_gradient = make_gradient
+        self.surrogate: Any = None
+        if config.surrogate is not None and config.method == "bar" and make_gradient is None:
+            from barapi.surrogate import make_surrogate
+
+            self.surrogate = make_surrogate(config, self.task, service.adapter)
         self.wall_offset = 0.0
         """Wall-clock seconds of the run's earlier parts (a resumed run)."""
         self._started = time.monotonic()
@@ -233,6 +277,8 @@ class Trainer:
             meta[f"{name}_t"] = optimizer.state["t"]
         # the RNG state is a pure function of these: default_rng([seed, 0, epoch]) shuffles,
         # default_rng([seed, 1, step]) draws the step's directions
+        if self.surrogate is not None:
+            arrays.update(self.surrogate.arrays())
         meta["rng"] = {"seed": self.config.seed, "next_step": state.step}
         meta["stats"] = vars(self.service.stats).copy()
         budget = self.service.budget
@@ -249,6 +295,8 @@ class Trainer:
             optimizer.state = {"t": meta.pop(f"{name}_t"),
                                **{k[len(prefix):]: v for k, v in arrays.items()
                                   if k.startswith(prefix)}}
+        if self.surrogate is not None:
+            self.surrogate.load(arrays)
         stats = meta.pop("stats")
         meta.pop("rng", None)
         meta.pop("ledger", None)
@@ -284,7 +332,10 @@ class Trainer:
 
     async def _start(self) -> RunState:
         """Initial state: heads built, zero-shot (and probe) test accuracy measured."""
-        label_map, head = await build_heads(self.service, self.task)
+        observe = self.surrogate.observe if self.surrogate is not None else None
+        label_map, head = await build_heads(self.service, self.task, observe)
+        if self.surrogate is not None:
+            self.surrogate.fit()
         weights = self.task.program.zeros()
         zero_shot = probe = float("nan")
         if self.task.split.test is not None and self.config.evaluate:
@@ -387,6 +438,9 @@ class Trainer:
         optimizer = optimizers["opt"]
         if self._make_gradient is not None:
             gradient = self._make_gradient(task)
+        elif self.surrogate is not None:
+            gradient = prior_guided_gradient(self.service, task, PriorGuided(c.q, c.beta),
+                                             c.seed, self.surrogate)
         else:
             gradient = zo_gradient(self.service, task, self.estimator, c.seed)
         eval_every = c.eval_every or self.steps_per_epoch
@@ -418,7 +472,10 @@ class Trainer:
                            "lr": lr, "queries": self.service.stats.images,
                            "billed": self.service.stats.billed_images,
                            "dollars": self.service.budget.spent,
-                           "elapsed": time.monotonic() - start})
+                           "elapsed": time.monotonic() - start,
+                           **({"prior_weight": self.surrogate.lam,
+                               "prior_alpha2": self.surrogate.alpha2}
+                              if self.surrogate is not None else {})})
                 if not c.evaluate:
                     state.best_weights, state.best_head = state.weights, state.head
                     state.best_step = state.step

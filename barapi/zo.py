@@ -79,3 +79,78 @@ class ZOEstimator:
     def mean_loss(self, losses: NDArray[np.floating]) -> float:
         """Best available estimate of f(W) from one step's evaluations."""
         return float(np.mean(losses) if self.two_sided else losses[0])
+
+
+LAMBDA_CAP = 0.8
+"""Largest prior weight λ used (our choice): above it the random part of each direction is
+too small to keep measuring the gradient's other components, from which α is estimated."""
+
+
+def prgf_lambda(alpha2: float, dim: int, q: int) -> float:
+    """P-RGF's optimal prior weight λ* for q random directions in `dim` dimensions, given
+    α² = cos²(prior, gradient) (Cheng et al., "Improving Black-box Adversarial Attacks with a
+    Transfer-based Prior", NeurIPS 2019, Theorem 1 and its closed form for λ*, as in their
+    code): 0 while α² < 1 / (dim + 2q − 2), so a useless prior leaves plain random
+    directions; 1 (the prior alone) from α² ≥ (2q − 1) / (dim + 2q − 2); capped at
+    `LAMBDA_CAP`."""
+    a2 = min(max(alpha2, 0.0), 1.0)
+    n = dim + 2 * q - 2
+    denominator = a2 * a2 * dim * n - 2 * a2 * dim * q + 1
+    best = (1 - a2) * (1 - a2 * n) / denominator if denominator != 0 else -1.0
+    lam = best if 0 < best < 1 else (0.0 if a2 * n < 1 else 1.0)
+    return float(min(lam, LAMBDA_CAP))
+
+
+def _rms_normalised(u: NDArray[np.float64]) -> NDArray[np.float64]:
+    return u / max(float(np.sqrt(np.mean(u * u))), 1e-30)
+
+
+@dataclass(frozen=True)
+class PriorGuided:
+    """Prior-guided random gradient-free estimate (P-RGF, Cheng et al. 2019), within BAR's
+    q + 1 evaluations per step: the clean W, W + β·v (v: the prior, RMS-normalised), and
+    q − 1 directions √(1−λ)·ξ + √λ·v with ξ Gaussian orthogonal to v (RMS-normalised, so that
+    every coordinate moves by about β, as with barapi's Gaussian directions).
+
+    The estimate is P-RGF's mean of (f(W + βu_i) − f(W)) / β · u_i over the q − 1 mixed
+    directions; the prior's own difference measures α = cos(v, ∇f) for the next steps' λ
+    (`sample_alpha2`)."""
+
+    q: int = 10
+    beta: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.q < 2:
+            raise ValueError(f"a prior-guided estimate needs q ≥ 2 (one prior, one random), got {self.q}")
+
+    def sample(self, rng: np.random.Generator, prior: NDArray[np.floating],
+               lam: float) -> FloatArray:
+        """(q, *prior.shape) directions: the prior first, then the q − 1 mixed ones."""
+        v = _rms_normalised(np.asarray(prior, dtype=np.float64).ravel())
+        xi = rng.standard_normal((self.q - 1, v.size))
+        xi -= np.outer(xi @ v / (v @ v), v)
+        xi = np.stack([_rms_normalised(row) for row in xi])
+        mixed = np.sqrt(1 - lam) * xi + np.sqrt(lam) * v
+        return np.concatenate([v[None], mixed]).reshape((self.q, *np.shape(prior))).astype(np.float32)
+
+    def points(self, weights: FloatArray, directions: FloatArray) -> FloatArray:
+        """(q + 1, *W.shape): W first, then W + β·direction."""
+        return np.concatenate([weights[None], weights + self.beta * directions])
+
+    def gradient(self, losses: NDArray[np.floating], directions: FloatArray) -> FloatArray:
+        diffs = (np.asarray(losses[2:], dtype=np.float64) - float(losses[0])) / self.beta
+        g = np.tensordot(diffs, directions[1:].astype(np.float64), axes=1) / (self.q - 1)
+        return g.astype(np.float32)
+
+    def sample_alpha2(self, losses: NDArray[np.floating], lam: float, dim: int) -> float | None:
+        """One step's estimate of α² = cos²(prior, ∇f): the prior's directional derivative
+        against the random components' (ξ·∇f recovered from each mixed difference); None
+        when the step cannot tell (no gradient seen)."""
+        if lam >= 1:
+            return None
+        losses = np.asarray(losses, dtype=np.float64)
+        along = (losses[1] - losses[0]) / self.beta  # v·∇f, with ‖v‖² = dim
+        mixed = (losses[2:] - losses[0]) / self.beta
+        across = (mixed - np.sqrt(lam) * along) / np.sqrt(1 - lam)  # ξ_i·∇f, E[(ξ·g)²] ≈ ‖g⊥‖²
+        parallel, orthogonal = along * along / dim, float(np.mean(across * across))
+        return None if parallel + orthogonal == 0 else parallel / (parallel + orthogonal)

@@ -79,6 +79,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "linear probe": {"method": "zero-shot", "head": "linear"},
     PAPER: {**PAPER_AT_112, "epochs": 3},
     "BAR, barapi default": {},
+    "BAR + surrogate prior (P-RGF)": {"surrogate": "efficientnet-lite0"},
     "AR (white-box)": {"method": "ar"},
     "feature extraction (white-box)": {"transfer": "features"},
     "CNN from scratch": {"transfer": "cnn"},
