@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -61,6 +61,9 @@ class Faults:
     delay: float = 0.0  # seconds added to every answer
     drop_every: int = 0  # every n-th request is billed, then its response is lost
     bad_answer_every: int = 0  # every n-th answered input gets NaN scores (billed)
+    rate_tolerance: float = 1.0  # with max_rps: a request is throttled when it comes less than
+    # rate_tolerance / max_rps seconds after the last accepted one (1: strict spacing; 0.9
+    # forgives 10% of jitter, as a gateway's small burst does)
 
 
 @dataclass
@@ -72,6 +75,8 @@ class Counters:
     rejected_auth: int = 0
     dropped: int = 0
     model_calls: int = 0  # free calls (GetModelOutputInfo): never billed
+    accepted_times: list[float] = field(default_factory=list)  # time.monotonic() of each request
+    # that passed the rate check (what the provider's limit counts)
 
 
 class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
@@ -99,10 +104,11 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
             c.unavailable += 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "emulated outage")
         now = time.monotonic()
-        if f.max_rps and now - self._last < 1.0 / f.max_rps:
+        if f.max_rps and now - self._last < f.rate_tolerance / f.max_rps:
             c.throttled += 1
             return service_pb2.MultiOutputResponse(status=self._status(11005, "throttled"))
         self._last = now
+        c.accepted_times.append(now)
         n = len(request.inputs)
         if f.quota_images is not None and c.billed_images + n > f.quota_images:
             return service_pb2.MultiOutputResponse(status=self._status(11006, "quota exhausted"))
@@ -281,11 +287,12 @@ class AzureEmulator:
                 c.unavailable += 1
                 return self._error(503, "emulated outage")
             now = time.monotonic()
-            if f.max_rps and now - self._last < 1.0 / f.max_rps:
+            if f.max_rps and now - self._last < f.rate_tolerance / f.max_rps:
                 c.throttled += 1
                 status, payload, _ = self._error(429, "Rate limit is exceeded.")
                 return status, payload, {"Retry-After": f"{1.0 / f.max_rps:.3f}"}
             self._last = now
+            c.accepted_times.append(now)
             if f.quota_images is not None and c.billed_images + 1 > f.quota_images:
                 return self._error(403, "Out of call volume quota.")
             c.billed_images += 1  # counted now, so that concurrent requests respect the quota

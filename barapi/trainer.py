@@ -191,6 +191,8 @@ class Trainer:
         self._make_gradient = make_gradient
         self.wall_offset = 0.0
         """Wall-clock seconds of the run's earlier parts (a resumed run)."""
+        self.on_record: Callable[[dict[str, Any]], None] | None = None
+        """Called with each metrics record after it is written (a sweep reports them)."""
         self._started = time.monotonic()
 
     def wall_seconds(self) -> float:
@@ -221,6 +223,8 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.folder is not None:
             self.folder.log(record)
+        if self.on_record is not None:
+            self.on_record(record)
 
     def _save(self, state: RunState, optimizers: dict[str, Optimizer]) -> None:
         if self.folder is None:
