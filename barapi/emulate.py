@@ -89,11 +89,20 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
         self._answered = 0
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.on_request: Callable[[Counters], None] | None = None
+        """Called with the counters after each PostModelOutputs (e.g. to publish them)."""
 
     def _status(self, code: int, description: str = "") -> Any:
         return status_pb2.Status(code=code, description=description)
 
     async def PostModelOutputs(self, request: Any, context: Any) -> Any:
+        try:
+            return await self._post_model_outputs(request, context)
+        finally:
+            if self.on_request is not None:
+                self.on_request(self.counters)
+
+    async def _post_model_outputs(self, request: Any, context: Any) -> Any:
         c, f = self.counters, self.faults
         c.requests += 1
         metadata = dict(context.invocation_metadata())
@@ -336,3 +345,35 @@ class AzureEmulator:
 
     def __exit__(self, *_: object) -> None:
         self._http.__exit__()
+
+
+class ClarifaiEmulatorThread:
+    """A ClarifaiEmulator served from its own event loop in a background thread (for tests
+    and benchmarks that drive it from synchronous code, or from other processes); `port` is
+    where it listens, `emulator.counters` what it counted. `stop()` ends it."""
+
+    def __init__(self, model: Adapter, key: str, faults: Faults | None = None, port: int = 0) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                        name="clarifai-emulator")
+        self._thread.start()
+        self.emulator = ClarifaiEmulator(model, key, faults)
+        self.port = asyncio.run_coroutine_threadsafe(self.emulator.start(port), self.loop).result()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.emulator.stop(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+
+def write_counters(path: str, counters: Counters) -> None:
+    """`counters` as JSON at `path`, replaced atomically (what `--counters-file` writes)."""
+    import dataclasses
+    import os
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(dataclasses.asdict(counters), handle)
+    os.replace(tmp, path)

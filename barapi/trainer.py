@@ -400,9 +400,11 @@ class Trainer:
         def validation_due(step: int) -> bool:
             return c.evaluate and step > 0 and (step % eval_every == 0 or step == self.total_steps)
 
+        # a validation interrupted (e.g. by the budget) before it ran: the first one too
+        first = state.step == 0 and c.evaluate and c.method != "zero-shot"
         try:
-            if validation_due(state.step) and state.validated_step != state.step:
-                await self._validate(state)  # interrupted (e.g. by the budget) before it ran
+            if (validation_due(state.step) or first) and state.validated_step != state.step:
+                await self._validate(state)
                 self._save(state, optimizers)
             while state.step < self.total_steps and not self._out_of_patience(state, eval_every):
                 step = state.step

@@ -16,6 +16,7 @@ on test accuracy.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import hashlib
@@ -37,7 +38,7 @@ NAMESPACE = "barapi"
 LEASES_PER_BUDGET = 100
 """Automatic lease size: the sweep's budget over this many (and at least one request)."""
 COLUMNS = ("index", "name", "status", "val_accuracy", "test_accuracy", "billed_images",
-           "dollars", "wall_seconds", "steps", "stopped", "run_dir")
+           "dollars", "wall_seconds", "steps", "stopped", "node", "run_dir")
 
 
 @dataclass
@@ -220,7 +221,7 @@ def _drive(folder: SweepFolder, spec: SweepSpec, budget: float, resumed: bool,
            address: str | None, max_concurrent: int | None, progress: bool,
            ray_init: dict[str, Any] | None) -> SweepResult:
     from barapi.sweep.ledger import start_wallet
-    from barapi.sweep.limiter import remove_limiters
+    from barapi.sweep.limiter import start_limiters
 
     data = folder.read()
     data["budget"] = budget
@@ -230,7 +231,7 @@ def _drive(folder: SweepFolder, spec: SweepSpec, budget: float, resumed: bool,
     ident = data["id"]
     trials = spec.trials()
     ctx = SweepContext(sweep_dir=str(folder.path), wallet=f"barapi-wallet-{ident}",
-                       limiter_prefix=f"barapi-limiter-{ident}", namespace=NAMESPACE,
+                       limiter=f"barapi-limiter-{ident}", namespace=NAMESPACE,
                        card=spec.card, cache_dir=spec.options.cache_dir,
                        use_cache=spec.options.cache, lease_nano=_lease_nano(spec, budget))
     # Tune warns on every forced snapshot of its state (each trial report carries a
@@ -242,19 +243,16 @@ def _drive(folder: SweepFolder, spec: SweepSpec, budget: float, resumed: bool,
     try:
         # (the handle is kept: a non-detached actor ends when its owner's handles do)
         wallet = start_wallet(folder.wallet_path, to_nano(budget), ctx.wallet, NAMESPACE)
+        limiters = start_limiters(ctx.limiter, NAMESPACE)
         errors = _fit(folder, spec, trials, ctx, resumed, max_concurrent, progress)
         totals = ray.get(wallet.totals.remote())
+        data["limiters"] = ray.get(limiters.state.remote())
+        folder.write(data)
+        for handle in (wallet, limiters):
+            ray.kill(handle)
     finally:
-        try:
-            remove_limiters(ctx.limiter_prefix, NAMESPACE)
-            if ray.is_initialized():
-                try:
-                    ray.kill(ray.get_actor(ctx.wallet, namespace=NAMESPACE))
-                except ValueError:
-                    pass
-        finally:
-            if started:
-                ray.shutdown()
+        if started:
+            ray.shutdown()
     return write_results(folder.path, trials, budget, totals["committed"] / NANO, errors)
 
 
@@ -284,7 +282,8 @@ def _fit(folder: SweepFolder, spec: SweepSpec, trials: list[Trial], ctx: SweepCo
                 name="tune", storage_path=str(folder.path), verbose=0, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=0),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    grid = tuner.fit()
+    with contextlib.redirect_stdout(sys.stderr):  # Tune's own output: stdout is the caller's
+        grid = tuner.fit()
     errors: dict[int, str] = {}
     for result in grid:
         if result.error is not None and result.config:
@@ -321,7 +320,7 @@ def trial_row(sweep_dir: Path, trial: Trial, error: str | None = None) -> dict[s
             "dollars": round(spent.spent_nano / NANO, 9) if spent else summary.get("dollars", 0.0),
             "wall_seconds": number("wall_seconds"), "steps": summary.get("steps"),
             "stopped": summary.get("stopped") or (error if status != "done" else None),
-            "run_dir": str(folder) if folder.exists() else None}
+            "node": summary.get("node"), "run_dir": str(folder) if folder.exists() else None}
 
 
 def best_trial(rows: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -1,19 +1,18 @@
 """One rate limit per provider account, shared by every trial of a sweep, on every node.
 
-A Ray actor per account holds one `barapi.ratelimit.Pacer` (the same AIMD logic a single run
-uses): each request of each trial asks it for a departure slot and sleeps until then, so
+Each account has one `barapi.ratelimit.Pacer` (the same AIMD logic a single run uses), kept
+in a Ray actor: each request of each trial asks it for a departure slot and sleeps until then, so
 that N trials together leave at the card's rate, not N times it. A throttled answer slows
 every trial down; accepted ones raise the rate slowly up to the card's. Accepted requests
 are reported in batches, with the next slot request (one actor call per request in all).
 
-The account is named by `account_key`: provider, endpoint and card. Limiters are detached
-actors named after the sweep, created by the first trial that needs one and removed by the
-driver at the end.
+The account is named by `account_key`: provider, endpoint and card. One actor per sweep
+(`AccountPacers`, started by the driver on its node, ending with it) holds the pacers of all
+the accounts the sweep's trials use, each created at its card's rate by its first request.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
@@ -23,27 +22,32 @@ LIMITER_TIMEOUT = 60.0
 """Seconds a trial waits for a slot before taking the limiter as unreachable."""
 
 
-class AccountPacer:
-    """The actor's state: a Pacer at `rate` requests per second, rising to `ceiling`."""
+class AccountPacers:
+    """The actor's state: one Pacer per account key, created at the account's card rate
+    by its first request."""
 
-    def __init__(self, rate: float, ceiling: float | None = None) -> None:
-        self.pacer = Pacer(rate, ceiling)
-        self.requests = 0
+    def __init__(self) -> None:
+        self.pacers: dict[str, Pacer] = {}
+        self.requests: dict[str, int] = {}
 
-    def delay(self, accepted: int = 0) -> tuple[float, float, int]:
-        """Count `accepted` answers since the caller's last call, then claim a slot:
-        (seconds to wait, current rate, throttles so far)."""
+    def delay(self, key: str, rate: float, accepted: int = 0) -> tuple[float, float, int]:
+        """Count `accepted` answers since the caller's last call, then claim a slot for the
+        account `key` (card rate `rate`): (seconds to wait, current rate, throttles so far)."""
+        pacer = self.pacers.get(key)
+        if pacer is None:
+            pacer = self.pacers[key] = Pacer(rate, rate)
         for _ in range(accepted):
-            self.pacer.succeeded()
-        self.requests += 1
-        return self.pacer.delay(), self.pacer.rate, self.pacer.throttles
+            pacer.succeeded()
+        self.requests[key] = self.requests.get(key, 0) + 1
+        return pacer.delay(), pacer.rate, pacer.throttles
 
-    def throttled(self) -> None:
-        self.pacer.throttled()
+    def throttled(self, key: str) -> None:
+        if key in self.pacers:
+            self.pacers[key].throttled()
 
-    def state(self) -> dict[str, float]:
-        return {"rate": self.pacer.rate, "ceiling": self.pacer.ceiling or 0.0,
-                "throttles": self.pacer.throttles, "requests": self.requests}
+    def state(self) -> dict[str, dict[str, float]]:
+        return {key: {"rate": p.rate, "ceiling": p.ceiling or 0.0, "throttles": p.throttles,
+                      "requests": self.requests.get(key, 0)} for key, p in self.pacers.items()}
 
 
 def account_key(provider: str, endpoint: str | None, card: str) -> str:
@@ -51,17 +55,14 @@ def account_key(provider: str, endpoint: str | None, card: str) -> str:
     return f"{provider}|{endpoint or 'default'}|{card}"
 
 
-def limiter_name(prefix: str, key: str) -> str:
-    return f"{prefix}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-
-
 class SharedRateLimiter(RateLimiter):
-    """A RateLimiter whose pacing is done by the account's actor `handle`. If the actor
-    cannot be reached, `acquire` raises SweepBudgetExhausted (nothing is sent)."""
+    """A RateLimiter whose pacing is done, for the account `key` at the card's `rate`, by
+    the sweep's limiter actor `handle`. If the actor cannot be reached, `acquire` raises
+    SweepBudgetExhausted (nothing is sent)."""
 
-    def __init__(self, handle: Any, rate: float) -> None:
+    def __init__(self, handle: Any, key: str, rate: float) -> None:
         super().__init__(rate)
-        self.handle = handle
+        self.handle, self.key, self.card_rate = handle, key, rate
         self._accepted = 0
         self._throttles = 0
         self.calls = 0
@@ -84,7 +85,7 @@ class SharedRateLimiter(RateLimiter):
         start = time.perf_counter()
         try:
             wait, rate, throttles = await asyncio.wait_for(
-                self.handle.delay.remote(accepted), LIMITER_TIMEOUT)
+                self.handle.delay.remote(self.key, self.card_rate, accepted), LIMITER_TIMEOUT)
         except Exception as exc:
             raise SweepBudgetExhausted(f"the sweep's rate limiter cannot be reached "
                                        f"({type(exc).__name__}); nothing is sent") from exc
@@ -97,29 +98,21 @@ class SharedRateLimiter(RateLimiter):
 
     def throttled(self) -> None:
         self._throttles += 1
-        self.handle.throttled.remote()
+        self.handle.throttled.remote(self.key)
 
     def succeeded(self) -> None:
         self._accepted += 1
 
 
-def account_limiter(prefix: str, namespace: str, key: str, rate: float) -> Any:
-    """The handle of the account's limiter actor, created at `rate` if it does not exist."""
+def start_limiters(name: str, namespace: str) -> Any:
+    """The sweep's limiter actor, named `name`, pinned to this (the driver's) node; it
+    lives as long as the driver, like the wallet."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    actor = ray.remote(AccountPacer).options(
-        name=limiter_name(prefix, key), namespace=namespace, get_if_exists=True,
-        lifetime="detached", num_cpus=0, max_concurrency=1)
-    return actor.remote(rate, rate)
-
-
-def remove_limiters(prefix: str, namespace: str) -> None:
-    """Kill the limiter actors of the sweep named by `prefix` (the end of a sweep)."""
-    import ray
-
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry.get("namespace") == namespace and entry.get("name", "").startswith(prefix):
-            try:
-                ray.kill(ray.get_actor(entry["name"], namespace=namespace))
-            except ValueError:
-                continue
+    node = ray.get_runtime_context().get_node_id()
+    handle = ray.remote(AccountPacers).options(
+        name=name, namespace=namespace, num_cpus=0, max_concurrency=1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+    ray.get(handle.state.remote())
+    return handle

@@ -201,10 +201,30 @@ def parse_spec(data: dict[str, Any], path: Path) -> SweepSpec:
         try:
             trial.config()
         except ConfigError as exc:
-            table = next((t for t in ("grid", "random") if any(
-                str(exc).startswith(f"{k}:") for k in tables[t])), "run")
-            raise _fail(path, table, f"{exc} (trial {trial.name})") from exc
+            table, key = _culprit(spec, trial)
+            text = str(exc)
+            if key is not None and not text.startswith(f"{key}:"):
+                text = f"{key}: {text}"
+            raise _fail(path, table, f"{text} (trial {trial.name})") from exc
     return spec
+
+
+def _culprit(spec: SweepSpec, trial: Trial) -> tuple[str, str | None]:
+    """The table and field that make `trial`'s settings invalid: the base's, or the first
+    varied field that is invalid on the base alone."""
+    base = dict(spec.run)
+    preset = base.pop("preset", None)
+    try:
+        make_config(preset, **base)
+    except ConfigError:
+        return "run", None
+    for key, value in trial.varied.items():
+        values = {**spec.run, key: value}
+        try:
+            make_config(values.pop("preset", None), **values)
+        except ConfigError:
+            return ("grid" if key in spec.grid else "random"), key
+    return ("grid" if spec.grid else "random"), None
 
 
 def read_spec(path: Path | str) -> SweepSpec:

@@ -8,8 +8,8 @@ reports its summary and queries nothing. Its Budget is a `LeasedBudget` on its o
 that spends from the sweep's wallet; its rate limiter is the account's shared one.
 
 It reports through `ray.tune.report` after every validation and at its end (metrics:
-val_accuracy, best_val_accuracy, test_accuracy, dollars, billed_images, wall_seconds,
-step, finished, stopped) with a small checkpoint that points at the run folder. A trial stopped
+node, val_accuracy, best_val_accuracy, test_accuracy, dollars, billed_images,
+wall_seconds, step, finished, stopped) with a small checkpoint that points at the run folder. A trial stopped
 by the sweep's budget raises TrialStopped after its last report, so that Tune marks it
 errored and `barapi sweep --resume` restarts it (it then continues from its run folder).
 """
@@ -48,7 +48,7 @@ class SweepContext:
 
     sweep_dir: str
     wallet: str
-    limiter_prefix: str
+    limiter: str
     namespace: str
     card: dict[str, Any]
     cache_dir: str | None
@@ -76,12 +76,22 @@ def final_metrics(summary: dict[str, Any], trial: Trial) -> dict[str, Any]:
         value = summary.get(key)
         return float(value) if value is not None else math.nan
 
-    return {"index": trial.index, "val_accuracy": number("best_val_accuracy"),
+    return {"index": trial.index, "node": _node(), "val_accuracy": number("best_val_accuracy"),
             "best_val_accuracy": number("best_val_accuracy"),
             "test_accuracy": number("test_accuracy"), "dollars": number("dollars"),
             "billed_images": int(summary.get("billed_images") or 0),
             "wall_seconds": number("wall_seconds"), "step": int(summary.get("steps") or 0),
             "finished": True, "stopped": summary.get("stopped") or ""}
+
+
+def _node() -> str:
+    """The Ray node this trial runs on ("" outside Ray)."""
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:
+        return ""
 
 
 class _Reporter:
@@ -109,7 +119,7 @@ class _Reporter:
             return
         accuracy = float(record["val_accuracy"])
         self.best = accuracy if math.isnan(self.best) else max(self.best, accuracy)
-        self.report({"index": self.trial.index, "val_accuracy": accuracy,
+        self.report({"index": self.trial.index, "node": _node(), "val_accuracy": accuracy,
                      "best_val_accuracy": self.best, "test_accuracy": math.nan,
                      "dollars": self.budget.spent, "billed_images": self.budget.spent_images,
                      "wall_seconds": math.nan, "step": int(record["step"]), "finished": False,
@@ -146,7 +156,7 @@ def run_trial(params: dict[str, Any]) -> None:
     from ray import tune
 
     from barapi import api
-    from barapi.sweep.limiter import SharedRateLimiter, account_key, account_limiter
+    from barapi.sweep.limiter import SharedRateLimiter, account_key
 
     trial, ctx = Trial(**params["trial"]), SweepContext(**params["sweep"])
     folder = trial_folder(ctx.sweep_dir, trial)
@@ -176,8 +186,8 @@ def run_trial(params: dict[str, Any]) -> None:
     card, config = session.card, session.config
     if card.requests_per_second > 0 or card.price_per_1000 > 0:
         key = account_key(config.provider, config.endpoint, card.name)
-        handle = account_limiter(ctx.limiter_prefix, ctx.namespace, key, card.requests_per_second)
-        session.service.limiter = SharedRateLimiter(handle, card.requests_per_second)
+        handle = ray.get_actor(ctx.limiter, namespace=ctx.namespace)
+        session.service.limiter = SharedRateLimiter(handle, key, card.requests_per_second)
     reporter = _Reporter(trial, folder, budget)
     session.trainer.on_record = reporter
     try:
@@ -185,7 +195,7 @@ def run_trial(params: dict[str, Any]) -> None:
             result = session.run()
         except SweepBudgetExhausted as exc:  # before the run started (e.g. its label lookup)
             raise TrialStopped(str(exc)) from exc
-        summary = api.run_summary(result)
+        summary = {**api.run_summary(result), "node": _node()}
         folder_ = session.folder
         if folder_ is not None:
             (folder_.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
