@@ -96,7 +96,7 @@ class LocalAdapter(Adapter):
         self.chunk = chunk or (8 if self.device.type == "cpu" else max_batch)
         if isinstance(model, torch.nn.Module):
             model = model.eval().to(self.device)
-            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload, unused-ignore]
         self._model = model
         self.labels = list(labels)
         self.input_size = input_size

@@ -77,6 +77,7 @@ class Counters:
     model_calls: int = 0  # free calls (GetModelOutputInfo): never billed
     accepted_times: list[float] = field(default_factory=list)  # time.monotonic() of each request
     # that passed the rate check (what the provider's limit counts)
+    throttled_times: list[float] = field(default_factory=list)  # and of each one throttled
 
 
 class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
@@ -115,6 +116,7 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
         now = time.monotonic()
         if f.max_rps and now - self._last < f.rate_tolerance / f.max_rps:
             c.throttled += 1
+            c.throttled_times.append(now)
             return service_pb2.MultiOutputResponse(status=self._status(11005, "throttled"))
         self._last = now
         c.accepted_times.append(now)
@@ -298,6 +300,7 @@ class AzureEmulator:
             now = time.monotonic()
             if f.max_rps and now - self._last < f.rate_tolerance / f.max_rps:
                 c.throttled += 1
+                c.throttled_times.append(now)
                 status, payload, _ = self._error(429, "Rate limit is exceeded.")
                 return status, payload, {"Retry-After": f"{1.0 / f.max_rps:.3f}"}
             self._last = now

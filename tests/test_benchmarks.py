@@ -1,5 +1,7 @@
 """The benchmark scripts still work (their --quick modes; the numbers are not checked)."""
 
+from pathlib import Path
+
 from benchmarks import adapter_speed
 
 
@@ -150,3 +152,21 @@ def test_calibrate_seed_range_is_inclusive() -> None:
 
     assert seed_range("0-9") == range(10) and seed_range("5-9") == range(5, 10)
     assert seed_range("3") == range(3, 4)
+
+
+def test_calibrate_runs_its_stages_through_barapi_sweep(tmp_path: Path) -> None:
+    from barapi.sweep.spec import read_spec
+    from benchmarks import calibrate
+
+    spec = tmp_path / "calibration_grid.toml"
+    spec.write_text(calibrate.sweep_spec("grid", [0, 3, 23], "cpu", 0.0, 1.0))
+    trials = read_spec(spec).trials()  # the hook's settings are valid run settings
+    assert [t.varied["row"] for t in trials] == [0, 3, 23]
+    stage = calibrate.grid()
+    for trial in trials:
+        config = trial.config()
+        expected = calibrate.with_budget(stage[trial.varied["row"]])
+        assert config.method == expected.get("method", "bar") and config.device == "cpu"
+        assert config.q == expected.get("q", calibrate.BASE["q"])
+    few = calibrate.sweep_hook({"stage": "few-output", "row": 0, "device": "cpu"}, build=False)
+    assert few[1] is None and "box" not in few[0] and few[0]["m"] == 1

@@ -15,6 +15,7 @@ each trial's spend is the same in every sweep.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -31,7 +32,9 @@ import pytest
 pytest.importorskip("ray")
 pytest.importorskip("clarifai_grpc")
 
-from barapi.budget import read_ledger  # noqa: E402
+import contextlib
+
+from barapi.budget import read_ledger
 
 KEY = "sweep-test-key"
 RATE = 4.0  # the card's requests per second (the account's limit)
@@ -125,7 +128,7 @@ def in_process_sweep(spec: Path, budget: float, **options: Any) -> Any:
     from barapi.sweep import run_sweep
 
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=OBJECT_STORE,
-             log_to_driver=False, logging_level="warning")
+             log_to_driver=False, logging_level=logging.WARNING)
     try:
         return run_sweep(spec, budget, **options)
     finally:
@@ -258,10 +261,8 @@ def cluster(tmp_path: Path, emulator: Emulator) -> Iterator[dict[str, Any]]:
     finally:
         for process in started:  # `ray stop` would stop every Ray of this machine: not ours
             for pid in process_tree(process.pid):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             process.wait()
         subprocess.run(["rm", "-rf", str(temp)], check=False)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from barapi.budget import NANO, format_dollars, read_ledger, to_nano
+from barapi.budget import NANO, read_ledger, to_nano
 from barapi.errors import ConfigError, LedgerDamaged, RunFolderBusy
 from barapi.sweep.spec import SweepSpec, Trial, parse_spec, read_spec
 from barapi.sweep.trial import SweepContext, read_summary, run_trial, trial_folder
@@ -150,8 +150,9 @@ def preflight(spec: SweepSpec) -> None:
     trial = spec.trials()[0]
     cache_dir = Path(spec.options.cache_dir) if spec.options.cache_dir else None
     try:
-        api.prepare(trial.config(), card_fields=spec.card, cache_dir=cache_dir, use_cache=False,
-                    start=False, sends=False)
+        config, adapter = trial.plan(build=True)
+        api.prepare(config, adapter=adapter, card_fields=spec.card, cache_dir=cache_dir,
+                    use_cache=False, start=False, sends=False)
     except ConfigError as exc:
         raise ConfigError(f"{spec.path}: trial {trial.name}: {exc}") from exc
 
@@ -272,7 +273,7 @@ def _fit(folder: SweepFolder, spec: SweepSpec, trials: list[Trial], ctx: SweepCo
     else:
         from barapi.sweep.progress import Progress
 
-        callbacks = [Progress(ctx.wallet, NAMESPACE, len(trials))] if progress else []
+        callbacks: list[tune.Callback] = [Progress(ctx.wallet, NAMESPACE, len(trials))] if progress else []
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(
@@ -285,7 +286,7 @@ def _fit(folder: SweepFolder, spec: SweepSpec, trials: list[Trial], ctx: SweepCo
     with contextlib.redirect_stdout(sys.stderr):  # Tune's own output: stdout is the caller's
         grid = tuner.fit()
     errors: dict[int, str] = {}
-    for result in grid:
+    for result in (grid[i] for i in range(len(grid))):
         if result.error is not None and result.config:
             errors[int(result.config["trial"]["index"])] = str(result.error).strip().splitlines()[-1][:300]
     return errors

@@ -240,7 +240,7 @@ def start_wallet(path: Path, limit_nano: int, name: str, namespace: str) -> Any:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     node = ray.get_runtime_context().get_node_id()
-    actor = ray.remote(SweepLedger).options(
+    actor: Any = ray.remote(SweepLedger).options(
         name=name, namespace=namespace, num_cpus=0, max_concurrency=1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
     handle = actor.remote(path, limit_nano)

@@ -111,7 +111,7 @@ def start_limiters(name: str, namespace: str) -> Any:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     node = ray.get_runtime_context().get_node_id()
-    handle = ray.remote(AccountPacers).options(
+    handle: Any = ray.remote(AccountPacers).options(
         name=name, namespace=namespace, num_cpus=0, max_concurrency=1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
     ray.get(handle.state.remote())

@@ -26,7 +26,7 @@ class Progress(tune.Callback):
         running, done, stopped = (states.count(s) for s in ("RUNNING", "TERMINATED", "ERROR"))
         pending = self.total - running - done - stopped
         try:
-            totals = ray.get(ray.get_actor(self.wallet, namespace=self.namespace)
+            totals: Any = ray.get(ray.get_actor(self.wallet, namespace=self.namespace)
                              .totals.remote(), timeout=10)
             money = (f"{format_dollars(totals['committed'], nano=True)} spent, "
                      f"{format_dollars(totals['left'], nano=True)} left")

@@ -25,6 +25,7 @@
     lease_dollars = 0.0  # dollars a trial takes from the sweep's wallet at a time (0: auto)
     cache_dir = "..."    # the answer cache on each node (default ~/.cache/barapi)
     cache = true         # default: on for priced providers
+    hook = "pkg.mod:fn"  # optional: your own black box or settings (see `Trial.plan`)
 
 Trials are expanded on reading, in a fixed order (grid row-major in the file's key order,
 then samples), so that a sweep and its resume see the same trials. Nothing is created here:
@@ -37,10 +38,10 @@ import hashlib
 import itertools
 import json
 import random
-import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from barapi.cards import Card
@@ -68,6 +69,9 @@ class SweepOptions(BaseModel):
     lease_dollars: float = Field(0.0, ge=0, description="dollars leased at a time; 0: auto")
     cache_dir: str | None = None
     cache: bool | None = None
+    hook: str | None = Field(None, description="module:function turning a trial's values into "
+                             "(run settings, adapter or None); with it, [run], [grid] and "
+                             "[random] may hold keys of the hook's own")
 
 
 class Trial(BaseModel):
@@ -80,10 +84,33 @@ class Trial(BaseModel):
     name: str
     values: dict[str, Any]
     varied: dict[str, Any]
+    hook: str | None = None
+
+    def plan(self, build: bool = True) -> tuple[RunConfig, Any]:
+        """The trial's RunConfig and black box (None: the provider its config names). With a
+        hook ("module:function"), `function(values, build)` returns (run settings, an
+        Adapter or None); `build` False asks for the settings only (validation on the
+        driver). Raises ConfigError for bad settings."""
+        values = dict(self.values)
+        adapter = None
+        if self.hook is not None:
+            values, adapter = load_hook(self.hook)(values, build)
+            values = dict(values)
+        return make_config(values.pop("preset", None), **values), adapter
 
     def config(self) -> RunConfig:
-        values = dict(self.values)
-        return make_config(values.pop("preset", None), **values)
+        return self.plan(build=False)[0]
+
+
+def load_hook(text: str) -> Any:
+    """The callable named "module:function"; raises ConfigError when it cannot be found."""
+    import importlib
+
+    module, _, name = text.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"hook {text!r}: cannot load it ({one_line(exc)})") from exc
 
 
 class SweepSpec(BaseModel):
@@ -109,7 +136,8 @@ class SweepSpec(BaseModel):
                 varied.update({k: rng.choice(v) for k, v in self.random.items()})
                 index = len(trials)
                 trials.append(Trial(index=index, name=trial_name(index, varied),
-                                    values={**self.run, **varied}, varied=varied))
+                                    values={**self.run, **varied}, varied=varied,
+                                    hook=self.options.hook))
         return trials
 
     def to_toml_dict(self) -> dict[str, Any]:
@@ -163,9 +191,18 @@ def parse_spec(data: dict[str, Any], path: Path) -> SweepSpec:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: [{table}] must be a table")
         tables[table] = {_normalise(k): v for k, v in raw.items()}
+    try:
+        options = SweepOptions(**tables["sweep"])
+    except ValidationError as exc:
+        raise _fail(path, "sweep", one_line(exc)) from exc
+    if options.hook is not None:
+        try:
+            load_hook(options.hook)
+        except ConfigError as exc:
+            raise _fail(path, "sweep", f"hook: {exc}") from exc
     for table in ("run", "grid", "random"):
         for key, value in tables[table].items():
-            if key not in fields:
+            if key not in fields and options.hook is None:
                 raise _fail(path, table, f"{key}: not a barapi run option (see `barapi run --help`)")
             if table != "run":
                 if not isinstance(value, list) or not value:
@@ -184,10 +221,6 @@ def parse_spec(data: dict[str, Any], path: Path) -> SweepSpec:
         Card(name="check", **tables["card"])
     except ValidationError as exc:
         raise _fail(path, "card", one_line(exc)) from exc
-    try:
-        options = SweepOptions(**tables["sweep"])
-    except ValidationError as exc:
-        raise _fail(path, "sweep", one_line(exc)) from exc
     for key in ("resolution",):
         for table in ("run",):
             if tables[table].get(key) == "full":
@@ -201,17 +234,19 @@ def parse_spec(data: dict[str, Any], path: Path) -> SweepSpec:
         try:
             trial.config()
         except ConfigError as exc:
-            table, key = _culprit(spec, trial)
-            text = str(exc)
-            if key is not None and not text.startswith(f"{key}:"):
-                text = f"{key}: {text}"
-            raise _fail(path, table, f"{text} (trial {trial.name})") from exc
+            where, culprit = _culprit(spec, trial)
+            message = str(exc)
+            if culprit is not None and not message.startswith(f"{culprit}:"):
+                message = f"{culprit}: {message}"
+            raise _fail(path, where, f"{message} (trial {trial.name})") from exc
     return spec
 
 
 def _culprit(spec: SweepSpec, trial: Trial) -> tuple[str, str | None]:
     """The table and field that make `trial`'s settings invalid: the base's, or the first
     varied field that is invalid on the base alone."""
+    if spec.options.hook is not None:
+        return "grid", None
     base = dict(spec.run)
     preset = base.pop("preset", None)
     try:

@@ -126,6 +126,19 @@ class _Reporter:
                      "stopped": ""})
 
 
+def overhead(attempts: int, wallet: WalletClient, limiter: Any) -> dict[str, Any]:
+    """What the sweep's shared objects cost this trial: calls and seconds waiting for the
+    wallet (leases) and the limiter (slots; the wait for the slot itself not included), per
+    request sent (`attempts`), in milliseconds."""
+    calls = getattr(limiter, "calls", 0)
+    seconds = getattr(limiter, "seconds", 0.0)
+    per = max(1, attempts)
+    return {"requests": attempts, "wallet_calls": wallet.calls,
+            "wallet_ms_per_request": round(1000 * wallet.seconds / per, 4),
+            "limiter_calls": calls, "limiter_ms_per_request": round(1000 * seconds / per, 4),
+            "ms_per_request": round(1000 * (wallet.seconds + seconds) / per, 4)}
+
+
 def _open_folder(folder: Path) -> Path | None:
     """The trial's run folder to resume, or None to create it. A folder left without its
     config.json (killed while being created, nothing paid) is removed."""
@@ -177,7 +190,8 @@ def run_trial(params: dict[str, Any]) -> None:
         budget.limit = sweep_limit[0] / 1e9  # a trial may spend the sweep's budget, no more
         return budget
 
-    session = api.prepare(trial.config(), runs_root=folder.parent, run_name=folder.name,
+    config, adapter = trial.plan(build=True)
+    session = api.prepare(config, adapter=adapter, runs_root=folder.parent, run_name=folder.name,
                           resume=resume, card_fields=ctx.card,
                           cache_dir=Path(ctx.cache_dir) if ctx.cache_dir else None,
                           use_cache=ctx.use_cache, start=False, budget_factory=budget_factory)
@@ -195,7 +209,9 @@ def run_trial(params: dict[str, Any]) -> None:
             result = session.run()
         except SweepBudgetExhausted as exc:  # before the run started (e.g. its label lookup)
             raise TrialStopped(str(exc)) from exc
-        summary = {**api.run_summary(result), "node": _node()}
+        summary = {**api.run_summary(result), "node": _node(),
+                   "sweep_overhead": overhead(session.service.stats.attempts, wallet,
+                                              session.service.limiter)}
         folder_ = session.folder
         if folder_ is not None:
             (folder_.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
