@@ -443,14 +443,14 @@ def emulate() -> None:
 @click.option("--fail-input-every", type=int, default=0, help="every n-th input fails (MIXED_STATUS)")
 @click.option("--quota-images", type=int, default=None, help="quota exhausted after this many")
 @click.option("--delay", type=float, default=0.0, help="seconds added to every answer")
-@click.option("--rate-tolerance", type=float, default=1.0, show_default=True,
-              help="with --max-rps: throttle requests closer than this fraction of 1/max-rps "
-                   "(1: strict spacing; 0.9 forgives 10% of jitter)")
+@click.option("--burst", type=float, default=1.0, show_default=True,
+              help="with --max-rps: requests the rate limit lets through at once (a token "
+                   "bucket; 1: at least 1/max-rps apart)")
 @click.option("--counters-file", type=click.Path(dir_okay=False), default=None,
               help="write the emulator's counters here (JSON) after every request")
 def emulate_clarifai(port: int, input_size: int, max_rps: float, unavailable_every: int,
                      fail_input_every: int, quota_images: int | None, delay: float,
-                     rate_tolerance: float, counters_file: str | None) -> None:
+                     burst: float, counters_file: str | None) -> None:
     """Clarifai PostModelOutputs over gRPC; the key it accepts is CLARIFAI_PAT."""
     from barapi.adapters.local import create
     from barapi.emulate import ClarifaiEmulator, Faults, write_counters
@@ -458,7 +458,7 @@ def emulate_clarifai(port: int, input_size: int, max_rps: float, unavailable_eve
 
     key = read_key("CLARIFAI_PAT").reveal()
     faults = Faults(max_rps, unavailable_every, fail_input_every, quota_images, delay,
-                    rate_tolerance=rate_tolerance)
+                    burst=burst)
 
     async def serve() -> None:
         import signal

@@ -61,9 +61,30 @@ class Faults:
     delay: float = 0.0  # seconds added to every answer
     drop_every: int = 0  # every n-th request is billed, then its response is lost
     bad_answer_every: int = 0  # every n-th answered input gets NaN scores (billed)
-    rate_tolerance: float = 1.0  # with max_rps: a request is throttled when it comes less than
-    # rate_tolerance / max_rps seconds after the last accepted one (1: strict spacing; 0.9
-    # forgives 10% of jitter, as a gateway's small burst does)
+    burst: float = 1.0  # with max_rps: a token bucket of this many requests, refilled at
+    # max_rps (1: requests at least 1/max_rps apart; 2: a gateway's small burst)
+
+
+@dataclass
+class TokenBucket:
+    """The emulators' rate limit: `rate` tokens per second up to `burst`; a request that
+    finds a whole token takes it, one that does not is throttled."""
+
+    rate: float
+    burst: float = 1.0
+    tokens: float = field(default=0.0, init=False)
+    last: float | None = field(default=None, init=False)
+
+    def admit(self, now: float) -> bool:
+        if self.last is None:
+            self.tokens = self.burst
+        else:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1 - 1e-9:
+            self.tokens -= 1
+            return True
+        return False
 
 
 @dataclass
@@ -85,7 +106,7 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
         self.model, self.key = model, key
         self.faults = faults or Faults()
         self.counters = Counters()
-        self._last = 0.0
+        self._bucket = TokenBucket(self.faults.max_rps, self.faults.burst)
         self._inputs_seen = 0
         self._answered = 0
         self.server: grpc.aio.Server | None = None
@@ -114,11 +135,10 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
             c.unavailable += 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "emulated outage")
         now = time.monotonic()
-        if f.max_rps and now - self._last < f.rate_tolerance / f.max_rps:
+        if f.max_rps and not self._bucket.admit(now):
             c.throttled += 1
             c.throttled_times.append(now)
             return service_pb2.MultiOutputResponse(status=self._status(11005, "throttled"))
-        self._last = now
         c.accepted_times.append(now)
         n = len(request.inputs)
         if f.quota_images is not None and c.billed_images + n > f.quota_images:
@@ -268,7 +288,7 @@ class AzureEmulator:
         self.faults = faults or Faults()
         self.counters = Counters()
         self._lock = threading.Lock()
-        self._last = 0.0
+        self._bucket = TokenBucket(self.faults.max_rps, self.faults.burst)
         self._http = LoopbackHTTPServer(self.answer, port)
         self.port = self._http.port
 
@@ -298,12 +318,11 @@ class AzureEmulator:
                 c.unavailable += 1
                 return self._error(503, "emulated outage")
             now = time.monotonic()
-            if f.max_rps and now - self._last < f.rate_tolerance / f.max_rps:
+            if f.max_rps and not self._bucket.admit(now):
                 c.throttled += 1
                 c.throttled_times.append(now)
                 status, payload, _ = self._error(429, "Rate limit is exceeded.")
                 return status, payload, {"Retry-After": f"{1.0 / f.max_rps:.3f}"}
-            self._last = now
             c.accepted_times.append(now)
             if f.quota_images is not None and c.billed_images + 1 > f.quota_images:
                 return self._error(403, "Out of call volume quota.")
