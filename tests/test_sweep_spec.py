@@ -156,3 +156,28 @@ def test_a_torn_lease_line_counts_as_held(tmp_path: Path) -> None:
     with path.open("a") as handle:
         handle.write('{"trial": "t1", "lease": 3000000000, "ti')
     assert SweepLedger(path, 10 * 10**9).committed_nano == 4 * 10**9
+
+
+def test_importing_barapi_does_not_import_ray() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, barapi, barapi.api, barapi.cli, barapi.sweep, barapi.sweep.trial; "
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_without_ray_the_sweep_says_which_extra_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from click.testing import CliRunner
+
+    from barapi.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    out = CliRunner().invoke(main, ["sweep", str(spec_file(tmp_path, GOOD)), "--budget", "5",
+                                    "--sweeps-dir", str(tmp_path / "sweeps")])
+    assert out.exit_code == 2, out.output
+    assert "pip install -e '.[sweep]'" in out.output and len(out.output.strip().splitlines()) == 1
+    assert not (tmp_path / "sweeps").exists()

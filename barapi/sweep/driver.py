@@ -160,10 +160,8 @@ def preflight(spec: SweepSpec) -> None:
 def _start_ray(address: str | None, ray_init: dict[str, Any] | None) -> bool:
     """Start Ray in this process, or join the cluster at `address`; True if this call
     started or joined it (and so must shut it down)."""
-    try:
-        import ray
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError("No module named 'ray'", name="ray") from exc
+    import ray
+
     if ray.is_initialized():
         return False
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
@@ -190,7 +188,12 @@ def run_sweep(spec: SweepSpec | Path | str | None = None, budget: float | None =
     (default: the spec's, else Ray's resources); `ray_init`: extra `ray.init` options.
 
     Raises ConfigError (one line) for a bad spec, a missing budget or an unusable folder,
-    before anything is created; RunFolderBusy when another driver holds the sweep."""
+    before anything is created; RunFolderBusy when another driver holds the sweep;
+    ModuleNotFoundError (name "ray") without the `sweep` extra."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ModuleNotFoundError("No module named 'ray'", name="ray")
     if resume is not None:
         folder = SweepFolder.open(Path(resume))
         try:
