@@ -395,6 +395,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--sweeps-dir", default="runs/calibration")
     parser.add_argument("--resume", type=Path, default=None, metavar="SWEEP_DIR",
                         help="continue an interrupted calibration sweep")
+    parser.add_argument("--rows", type=seed_range, default=None, metavar="A-B",
+                        help="only the stage's rows A to B (to split a stage between sweeps)")
     parser.add_argument("--table", action="store_true",
                         help="print the stage's results as a markdown table; run nothing")
     parser.add_argument("--paired", metavar="JSON",
@@ -415,7 +417,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     done = RESULTS / f"calibration_{args.stage}.json"
     rows = json.loads(done.read_text())["rows"] if done.exists() else []
     ran = [without_device(r["settings"]) for r in rows]
-    todo = [i for i, c in enumerate(configs) if without_device(c) not in ran]
+    todo = [i for i, c in enumerate(configs) if without_device(c) not in ran
+            and (args.rows is None or i in args.rows)]
     cma = [i for i in todo if "cma_sigma" in configs[i]]
     print(f"{len(rows)} runs read back from {done}, {len(todo)} to run ({len(cma)} CMA-ES)",
           file=sys.stderr)

@@ -221,6 +221,9 @@ def parse_spec(data: dict[str, Any], path: Path) -> SweepSpec:
         Card(name="check", **tables["card"])
     except ValidationError as exc:
         raise _fail(path, "card", one_line(exc)) from exc
+    if options.cache_dir is not None and not Path(options.cache_dir).is_absolute():
+        options = options.model_copy(  # trials run in other folders
+            update={"cache_dir": str((path.parent / options.cache_dir).resolve())})
     for key in ("resolution",):
         for table in ("run",):
             if tables[table].get(key) == "full":

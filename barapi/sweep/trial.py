@@ -16,6 +16,7 @@ errored and `barapi sweep --resume` restarts it (it then continues from its run 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -101,18 +102,18 @@ class _Reporter:
         self.trial, self.folder, self.budget = trial, folder, budget
         self.best = math.nan
 
-    def checkpoint(self) -> Any:
+    def report(self, metrics: dict[str, Any]) -> None:
+        """Report `metrics` with a checkpoint (a trial.json naming the run folder; Tune
+        copies it to the experiment's storage)."""
         from ray import tune
 
         scratch = Path(tempfile.mkdtemp(prefix="barapi-trial-"))
-        (scratch / "trial.json").write_text(json.dumps({"run_dir": str(self.folder),
-                                                        "index": self.trial.index}))
-        return tune.Checkpoint.from_directory(str(scratch))
-
-    def report(self, metrics: dict[str, Any]) -> None:
-        from ray import tune
-
-        tune.report(metrics, checkpoint=self.checkpoint())
+        try:
+            (scratch / "trial.json").write_text(json.dumps({"run_dir": str(self.folder),
+                                                            "index": self.trial.index}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(scratch)))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def __call__(self, record: dict[str, Any]) -> None:
         if record.get("event") != "val":
@@ -216,7 +217,10 @@ def run_trial(params: dict[str, Any]) -> None:
         if folder_ is not None:
             (folder_.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     finally:
-        budget.close()  # settle with the wallet; give back the unused lease
+        # settle with the wallet and give back the unused lease; if the wallet is gone, the
+        # lease stays counted as spent (safe)
+        with contextlib.suppress(SweepBudgetExhausted):
+            budget.close()
         if session.folder is not None:  # the trial's own budget closes with the sweep's
             session.folder.write_record(limit=budget.spent)
     reporter.report(final_metrics(summary, trial))
