@@ -350,8 +350,15 @@ def sweep_spec(stage: str, rows: list[int], device: str, gpus: float, cpus: floa
 def sweep_rows(stage: str, configs: list[dict[str, Any]], todo: list[int], args: Any) -> list[dict[str, Any]]:
     """Run the stage's rows `todo` (indices into `configs`) through `barapi sweep`; their
     results in this benchmark's row format."""
+    import os
+
     from barapi.sweep import run_sweep
 
+    # the trials import this module (the hook): Ray's workers started from this process
+    # inherit its environment (on a cluster, start `ray start` with the same PYTHONPATH)
+    repo = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (repo, os.environ.get("PYTHONPATH")) if p)
     if args.resume is not None:
         result = run_sweep(resume=args.resume, address=args.address,
                            max_concurrent=args.max_concurrent)
