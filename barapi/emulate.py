@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import grpc
@@ -83,6 +83,30 @@ class Faults:
     delay: float = 0.0  # seconds added to every answer
     drop_every: int = 0  # every n-th request is billed, then its response is lost
     bad_answer_every: int = 0  # every n-th answered input gets NaN scores (billed)
+    burst: float = 1.0  # with max_rps: a token bucket of this many requests, refilled at
+    # max_rps (1: requests at least 1/max_rps apart; 2: a gateway's small burst)
+
+
+@dataclass
+class TokenBucket:
+    """The emulators' rate limit: `rate` tokens per second up to `burst`; a request that
+    finds a whole token takes it, one that does not is throttled."""
+
+    rate: float
+    burst: float = 1.0
+    tokens: float = field(default=0.0, init=False)
+    last: float | None = field(default=None, init=False)
+
+    def admit(self, now: float) -> bool:
+        if self.last is None:
+            self.tokens = self.burst
+        else:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1 - 1e-9:
+            self.tokens -= 1
+            return True
+        return False
 
 
 @dataclass
@@ -94,6 +118,9 @@ class Counters:
     rejected_auth: int = 0
     dropped: int = 0
     model_calls: int = 0  # free calls (GetModelOutputInfo): never billed
+    accepted_times: list[float] = field(default_factory=list)  # time.monotonic() of each request
+    # that passed the rate check (what the provider's limit counts)
+    throttled_times: list[float] = field(default_factory=list)  # and of each one throttled
 
 
 class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
@@ -103,16 +130,25 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
         self.model, self.key = model, key
         self.faults = faults or Faults()
         self.counters = Counters()
-        self._last = 0.0
+        self._bucket = TokenBucket(self.faults.max_rps, self.faults.burst)
         self._inputs_seen = 0
         self._answered = 0
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.on_request: Callable[[Counters], None] | None = None
+        """Called with the counters after each PostModelOutputs (e.g. to publish them)."""
 
     def _status(self, code: int, description: str = "") -> Any:
         return status_pb2.Status(code=code, description=description)
 
     async def PostModelOutputs(self, request: Any, context: Any) -> Any:
+        try:
+            return await self._post_model_outputs(request, context)
+        finally:
+            if self.on_request is not None:
+                self.on_request(self.counters)
+
+    async def _post_model_outputs(self, request: Any, context: Any) -> Any:
         c, f = self.counters, self.faults
         c.requests += 1
         metadata = dict(context.invocation_metadata())
@@ -123,10 +159,11 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
             c.unavailable += 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "emulated outage")
         now = time.monotonic()
-        if f.max_rps and now - self._last < 1.0 / f.max_rps:
+        if f.max_rps and not self._bucket.admit(now):
             c.throttled += 1
+            c.throttled_times.append(now)
             return service_pb2.MultiOutputResponse(status=self._status(11005, "throttled"))
-        self._last = now
+        c.accepted_times.append(now)
         n = len(request.inputs)
         if f.quota_images is not None and c.billed_images + n > f.quota_images:
             return service_pb2.MultiOutputResponse(status=self._status(11006, "quota exhausted"))
@@ -287,7 +324,7 @@ class AzureEmulator:
         self.faults = faults or Faults()
         self.counters = Counters()
         self._lock = threading.Lock()
-        self._last = 0.0
+        self._bucket = TokenBucket(self.faults.max_rps, self.faults.burst)
         self._http = LoopbackHTTPServer(self.answer, port)
         self.port = self._http.port
 
@@ -317,11 +354,12 @@ class AzureEmulator:
                 c.unavailable += 1
                 return self._error(503, "emulated outage")
             now = time.monotonic()
-            if f.max_rps and now - self._last < 1.0 / f.max_rps:
+            if f.max_rps and not self._bucket.admit(now):
                 c.throttled += 1
+                c.throttled_times.append(now)
                 status, payload, _ = self._error(429, "Rate limit is exceeded.")
                 return status, payload, {"Retry-After": f"{1.0 / f.max_rps:.3f}"}
-            self._last = now
+            c.accepted_times.append(now)
             if f.quota_images is not None and c.billed_images + 1 > f.quota_images:
                 return self._error(403, "Out of call volume quota.")
             c.billed_images += 1  # counted now, so that concurrent requests respect the quota
@@ -364,3 +402,35 @@ class AzureEmulator:
 
     def __exit__(self, *_: object) -> None:
         self._http.__exit__()
+
+
+class ClarifaiEmulatorThread:
+    """A ClarifaiEmulator served from its own event loop in a background thread (for tests
+    and benchmarks that drive it from synchronous code, or from other processes); `port` is
+    where it listens, `emulator.counters` what it counted. `stop()` ends it."""
+
+    def __init__(self, model: Adapter, key: str, faults: Faults | None = None, port: int = 0) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                        name="clarifai-emulator")
+        self._thread.start()
+        self.emulator = ClarifaiEmulator(model, key, faults)
+        self.port = asyncio.run_coroutine_threadsafe(self.emulator.start(port), self.loop).result()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.emulator.stop(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+
+def write_counters(path: str, counters: Counters) -> None:
+    """`counters` as JSON at `path`, replaced atomically (what `--counters-file` writes)."""
+    import dataclasses
+    import os
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(dataclasses.asdict(counters), handle)
+    os.replace(tmp, path)

@@ -5,6 +5,10 @@ Additive increase, multiplicative decrease (AIMD, as TCP congestion control): on
 throttle the rate is multiplied by `DECREASE` (at most once per `1/rate` seconds, so that a
 burst of throttled requests counts once); each accepted request adds `ceiling × INCREASE`
 up to the ceiling (the card's rate). A run keeps the learned `rate` in its folder.
+
+`Pacer` is the logic, synchronous and clock-driven: it hands out departure slots and adapts
+the rate. `RateLimiter` is one process's limiter (a Pacer plus an async sleep); a sweep's
+limiter shared by many processes (`barapi.sweep.limiter`) keeps one Pacer in a Ray actor.
 """
 
 from __future__ import annotations
@@ -23,14 +27,13 @@ UNLIMITED_START = 10.0
 
 
 @dataclass
-class RateLimiter:
-    """`rate` requests per second (0 = unlimited) with `ceiling` the most it rises to
-    (default: the starting rate); injectable clock and sleep for tests."""
+class Pacer:
+    """Departure slots at `rate` requests per second (0 = unlimited), adapted by AIMD up to
+    `ceiling` (default: the starting rate). Times are seconds on `clock`."""
 
     rate: float = 0.0
     ceiling: float | None = None
     clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     throttles: int = 0
     _next: float = field(default=0.0, init=False)
     _last_cut: float = field(default=-1e9, init=False)
@@ -39,19 +42,15 @@ class RateLimiter:
         if self.ceiling is None:
             self.ceiling = self.rate
 
-    @classmethod
-    def unlimited(cls) -> RateLimiter:
-        return cls(0.0)
-
-    async def acquire(self) -> None:
-        """Wait for this request's slot. Slots are handed out in call order."""
+    def delay(self) -> float:
+        """Claim the next slot; seconds to wait for it (0: leave now). Slots are handed out
+        in call order, 1/rate apart."""
         if self.rate <= 0:
-            return
+            return 0.0
         now = self.clock()
         slot = max(now, self._next)
         self._next = slot + 1.0 / self.rate
-        if slot > now:
-            await self.sleep(slot - now)
+        return slot - now
 
     def throttled(self) -> None:
         """The provider refused a request as too fast: slow down."""
@@ -71,3 +70,45 @@ class RateLimiter:
         """The provider accepted a request: speed up a little, up to the ceiling."""
         if self.rate > 0 and self.ceiling and self.rate < self.ceiling:
             self.rate = min(self.ceiling, self.rate + self.ceiling * INCREASE)
+
+
+class RateLimiter:
+    """One process's limiter: `rate` requests per second (0 = unlimited) with `ceiling` the
+    most it rises to (default: the starting rate); injectable clock and sleep for tests.
+    `rate` and `throttles` read the pacer's current values."""
+
+    def __init__(self, rate: float = 0.0, ceiling: float | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.pacer = Pacer(rate, ceiling, clock)
+        self.sleep = sleep
+
+    @classmethod
+    def unlimited(cls) -> RateLimiter:
+        return cls(0.0)
+
+    @property
+    def rate(self) -> float:
+        return self.pacer.rate
+
+    @property
+    def ceiling(self) -> float | None:
+        return self.pacer.ceiling
+
+    @property
+    def throttles(self) -> int:
+        return self.pacer.throttles
+
+    async def acquire(self) -> None:
+        """Wait for this request's slot. Slots are handed out in call order."""
+        wait = self.pacer.delay()
+        if wait > 0:
+            await self.sleep(wait)
+
+    def throttled(self) -> None:
+        """The provider refused a request as too fast: slow down."""
+        self.pacer.throttled()
+
+    def succeeded(self) -> None:
+        """The provider accepted a request: speed up a little, up to the ceiling."""
+        self.pacer.succeeded()

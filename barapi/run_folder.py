@@ -53,11 +53,13 @@ class RunFolder:
         self.created = False
 
     @classmethod
-    def create(cls, root: Path, config: RunConfig, **session: Any) -> RunFolder:
-        """A new folder under `root`; `session` (card, cache settings) is stored beside the
-        config so that a resumed run pays the same prices and uses the same cache."""
+    def create(cls, root: Path, config: RunConfig, name: str | None = None,
+               **session: Any) -> RunFolder:
+        """A new folder under `root` (named `name`, default: time, dataset and method);
+        `session` (card, cache settings) is stored beside the config so that a resumed run
+        pays the same prices and uses the same cache."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = root / f"{stamp}-{Path(config.dataset).stem}-{config.method}"
+        base = root / (name or f"{stamp}-{Path(config.dataset).stem}-{config.method}")
         path, n = base, 1
         while path.exists():
             n += 1

@@ -235,6 +235,8 @@ class Trainer:
             self.surrogate = make_surrogate(config, self.task, service.adapter)
         self.wall_offset = 0.0
         """Wall-clock seconds of the run's earlier parts (a resumed run)."""
+        self.on_record: Callable[[dict[str, Any]], None] | None = None
+        """Called with each metrics record after it is written (a sweep reports them)."""
         self._started = time.monotonic()
 
     def wall_seconds(self) -> float:
@@ -266,6 +268,8 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.folder is not None:
             self.folder.log(record)
+        if self.on_record is not None:
+            self.on_record(record)
 
     def _save(self, state: RunState, optimizers: dict[str, Optimizer]) -> None:
         if self.folder is None:
@@ -451,9 +455,11 @@ class Trainer:
         def validation_due(step: int) -> bool:
             return c.evaluate and step > 0 and (step % eval_every == 0 or step == self.total_steps)
 
+        # a validation interrupted (e.g. by the budget) before it ran: the first one too
+        first = state.step == 0 and c.evaluate and c.method != "zero-shot"
         try:
-            if validation_due(state.step) and state.validated_step != state.step:
-                await self._validate(state)  # interrupted (e.g. by the budget) before it ran
+            if (validation_due(state.step) or first) and state.validated_step != state.step:
+                await self._validate(state)
                 self._save(state, optimizers)
             while state.step < self.total_steps and not self._out_of_patience(state, eval_every):
                 step = state.step

@@ -1,10 +1,11 @@
 """The calibration sweep behind barapi's default BAR settings (digits, EfficientNet-Lite0 at
 112 px, canvas 112, m = 4, frequency mapping, Adam unless stated).
 
-    python -m benchmarks.calibrate --stage grid  [--device cuda] [--workers 8]
-    python -m benchmarks.calibrate --stage seeds [--device cuda] [--workers 12]
-    python -m benchmarks.calibrate --stage few-output [--workers 2]
-    python -m benchmarks.calibrate --stage wide --device cuda --workers 15
+    python -m benchmarks.calibrate --stage grid  [--device cuda --gpus-per-trial 0.125]
+    python -m benchmarks.calibrate --stage seeds [--max-concurrent 12] [--address auto]
+    python -m benchmarks.calibrate --stage few-output
+    python -m benchmarks.calibrate --stage wide --device cuda --gpus-per-trial 0.066
+    python -m benchmarks.calibrate --stage wide --resume runs/calibration/SWEEP_DIR
     python -m benchmarks.calibrate --stage wide --table | --paired '{"batch": 5}' [--seeds 0-9]
 
 `grid`: 24 settings (one seed), every BAR run given about 60,000 billable images (epochs
@@ -25,20 +26,23 @@ size rising linearly over the first epochs; `shaping`: a step's q differences mi
 mean ("center") or replaced by centred ranks ("rank"); `channels` 1: a grey program, one
 value per position for R, G and B). Rows with `cma_sigma` are CMA-ES runs
 (`benchmarks.cma_es`). A stage resumes: runs already in its JSON are kept, only missing
-settings run. Runs in parallel processes; on a 2-core CPU expect hours.
-Writes benchmarks/results/calibration_<stage>.json.
+settings run. The runs go through `barapi sweep` (Ray Tune; `--address` joins a cluster):
+the stage's missing rows become a spec (`runs/calibration/calibration_<stage>.toml`, a grid
+over the row numbers, turned into settings by `sweep_hook`), each run an ordinary run folder
+of the sweep, resumable with `--resume SWEEP_DIR` (or `barapi sweep --resume`). CMA-ES rows
+are not barapi runs: they run after the sweep, one after the other, in this process. On a
+2-core CPU expect hours. Writes benchmarks/results/calibration_<stage>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import sys
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS, write_results
@@ -313,11 +317,93 @@ def without_device(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k != "device"}
 
 
+def sweep_hook(values: dict[str, Any], build: bool) -> tuple[dict[str, Any], Any]:
+    """The sweep's hook: a trial's values {"stage", "row", "device"} → (run settings, the
+    black box: an emulated service's folded model as a local adapter, or None for
+    EfficientNet-Lite0). `build` False: the settings only."""
+    settings = with_budget(STAGES[values["stage"]]()[int(values["row"])])
+    settings = {**settings, "device": values.get("device", "auto")}
+    config = {k: v for k, v in settings.items() if k not in ("box", "cma_sigma")}
+    box = settings.get("box")
+    if box is not None:
+        from benchmarks.suite import with_dataset
+
+        config = with_dataset(config)
+    adapter = None
+    if build and box not in (None, "lite0"):
+        from benchmarks.suite import folded_white_box
+
+        adapter = folded_white_box(box, config.get("input_size", 112), config.get("device", "cpu"))
+    return config, adapter
+
+
+def sweep_spec(stage: str, rows: list[int], device: str, gpus: float, cpus: float) -> str:
+    """The TOML spec of a calibration sweep over the stage's rows `rows`."""
+    return "\n".join([
+        "# written by python -m benchmarks.calibrate: the rows of a calibration stage, turned",
+        "# into run settings by benchmarks.calibrate:sweep_hook (run from the repository root)",
+        "[run]", f'stage = "{stage}"', f'device = "{device}"', "[grid]",
+        f"row = {json.dumps(rows)}", "[sweep]", 'hook = "benchmarks.calibrate:sweep_hook"',
+        f"cpus_per_trial = {cpus}", f"gpus_per_trial = {gpus}", "cache = false", ""])
+
+
+def sweep_rows(stage: str, configs: list[dict[str, Any]], todo: list[int], args: Any) -> list[dict[str, Any]]:
+    """Run the stage's rows `todo` (indices into `configs`) through `barapi sweep`; their
+    results in this benchmark's row format."""
+    import os
+
+    from barapi.sweep import run_sweep
+
+    # the trials import this module (the hook): Ray's workers started from this process
+    # inherit its environment (on a cluster, start `ray start` with the same PYTHONPATH)
+    repo = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (repo, os.environ.get("PYTHONPATH")) if p)
+    if args.resume is not None:
+        result = run_sweep(resume=args.resume, address=args.address,
+                           max_concurrent=args.max_concurrent)
+    else:
+        if not todo:
+            return []
+        root = Path(args.sweeps_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        spec = root / f"calibration_{stage}.toml"
+        spec.write_text(sweep_spec(stage, todo, args.device, args.gpus_per_trial,
+                                   args.cpus_per_trial))
+        print(f"barapi sweep {spec} --budget 0 --sweeps-dir {root}"
+              + (f" --address {args.address}" if args.address else ""), file=sys.stderr)
+        result = run_sweep(spec, 0.0, sweeps_dir=root, address=args.address,
+                           max_concurrent=args.max_concurrent)
+    found = []
+    for row in result.rows:
+        if row["status"] != "done":
+            continue
+        folder = Path(row["run_dir"])
+        summary = json.loads((folder / "summary.json").read_text())
+        found.append({"settings": configs[int(row["row"])],
+                      "test_accuracy": summary["test_accuracy"],
+                      "zero_shot": summary["zero_shot_test_accuracy"],
+                      "best_val_accuracy": summary["best_val_accuracy"],
+                      "best_step": summary.get("best_step"), "steps": summary["steps"],
+                      "images": summary["billed_images"], "seconds": summary["wall_seconds"],
+                      "run_dir": str(folder)})
+    return found
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stage", choices=list(STAGES), default="grid")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-concurrent", type=int, default=None,
+                        help="runs at a time (default: as many as Ray's resources allow)")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0)
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0)
+    parser.add_argument("--address", default=None, help="join this Ray cluster (auto|HOST:PORT)")
+    parser.add_argument("--sweeps-dir", default="runs/calibration")
+    parser.add_argument("--resume", type=Path, default=None, metavar="SWEEP_DIR",
+                        help="continue an interrupted calibration sweep")
+    parser.add_argument("--rows", type=seed_range, default=None, metavar="A-B",
+                        help="only the stage's rows A to B (to split a stage between sweeps)")
     parser.add_argument("--table", action="store_true",
                         help="print the stage's results as a markdown table; run nothing")
     parser.add_argument("--paired", metavar="JSON",
@@ -338,14 +424,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     done = RESULTS / f"calibration_{args.stage}.json"
     rows = json.loads(done.read_text())["rows"] if done.exists() else []
     ran = [without_device(r["settings"]) for r in rows]
-    todo = [c for c in configs if without_device(c) not in ran]
-    print(f"{len(rows)} runs read back from {done}, {len(todo)} to run", file=sys.stderr)
-    with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
-        for future in as_completed([pool.submit(run_one, c) for c in todo]):
-            row = future.result()
-            print(json.dumps(row), flush=True)
+    todo = [i for i, c in enumerate(configs) if without_device(c) not in ran
+            and (args.rows is None or i in args.rows)]
+    cma = [i for i in todo if "cma_sigma" in configs[i]]
+    print(f"{len(rows)} runs read back from {done}, {len(todo)} to run ({len(cma)} CMA-ES)",
+          file=sys.stderr)
+    for row in sweep_rows(args.stage, configs, [i for i in todo if i not in cma], args):
+        if without_device(row["settings"]) not in ran:
             rows.append(row)
-            write_results(f"calibration_{args.stage}", rows, command)  # an interrupted sweep keeps its rows
+    write_results(f"calibration_{args.stage}", rows, command)  # an interrupted stage keeps its rows
+    for i in cma:
+        row = run_one(configs[i])
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        write_results(f"calibration_{args.stage}", rows, command)
     groups: dict[str, list[float]] = defaultdict(list)
     for row in rows:
         key = json.dumps({k: v for k, v in without_device(row["settings"]).items() if k != "seed"})

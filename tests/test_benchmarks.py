@@ -1,5 +1,7 @@
 """The benchmark scripts still work (their --quick modes; the numbers are not checked)."""
 
+from pathlib import Path
+
 from benchmarks import adapter_speed
 
 
@@ -167,3 +169,21 @@ def test_surrogate_quick() -> None:
     rows = surrogate.main(["--quick", "--boxes", "imagenet-moderation", "--seeds", "0",
                            "--walk", "1", "--prime-steps", "2"])
     assert -1 <= rows[0]["mean_cos"] <= 1 and rows[0]["paid_images"] > 0
+
+
+def test_calibrate_runs_its_stages_through_barapi_sweep(tmp_path: Path) -> None:
+    from barapi.sweep.spec import read_spec
+    from benchmarks import calibrate
+
+    spec = tmp_path / "calibration_grid.toml"
+    spec.write_text(calibrate.sweep_spec("grid", [0, 3, 23], "cpu", 0.0, 1.0))
+    trials = read_spec(spec).trials()  # the hook's settings are valid run settings
+    assert [t.varied["row"] for t in trials] == [0, 3, 23]
+    stage = calibrate.grid()
+    for trial in trials:
+        config = trial.config()
+        expected = calibrate.with_budget(stage[trial.varied["row"]])
+        assert config.method == expected.get("method", "bar") and config.device == "cpu"
+        assert config.q == expected.get("q", calibrate.BASE["q"])
+    few = calibrate.sweep_hook({"stage": "few-output", "row": 0, "device": "cpu"}, build=False)
+    assert few[1] is None and "box" not in few[0] and few[0]["m"] == 1

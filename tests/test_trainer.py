@@ -188,3 +188,29 @@ def test_patience_counts_a_lower_validation_loss_as_progress(
     result = api.train(tiny_config(eval_every=2, patience=2, epochs=3), adapter=BlindAdapter())
     assert result.steps == steps and result.extra["best_step"] == 0  # selection: accuracy first
     assert result.extra["early_stop"] == (steps < 30)
+
+
+def test_a_run_stopped_in_its_first_validation_validates_step_0_on_resume(tmp_path: Path) -> None:
+    """(Found by the sweep's budget tests: the resume skipped the step-0 validation, so it
+    could keep another program than an uninterrupted run.)"""
+
+    class Priced(LinearSoftmaxAdapter):
+        card = "clarifai-nsfw"  # $1.20 per 1,000 images
+
+    config = tiny_config(classes="0,1,2")
+    whole = api.train(config, adapter=Priced(), runs_root=tmp_path / "a", budget=100.0,
+                      cache_dir=tmp_path / "cache-a")
+    session = api.prepare(config, adapter=Priced(), runs_root=tmp_path / "b", budget=1.0,
+                          cache_dir=tmp_path / "cache-b", start=False)
+    split = session.trainer.task.split
+    assert split.test is not None
+    before_validation = len(split.train.labels) + len(split.test.labels)
+    session.service.budget.limit = (before_validation + len(split.val.labels) // 2) * 1.2e-3
+    stopped = session.run()
+    assert stopped.stopped and stopped.run_dir is not None
+    resumed = api.prepare(config, adapter=Priced(), resume=stopped.run_dir, budget=100.0).run()
+    folder = api.RunFolder.open(stopped.run_dir, lock=False)
+    assert next(r["step"] for r in folder.metrics() if r.get("event") == "val") == 0
+    assert resumed.best_val_accuracy == whole.best_val_accuracy
+    assert resumed.test_accuracy == whole.test_accuracy
+    np.testing.assert_array_equal(resumed.weights, whole.weights)
