@@ -47,6 +47,15 @@ class Adapter(ABC):
         """Take `labels` (learned, or stored in a run folder) as the answer's columns."""
         self.labels = list(labels)
 
+    _checked: bool = False
+
+    async def ensure_checked(self) -> None:
+        """`check`, once per adapter: `QueryService` calls it before its first cache lookup,
+        since `check` may settle `identity` (the model version a service reports)."""
+        if not self._checked:
+            await self.check()
+            self._checked = True
+
     async def check(self) -> None:  # noqa: B027 - optional hook
         """Free preflight before the first paid request: raise ConfigError when the black
         box cannot be reached at all (malformed endpoint, refused connection, no key), and

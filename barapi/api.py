@@ -176,7 +176,7 @@ class Session:
         """Free preflight: the black box can be reached, and its labels are known (see
         `Adapter.check`); once per session."""
         if not self._checked:
-            asyncio.run(self.adapter.check())
+            asyncio.run(self.adapter.ensure_checked())
             self._checked = True
             if self.config.head == "map":
                 check_fits(self.trainer.task.split.train.n_classes, self.config.m,

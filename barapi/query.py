@@ -90,6 +90,7 @@ class QueryService:
     async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         """(N, K) probabilities for (N, H, W, 3) uint8 images."""
         check_batch(images)
+        await self.adapter.ensure_checked()  # may settle the identity the cache keys hold
         n, k = len(images), self.adapter.n_sources
         out = np.empty((n, k), dtype=np.float32)
         keys = (image_keys(cache_identity(self.adapter), images)
