@@ -52,9 +52,18 @@ class Adapter(ABC):
     async def ensure_checked(self) -> None:
         """`check`, once per adapter: `QueryService` calls it before its first cache lookup,
         since `check` may settle `identity` (the model version a service reports)."""
-        if not self._checked:
-            await self.check()
-            self._checked = True
+        if self._checked:
+            return
+        import asyncio
+
+        loop = asyncio.get_running_loop()  # a lock of this loop: concurrent callers wait
+        held = self.__dict__.get("_check_lock")
+        if held is None or held[0] is not loop:
+            held = self.__dict__["_check_lock"] = (loop, asyncio.Lock())
+        async with held[1]:
+            if not self._checked:
+                await self.check()
+                self._checked = True
 
     async def check(self) -> None:  # noqa: B027 - optional hook
         """Free preflight before the first paid request: raise ConfigError when the black

@@ -200,6 +200,9 @@ def test_a_refused_connection_is_never_charged() -> None:
     a = AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=TAGS,
                                  endpoint=f"http://127.0.0.1:{port}")
     svc = QueryService(a, Budget(2.0, 10.0), retry=RetryPolicy(attempts=2, base=0.01, cap=0.02))
+    with pytest.raises(ConfigError, match="cannot connect"):  # the free preflight, first
+        asyncio.run(svc.predict_proba(images(1)))
+    a._checked = True  # as if the endpoint went down after the preflight
     with pytest.raises(TransientError, match="not sent"):
         asyncio.run(svc.predict_proba(images(1)))
     assert svc.budget.spent == 0

@@ -99,6 +99,13 @@ def test_auth_and_quota_errors_are_fatal_and_never_retried(lite0_32: Any, faults
                                                            key: str, message: str) -> None:
     async def body(emulator: ClarifaiEmulator, adapter: ClarifaiAdapter) -> None:
         svc = service(adapter)
+        if key != KEY:  # the free preflight refuses a wrong key before any paid request
+            from barapi.errors import ConfigError
+
+            with pytest.raises(ConfigError, match=message):
+                await svc.predict_proba(images(10, side=16))
+            assert emulator.counters.requests == 0
+            adapter._checked = True  # as if the key were revoked after the preflight
         with pytest.raises(FatalProviderError, match=message):
             await svc.predict_proba(images(10, side=16))
         assert emulator.counters.requests == 1 and svc.budget.spent == 0
@@ -182,6 +189,7 @@ def test_a_closed_port_is_found_before_anything_is_charged() -> None:
     with pytest.raises(ConfigError, match="cannot connect"):
         asyncio.run(adapter.check(timeout=1.0))
     adapter.timeout = 1.0
+    adapter._checked = True  # as if the endpoint went down after the preflight
     svc = service(adapter)
     svc.retry = RetryPolicy(attempts=2, base=0.01, cap=0.02)
     with pytest.raises(TransientError, match="not sent"):
