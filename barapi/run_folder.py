@@ -43,6 +43,28 @@ def package_versions() -> dict[str, str]:
     return found
 
 
+def lock_folder(folder: Path, rule: str) -> IO[str]:
+    """An exclusive flock on FOLDER/.lock, held while the returned file stays open (the
+    kernel releases it when the process dies); the file holds the holder's PID. Raises
+    RunFolderBusy naming that PID and `rule` when another process holds it, ConfigError
+    when the lock file cannot be opened."""
+    path = folder / ".lock"
+    try:
+        handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot open the folder's lock ({exc.strerror})") from exc
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = handle.read(64).strip() or "another process"
+        handle.close()
+        raise RunFolderBusy(f"{folder}: in use by process {holder} ({rule})") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 class RunFolder:
     """A run's folder. `lock()` makes this process its only user (an OS lock, released when
     the process ends, however it ends)."""
@@ -78,24 +100,9 @@ class RunFolder:
 
     def lock(self) -> None:
         """Take the folder's lock; raises RunFolderBusy when another process holds it."""
-        if self._lock_file is not None:
-            return
-        path = self.path / ".lock"
-        try:
-            handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot open the run folder's lock ({exc.strerror})") from exc
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = handle.read(64).strip() or "another process"
-            handle.close()
-            raise RunFolderBusy(f"{self.path}: in use by process {holder} (one process at a "
-                                f"time per run folder; wait for it to finish)") from None
-        handle.truncate(0)
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._lock_file = handle
+        if self._lock_file is None:
+            self._lock_file = lock_folder(self.path, "one process at a time per run folder; "
+                                                     "wait for it to finish")
 
     def unlock(self) -> None:
         if self._lock_file is not None:

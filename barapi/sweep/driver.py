@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import hashlib
 import json
 import math
@@ -30,7 +29,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from barapi.budget import NANO, read_ledger, to_nano
-from barapi.errors import ConfigError, LedgerDamaged, RunFolderBusy
+from barapi.errors import ConfigError, LedgerDamaged
+from barapi.run_folder import lock_folder
 from barapi.sweep.spec import SweepSpec, Trial, parse_spec, read_spec
 from barapi.sweep.trial import SweepContext, read_summary, run_trial, trial_folder
 
@@ -96,18 +96,7 @@ class SweepFolder:
         return folder
 
     def lock(self) -> None:
-        handle = os.fdopen(os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600), "r+")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = handle.read(64).strip() or "another process"
-            handle.close()
-            raise RunFolderBusy(f"{self.path}: in use by process {holder} (one driver at a time "
-                                f"per sweep)") from None
-        handle.truncate(0)
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._lock = handle
+        self._lock = lock_folder(self.path, "one driver at a time per sweep")
 
     def unlock(self) -> None:
         if self._lock is not None:
