@@ -4,7 +4,7 @@
       sweep.json        the spec, the budget, the sweep's id and the commands that ran it
       wallet.jsonl      the sweep's wallet (barapi.sweep.ledger), fsynced
       trials/NNN-…/     one ordinary run folder per trial (`barapi evaluate/predict` work on it)
-      tune/             Ray Tune's experiment (its state, the trials' reports and checkpoints)
+      tune/             Ray Tune's experiment (its state and the trials' reports)
       results.json, results.csv, accuracy_vs_dollars.png
       .lock             held (flock) by the one driver of the sweep
 
@@ -228,7 +228,7 @@ def _drive(folder: SweepFolder, spec: SweepSpec, budget: float, resumed: bool,
                        card=spec.card, cache_dir=spec.options.cache_dir,
                        use_cache=spec.options.cache, lease_nano=_lease_nano(spec, budget))
     # Tune warns on every forced snapshot of its state (each trial report carries a
-    # checkpoint, and those snapshots are what a resume after kill -9 reads): keep it quiet
+    # a snapshot, and those are what a resume after kill -9 reads): keep it quiet
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = _start_ray(address, ray_init)
     import ray

@@ -9,7 +9,7 @@ that spends from the sweep's wallet; its rate limiter is the account's shared on
 
 It reports through `ray.tune.report` after every validation and at its end (metrics:
 node, val_accuracy, best_val_accuracy, test_accuracy, dollars, billed_images,
-wall_seconds, step, finished, stopped) with a small checkpoint that points at the run folder. A trial stopped
+wall_seconds, step, finished, stopped), without a Tune checkpoint. A trial stopped
 by the sweep's budget raises TrialStopped after its last report, so that Tune marks it
 errored and `barapi sweep --resume` restarts it (it then continues from its run folder).
 """
@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,17 +102,13 @@ class _Reporter:
         self.best = math.nan
 
     def report(self, metrics: dict[str, Any]) -> None:
-        """Report `metrics` with a checkpoint (a trial.json naming the run folder; Tune
-        copies it to the experiment's storage)."""
+        """Report `metrics` to Tune, without a Tune checkpoint: the trial's state is its run
+        folder, which a restarted trial finds and resumes by itself. (A Tune checkpoint
+        could be named in Tune's saved state yet be gone from storage after a kill -9,
+        and Tune's restore then fails: seen in CI.)"""
         from ray import tune
 
-        scratch = Path(tempfile.mkdtemp(prefix="barapi-trial-"))
-        try:
-            (scratch / "trial.json").write_text(json.dumps({"run_dir": str(self.folder),
-                                                            "index": self.trial.index}))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(scratch)))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        tune.report(metrics)
 
     def __call__(self, record: dict[str, Any]) -> None:
         if record.get("event") != "val":
