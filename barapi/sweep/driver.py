@@ -227,8 +227,8 @@ def _drive(folder: SweepFolder, spec: SweepSpec, budget: float, resumed: bool,
                        limiter=f"barapi-limiter-{ident}", namespace=NAMESPACE,
                        card=spec.card, cache_dir=spec.options.cache_dir,
                        use_cache=spec.options.cache, lease_nano=_lease_nano(spec, budget))
-    # Tune warns on every forced snapshot of its state (each trial report carries a
-    # a snapshot, and those are what a resume after kill -9 reads): keep it quiet
+    # Tune warns on every forced snapshot of its state (the snapshots are what a resume
+    # after kill -9 reads): keep it quiet
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = _start_ray(address, ray_init)
     import ray
