@@ -43,6 +43,20 @@ def package_versions() -> dict[str, str]:
     return found
 
 
+def new_folder(base: Path, failure: str) -> Path:
+    """Create `base` (or `base-2`, `base-3`, … when taken), private (0700); ConfigError
+    "`failure` (reason)" when it cannot be made."""
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    try:
+        path.mkdir(parents=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"{failure} ({exc.strerror})") from exc
+    return path
+
+
 def lock_folder(folder: Path, rule: str) -> IO[str]:
     """An exclusive flock on FOLDER/.lock, held while the returned file stays open (the
     kernel releases it when the process dies); the file holds the holder's PID. Raises
@@ -82,15 +96,7 @@ class RunFolder:
         pays the same prices and uses the same cache."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = root / (name or f"{stamp}-{Path(config.dataset).stem}-{config.method}")
-        path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
-        try:
-            path.mkdir(parents=True, mode=0o700)
-        except OSError as exc:
-            raise ConfigError(f"runs folder {root}: cannot create a run folder in it "
-                              f"({exc.strerror})") from exc
+        path = new_folder(base, f"runs folder {root}: cannot create a run folder in it")
         folder = cls(path)
         folder.created = True
         folder.lock()

@@ -30,7 +30,7 @@ from typing import IO, Any
 
 from barapi.budget import NANO, read_ledger, to_nano
 from barapi.errors import ConfigError, LedgerDamaged
-from barapi.run_folder import lock_folder
+from barapi.run_folder import lock_folder, new_folder
 from barapi.sweep.spec import SweepSpec, Trial, parse_spec, read_spec
 from barapi.sweep.trial import SweepContext, read_summary, run_trial, trial_folder
 
@@ -70,15 +70,7 @@ class SweepFolder:
     def create(cls, root: Path, spec: SweepSpec, budget: float) -> SweepFolder:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = Path(root) / f"{stamp}-{Path(spec.path).stem}"
-        path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
-        try:
-            path.mkdir(parents=True, mode=0o700)
-        except OSError as exc:
-            raise ConfigError(f"sweeps folder {root}: cannot create a sweep folder in it "
-                              f"({exc.strerror})") from exc
+        path = new_folder(base, f"sweeps folder {root}: cannot create a sweep folder in it")
         folder = cls(path)
         folder.lock()
         ident = hashlib.sha256(f"{path}|{time.time()}".encode()).hexdigest()[:12]
