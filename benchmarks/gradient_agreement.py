@@ -1,6 +1,7 @@
 """Do query-based finite differences see the gradient that white-box AR follows?
 
     python -m benchmarks.gradient_agreement [--directions 50] [--betas 0.01 0.02 0.05 0.1]
+        [--boxes lite0 moderation] [--task shirts|digits01] [--no-float] [--name NAME]
 
 At the unprogrammed start (W = 0) of shirt vs T-shirt, with the fitted linear head, on one
 minibatch of 20: for random Gaussian directions u of the 3×8×8 program, the one-sided [f(W +
@@ -10,9 +11,12 @@ u·∇f of the same loss (what AR follows). The same differences on float images
 called directly, no 8-bit encoding) separate the loss's curvature at scale β from the
 encoding; at β = 0.001 they must agree with autograd (correlation ≈ 1: the control). β is in
 units of W (tanh'(0) = 1: β = 0.05 moves a background pixel by about 6 grey levels). Black
-boxes: EfficientNet-Lite0 (1,000 outputs) and the Clarifai Moderation emulator's folded
-model (5 outputs), both local (the autograd side needs the weights). Prints a table, writes
-benchmarks/results/gradient_agreement.json.
+boxes (`--boxes`, the suite's names): EfficientNet-Lite0 (1,000 outputs), the Clarifai
+Moderation emulator's folded model (5 outputs), or the honest boxes ("imagenet nsfw",
+"nudenet nsfw", …), all local (the autograd side needs the weights). `--task digits01`:
+digits 0 vs 1 at barapi's default settings instead of shirt vs T-shirt; `--no-float` skips
+the float rows (slow through onnx2torch). Prints a table, writes
+benchmarks/results/NAME.json (default gradient_agreement).
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ from benchmarks.common import markdown_table, write_results
 
 SHIRTS = {"dataset": "@fashion", "classes": "Shirt,T-shirt/top", "per_class": 100, "m": 1,
           "device": "cpu"}
+DIGITS01 = {"dataset": "digits", "classes": "0,1", "m": 1, "device": "cpu"}
 QUICK = {"dataset": "digits", "classes": "0,1", "canvas": 32, "window": 16, "input_size": 32,
          "resolution": 4, "batch": 8, "m": 1, "device": "cpu"}
 
 
 def agreement(box: str, betas: list[float], n_directions: int,
-              settings: dict[str, Any]) -> list[dict[str, Any]]:
+              settings: dict[str, Any], wires: tuple[str, ...] = ("float", "8-bit")
+              ) -> list[dict[str, Any]]:
     from benchmarks.suite import local_box, with_dataset
 
     config = api.make_config(**with_dataset(settings))
@@ -76,7 +82,7 @@ def agreement(box: str, betas: list[float], n_directions: int,
         return np.asarray(task.losses(head, probs.numpy(), labels, len(points)))
 
     rows = []
-    for wire, f in (("float", float_loss), ("8-bit", loss)):
+    for wire, f in ((w, f) for w, f in (("float", float_loss), ("8-bit", loss)) if w in wires):
         clean = float(f(weights[None])[0])
         for beta in [1e-3, *betas] if wire == "float" else betas:
             plus, minus = f(weights + beta * directions), f(weights - beta * directions)
@@ -97,10 +103,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--betas", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1])
     parser.add_argument("--quick", action="store_true", help="digits 0 vs 1 at 32 px, writes "
                         "nothing: proves the code (and the float control) works")
+    parser.add_argument("--boxes", nargs="+", default=["lite0", "moderation"])
+    parser.add_argument("--task", choices=["shirts", "digits01"], default="shirts")
+    parser.add_argument("--no-float", action="store_true", help="8-bit rows only")
+    parser.add_argument("--name", default="gradient_agreement", help="results file name")
     args = parser.parse_args(argv)
-    settings = QUICK if args.quick else SHIRTS
-    rows = [r for box in ("lite0", "moderation")
-            for r in agreement(box, args.betas, args.directions, settings)]
+    settings = QUICK if args.quick else SHIRTS if args.task == "shirts" else DIGITS01
+    wires = ("8-bit",) if args.no_float else ("float", "8-bit")
+    rows = [r for box in args.boxes
+            for r in agreement(box, args.betas, args.directions, settings, wires)]
     table = markdown_table(
         [{**r, "beta": f"{r['beta']:g}", "grey_levels": f"{r['grey_levels']:.1f}",
           "one_sided": f"{r['one_sided']:.2f}", "two_sided": f"{r['two_sided']:.2f}"}
@@ -112,7 +123,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return rows
     command = "python -m benchmarks.gradient_agreement " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    write_results("gradient_agreement", rows, command, table=table)
+    write_results(args.name, rows, command, table=table)
     return rows
 
 

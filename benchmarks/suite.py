@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -75,13 +76,17 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 PAPER_AT_112 = {"preset": "paper", "canvas": 112, "input_size": 112}
 PAPER = "BAR, paper settings (112 px, 3 epochs)"
+DEFAULT, SURROGATE = "BAR, barapi default", "BAR + surrogate prior (P-RGF)"
+AR, PROBE = "AR (white-box)", "linear probe"
+QUARTER = "BAR, barapi default, ¼ of its dollars (budget plan)"
 METHODS: dict[str, dict[str, Any]] = {
     "zero-shot map": {"method": "zero-shot", "head": "map"},
-    "linear probe": {"method": "zero-shot", "head": "linear"},
+    PROBE: {"method": "zero-shot", "head": "linear"},
     PAPER: {**PAPER_AT_112, "epochs": 3},
-    "BAR, barapi default": {},
-    "BAR + surrogate prior (P-RGF)": {"surrogate": "efficientnet-lite0"},
-    "AR (white-box)": {"method": "ar"},
+    DEFAULT: {},
+    SURROGATE: {"surrogate": "efficientnet-lite0", "two_sided": False, "q": 10},  # P-RGF's
+    QUARTER: {"budget_share": 0.25},
+    AR: {"method": "ar"},
     "feature extraction (white-box)": {"transfer": "features"},
     "CNN from scratch": {"transfer": "cnn"},
 }
@@ -130,7 +135,9 @@ class Cell:
         preset, values = self.settings()
         transfer = self.overrides.get("transfer")
         settings = api.make_config(preset, **values).model_dump()
-        blob = json.dumps([self.box, transfer, settings], sort_keys=True)
+        share = self.overrides.get("budget_share")  # in the key only when set: old keys hold
+        blob = json.dumps([self.box, transfer, settings] + ([share] if share else []),
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -138,6 +145,7 @@ class Cell:
         """(preset, RunConfig values) of the cell: its task, `base`, its overrides, its seed."""
         values = {**TASKS[self.task], **(base or {}), **self.overrides, "seed": self.seed}
         values.pop("transfer", None)
+        values.pop("budget_share", None)
         return values.pop("preset", None), values
 
 
@@ -149,7 +157,8 @@ def cells(groups: list[str], seeds: list[int], quick: bool) -> list[Cell]:
         pairs = MAIN[:2] if quick else MAIN
         for task, box in pairs:
             for method, settings in METHODS.items():
-                if box != "lite0" and (method in TASK_ONLY or (quick and "map" in method)):
+                if "budget_share" in settings or (box != "lite0" and (
+                        method in TASK_ONLY or (quick and "map" in method))):
                     continue
                 few = {"m": 1} if box != "lite0" else {}  # the map must fit in 5 or 2 outputs
                 for seed in seeds:
@@ -159,6 +168,8 @@ def cells(groups: list[str], seeds: list[int], quick: bool) -> list[Cell]:
             for method, settings in METHODS.items():
                 if method in TASK_ONLY:
                     continue
+                if quick and "budget_share" in settings:  # a tiny run: ¼ pays for no test
+                    settings = {**settings, "budget_share": 0.9}
                 for seed in seeds:
                     out.append(Cell("honest", task, box, method, seed, {**settings, "m": 1}))
     if "ablations" in groups:
@@ -320,9 +331,14 @@ def run_cell(cell: Cell, base: dict[str, Any], root: Path,
         folders = sorted(runs.iterdir()) if runs.exists() else []
         adapter = (local_box(cell.box, config)
                    if cell.box != "lite0" and config.method == "ar" else None)
+        budget, share = CELL_BUDGET, cell.overrides.get("budget_share")
+        if share and not folders:  # what `barapi run --budget` does with a budget too small
+            full = api.prepare(config, use_cache=False, start=False, budget=CELL_BUDGET)
+            budget = share * full.estimate()[-1].dollars
+            config = full.plan(budget).config
         session = (api.prepare(config, resume=folders[0], use_cache=False, adapter=adapter)
                    if folders else api.prepare(config, runs_root=runs, use_cache=False,
-                                               adapter=adapter, budget=CELL_BUDGET))
+                                               adapter=adapter, budget=budget))
         result = session.run()
         assert result.run_dir is not None
         row.update(test_accuracy=result.test_accuracy, zero_shot=result.zero_shot_accuracy,
@@ -376,7 +392,7 @@ def images_to_reach(curve: list[list[float]], accuracy: float) -> int | None:
 
 
 def cost_to_match(rows: list[dict[str, Any]], reference: str = PAPER,
-                  contender: str = "BAR, barapi default") -> list[dict[str, Any]]:
+                  contender: str = DEFAULT) -> list[dict[str, Any]]:
     """Per (task, box, seed): the billable images after which `contender`'s validation
     accuracy first reached the best that `reference` reached in its whole run, as a share of
     all the images `reference` paid for."""
@@ -396,6 +412,54 @@ def cost_to_match(rows: list[dict[str, Any]], reference: str = PAPER,
     return out
 
 
+def points(values: list[float]) -> str:
+    """Accuracy differences (fractions) as "mean ± std points (n)"; "–" when there are none."""
+    if not values:
+        return "–"
+    spread = f" ± {100 * statistics.pstdev(values):.1f}" if len(values) > 1 else ""
+    return f"{100 * statistics.mean(values):+.1f}{spread} ({len(values)})"
+
+
+def paired_gaps(by: dict[tuple[str, int], dict[str, Any]], a: str, b: str) -> list[float]:
+    """Test accuracy of method `a` minus `b`'s, per seed both ran (`by`: (method, seed) → row)."""
+    return [by[a, s]["test_accuracy"] - by[b, s]["test_accuracy"]
+            for m, s in by if m == a and (b, s) in by]
+
+
+def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 16's goals per (task, box) of the honest group, on seeds both methods ran
+    (paired): AR − default (goal ≤ 2 points) and the default's mean dollars (≤ $25);
+    default − probe (≥ 15 points where AR − probe is); surrogate − default (≥ −1 point); the
+    median share of its dollars after which the default's validation first reached its best
+    (≤ 25% would buy today's accuracy for a quarter of today's dollars) and the test accuracy
+    of a run planned for a quarter of the default's estimate, against the default's."""
+    out = []
+    for task, box in dict.fromkeys((r["task"], r["box"]) for r in rows if r["group"] == "honest"):
+        by = {(r["method"], r["seed"]): r for r in rows
+              if (r["group"], r["task"], r["box"]) == ("honest", task, box)}
+        gap = functools.partial(paired_gaps, by)
+        default = [r for (m, _), r in by.items() if m == DEFAULT]
+        shares = [reached / r["images"] for r in default
+                  if r["curve"] and (reached := images_to_reach(r["curve"],
+                                                                r["best_val_accuracy"]))]
+        out.append({"task": task, "box": box, "ar_gap": points(gap(AR, DEFAULT)),
+                    "dollars": f"${statistics.mean(r['dollars'] for r in default):.2f}"
+                    if default else "–",
+                    "over_probe": points(gap(DEFAULT, PROBE)),
+                    "ar_over_probe": points(gap(AR, PROBE)),
+                    "surrogate": points(gap(SURROGATE, DEFAULT)),
+                    "quarter": points(gap(QUARTER, DEFAULT)),
+                    "share": f"{statistics.median(shares):.0%}" if shares else "–"})
+    return out
+
+
+GOAL_COLUMNS = [("task", "task"), ("box", "black box"),
+                ("ar_gap", "AR − default, points (seeds)"), ("dollars", "default's $"),
+                ("over_probe", "default − probe"), ("ar_over_probe", "AR − probe"),
+                ("surrogate", "surrogate − default"), ("quarter", "¼ of the $ − default"),
+                ("share", "default's $ share to reach its best val.")]
+
+
 def formatted(row: dict[str, Any]) -> dict[str, Any]:
     """Table cells as text: accuracies in %, dollars with cents, minutes with one decimal."""
     return {**row, "test_accuracy": f"{row['test_accuracy']:.1%}",
@@ -410,27 +474,36 @@ COLUMNS = [("task", "task"), ("box", "black box"), ("method", "method"),
 
 
 def plot_curves(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """One PNG per (task, black box): validation accuracy against billable images and dollars."""
+    """One PNG per (task, black box): validation accuracy against billable images and dollars
+    (at the card's price), one line per run, one colour per method, every seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
-    pairs = sorted({(r["task"], r["box"]) for r in rows if r["group"] == "main"})
+    pairs = sorted({(r["task"], r["box"]) for r in rows if r["group"] in ("main", "honest")})
     for task, box in pairs:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        for r in rows:
-            if (r["task"], r["box"], r["seed"]) != (task, box, rows[0]["seed"]) or not r["curve"]:
-                continue
+        runs = [r for r in rows if (r["task"], r["box"]) == (task, box) and r["curve"]]
+        colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["method"] for r in runs))}
+        first = {m: min(r["seed"] for r in runs if r["method"] == m) for m in colours}
+        for r in runs:
             images, acc = zip(*r["curve"], strict=True)
+            label = r["method"] if r["seed"] == first[r["method"]] else None
+            if r["method"] == AR:  # white-box: its steps are free, so its best as a ceiling
+                for ax in axes:
+                    ax.axhline(max(acc), color=colours[AR], alpha=0.4, linestyle="--",
+                               label=label and f"{label}, best val.")
+                continue
             price = r["dollars"] / r["images"] if r["images"] else 0.0
-            axes[0].plot(images, acc, marker=".", label=r["method"])
-            axes[1].plot([i * price for i in images], acc, marker=".", label=r["method"])
+            for ax, x in zip(axes, (images, [i * price for i in images]), strict=True):
+                ax.plot(x, acc, marker=".", color=colours[r["method"]], alpha=0.6, label=label)
         axes[0].set_xlabel("billable images")
         axes[1].set_xlabel("dollars at the card price")
         for ax in axes:
             ax.set_xscale("symlog")
+            ax.set_xlim(left=0)
             ax.set_ylabel("validation accuracy")
             ax.grid(alpha=0.3)
         if axes[0].get_legend_handles_labels()[0]:
@@ -448,10 +521,11 @@ def plot_curves(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 RESULTS_DOC = Path(__file__).parent.parent / "docs" / "results.md"
 
 
-def update_readme(markdown: str, readme: Path = RESULTS_DOC) -> None:
-    """Rewrite the tables between the results markers of `readme` (docs/results.md)."""
+def update_readme(markdown: str, readme: Path = RESULTS_DOC, name: str = "results") -> None:
+    """Rewrite the tables between the `name` markers of `readme` (docs/results.md):
+    "results" for the main tables and ablations, "honest" for the honest group's."""
     text = readme.read_text()
-    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if begin not in text or end not in text:
         raise SystemExit(f"{readme} has no {begin} … {end} section to rewrite")
     head, rest = text.split(begin, 1)
@@ -470,6 +544,17 @@ def run_all(todo: list[Cell], base: dict[str, Any], root: Path,
             print(f"    test {rows[-1]['test_accuracy']:.1%}, {rows[-1].get('images', 0):,} "
                   f"images, {rows[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
     return rows
+
+
+REPORT_SEEDS = range(10)
+"""Seeds whose finished runs the tables include, whichever seeds and `--only` an invocation
+ran: a partial invocation never drops rows that other invocations finished."""
+
+
+def finished(candidates: list[Cell], root: Path) -> list[dict[str, Any]]:
+    """The rows of the `candidates` whose result file exists under `root`."""
+    return [{**json.loads((root / f"{c.key}.json").read_text()), **asdict(c)}
+            for c in candidates if (root / f"{c.key}.json").exists()]
 
 
 def warn_other_code(rows: list[dict[str, Any]], root: Path) -> None:
@@ -512,12 +597,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"{len(todo)} runs; expected duration about "
           f"{expected_minutes(todo, base, root):.0f} min of black-box time on a 2-core CPU "
           f"(plus the white-box baselines); results under {root}", file=sys.stderr)
-    if args.report:
-        rows = [{**json.loads((root / f"{c.key}.json").read_text()), **asdict(c)}
-                for c in todo if (root / f"{c.key}.json").exists()]
-        print(f"report of the {len(rows)} finished runs only", file=sys.stderr)
-    else:
-        rows = run_all(todo, base, root, args.quick)
+    if not args.report:
+        run_all(todo, base, root, args.quick)
+    rows = finished(cells(args.group, sorted(set(args.seeds) | set(REPORT_SEEDS)), args.quick),
+                    root)
+    print(f"report of the {len(rows)} finished runs of group {' '.join(args.group)}",
+          file=sys.stderr)
     warn_other_code(rows, root)
     summary = summarise(rows)
     tables = []
@@ -529,6 +614,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if part:
             tables.append(f"**{title}**\n\n" + markdown_table([formatted(r) for r in part],
                                                                 COLUMNS))
+    targets = goals(rows)
+    if targets:
+        tables.append("**Issue 16's goals, paired by seed** (AR − default ≤ 2 points at ≤ $25; "
+                      "default − probe ≥ 15 where AR − probe is; surrogate − default ≥ −1; "
+                      "¼ of the $ − default ≥ 0 or share ≤ 25%)\n\n" + markdown_table(targets, GOAL_COLUMNS))
     matches = cost_to_match(rows)
     if matches:
         tables.append("**Billable images to reach paper-settings BAR's best validation "
@@ -555,10 +645,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(markdown)
     if not args.quick:
         command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_results(name, summary, command, runs=rows, cost_to_match=matches,
+        write_results(name, summary, command, runs=rows, cost_to_match=matches, goals=targets,
                       table=markdown)
         if args.readme:
-            update_readme(markdown)
+            update_readme(markdown, name="honest" if name == "honest" else "results")
     return rows
 
 

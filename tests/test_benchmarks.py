@@ -37,7 +37,7 @@ def test_suite_quick_runs_every_method_and_resumes_from_its_results(tmp_path) ->
     from benchmarks.common import code_version
 
     rows = suite.main(["--quick", "--results", str(tmp_path)])
-    assert set(suite.METHODS) <= {r["method"] for r in rows}
+    assert set(suite.METHODS) - {suite.QUARTER} <= {r["method"] for r in rows}  # ¼: honest only
     assert {r["box"] for r in rows} == {"lite0", "moderation"}
     assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
     paid = [r for r in rows if r["box"] == "moderation" and r["method"] != "AR (white-box)"]
@@ -48,6 +48,8 @@ def test_suite_quick_runs_every_method_and_resumes_from_its_results(tmp_path) ->
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in rows]
     assert [r["seconds"] for r in again] == [r["seconds"] for r in rows]
     assert {r["code"] for r in again} == {code_version()}  # which code computed each cell
+    suite.main(["--quick", "--results", str(tmp_path), "--only", "linear probe"])
+    assert (tmp_path / "suite.md").read_text().count("| digits") >= len(suite.METHODS)  # kept
 
 
 def test_suite_says_which_cells_other_code_computed(tmp_path, capsys) -> None:
@@ -161,6 +163,8 @@ def test_suite_quick_honest_group_serves_the_boxes_through_the_emulator(tmp_path
     assert {r["box"] for r in rows} == {"imagenet nsfw"}
     bar = [r for r in rows if r["method"] == "BAR, barapi default"]
     assert bar and bar[0]["images"] == bar[0]["emulator_billed"] > 0  # over the real wire
+    (planned,) = [r for r in rows if r["method"] == suite.QUARTER]  # a budget plan: cut short
+    assert 0 < planned["images"] < bar[0]["images"]
 
 
 def test_surrogate_quick() -> None:
@@ -187,3 +191,14 @@ def test_calibrate_runs_its_stages_through_barapi_sweep(tmp_path: Path) -> None:
         assert config.q == expected.get("q", calibrate.BASE["q"])
     few = calibrate.sweep_hook({"stage": "few-output", "row": 0, "device": "cpu"}, build=False)
     assert few[1] is None and "box" not in few[0] and few[0]["m"] == 1
+
+
+def test_suite_rewrites_only_its_own_block_of_the_results_doc(tmp_path) -> None:
+    from benchmarks import suite
+
+    doc = tmp_path / "results.md"
+    doc.write_text("a\n<!-- results:begin -->\nMAIN\n<!-- results:end -->\nb\n"
+                   "<!-- honest:begin -->\nOLD\n<!-- honest:end -->\nc\n")
+    suite.update_readme("NEW", doc, name="honest")
+    assert doc.read_text() == ("a\n<!-- results:begin -->\nMAIN\n<!-- results:end -->\nb\n"
+                               "<!-- honest:begin -->\nNEW\n<!-- honest:end -->\nc\n")

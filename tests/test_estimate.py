@@ -15,9 +15,10 @@ from barapi.estimate import estimate
 @pytest.mark.parametrize(("q", "images", "dollars"), [(1, 1_860, 3.72), (5, 5_580, 11.16),
                                                       (10, 10_230, 20.46)])
 def test_reproduces_the_papers_azure_table(q: int, images: int, dollars: float) -> None:
-    # Tsai et al. (2020), Table 5: 930 training images, one epoch, random mapping, no evaluation
+    # Tsai et al. (2020), Table 5: 930 training images, one epoch, random mapping, no
+    # evaluation, the paper's one-sided estimator (q + 1 queries per image)
     config = make_config(q=q, epochs=1, mapping="random", head="map", evaluate=False,
-                         directions="sphere")
+                         directions="sphere", two_sided=False)
     phases = estimate(config, n_train=930, n_val=0, n_test=0, card=load_card("azure-s0"))
     total = phases[-1]
     assert (total.images, total.requests) == (images, images)
@@ -26,10 +27,10 @@ def test_reproduces_the_papers_azure_table(q: int, images: int, dollars: float) 
 
 
 def test_phases_break_down_mapping_training_and_evaluation() -> None:
-    config = make_config(q=4, epochs=2, batch=20, eval_every=0)
+    config = make_config(q=4, epochs=2, batch=20, eval_every=0, two_sided=False)
     phases = {p.name: p for p in estimate(config, 105, 30, 40, load_card("clarifai-moderation"))}
     assert phases["label mapping"].images == 105
-    assert phases["training"].images == 2 * 105 * 5
+    assert phases["training"].images == 2 * 105 * 5  # one-sided: q + 1 variants per image
     steps = 2 * 6  # 5 full minibatches and one of 5 per epoch
     assert phases["evaluation"].images == 40 + 30 * (1 + 2) + 40  # zero-shot, val ×3, test
     assert phases["training"].requests == steps  # every step fits in one 128-image request
@@ -74,7 +75,9 @@ def test_every_shipped_card_states_its_sources() -> None:
 def test_reach_counts_whole_training_steps() -> None:
     from barapi.estimate import reach
 
-    config = make_config(q=4, batch=20, mapping="random", head="map")
+    config = make_config(q=4, batch=20, mapping="random", head="map", two_sided=False)
     assert reach(config, 100, 350) == (3, 0.6)  # 100 images a step, 5 steps an epoch
-    frequency = make_config(q=4, batch=20, mapping="frequency")
+    frequency = make_config(q=4, batch=20, mapping="frequency", two_sided=False)
     assert reach(frequency, 100, 350) == (2, 0.4)  # the mapping's 100 images come first
+    two_sided = make_config(q=4, batch=20, mapping="random", head="map")
+    assert reach(two_sided, 100, 350) == (2, 0.4)  # 160 images a step
