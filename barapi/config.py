@@ -84,17 +84,15 @@ class RunConfig(BaseModel):
     m: int = Field(4, description="source labels per target class")
     loss: Literal["focal", "ce"] = Field("ce", description="training loss")
     gamma: float = Field(2.0, description="focal loss γ")
-    q: int = Field(5, description="random directions per step (2q queries per sample when "
-                   "two-sided, q + 1 when one-sided)")
-    beta: float = Field(0.02, description="smoothing radius β (in units of W)")
+    q: int = Field(10, description="random directions per step (q + 1 queries per sample; "
+                   "2q when two-sided)")
+    beta: float = Field(0.05, description="smoothing radius β (in units of W)")
     directions: Literal["sphere", "gaussian"] = Field("gaussian", description="ZO directions")
-    two_sided: bool = Field(True, description="antithetic (two-sided) differences, 2q queries "
-                            "per sample; off: one-sided, q + 1")
+    two_sided: bool = Field(False, description="antithetic (two-sided) differences, 2q queries")
     surrogate: str | None = Field(
         None, description="a local model of ours (efficientnet-lite0|1|2) whose gradient, "
-        "through a proxy fitted to the paid answers, guides the ZO directions (P-RGF: "
-        "one-sided, so q = 10 one-sided unless --q/--two-sided are given; needs the local "
-        "extra); default: none")
+        "through a proxy fitted to the paid answers, guides the ZO directions (P-RGF; "
+        "one-sided, q ≥ 2; needs the local extra); default: none")
     b: float | None = Field(None, description="ZO scale b (default: d for sphere directions, "
                             "as in the paper; 1 for Gaussian ones)")
     optimizer: Literal["sgd", "adam"] = Field("adam", description="optimiser")
@@ -110,17 +108,6 @@ class RunConfig(BaseModel):
     evaluate: bool = Field(True, description="query the validation and test splits (zero-shot, "
                            "model selection, test accuracy); off: only training is paid for")
     seed: int = Field(0, description="seed of split, label map, shuffling and directions")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _surrogate_estimator(cls, data: Any) -> Any:
-        """P-RGF is a one-sided estimator: with a surrogate and neither `q` nor `two_sided`
-        given, the estimator is P-RGF's (one-sided, q = 10: Cheng et al., NeurIPS 2019, and
-        barapi's one-sided default before two-sided differences became it)."""
-        if isinstance(data, dict) and data.get("surrogate") is not None \
-                and "q" not in data and "two_sided" not in data:
-            return {**data, "q": 10, "two_sided": False}
-        return data
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

@@ -3,8 +3,8 @@ squares over several steps' differences beat their average?
 
     python -m benchmarks.estimate_consistency [--steps 40] [--quick]
 
-At the unprogrammed start (W = 0, the fitted linear head, barapi's default estimator before
-issue 16: q = 10 Gaussian directions, β = 0.05, one-sided), H steps each draw a fresh minibatch of 20 and q
+At the unprogrammed start (W = 0, the fitted linear head, barapi's default estimator: q = 10
+Gaussian directions, β = 0.05, one-sided), H steps each draw a fresh minibatch of 20 and q
 directions and query their differences through 8-bit images, as training does, but W does not
 move. Then for H = 1 … `--steps`:
 
@@ -38,8 +38,6 @@ from barapi.trainer import Task, build_heads
 from barapi.whitebox import autograd_gradient
 from benchmarks.common import markdown_table, write_results
 
-ONE_SIDED = {"q": 10, "beta": 0.05, "two_sided": False}
-"""The estimator studied: barapi's default until issue 16 (its differences are one-sided)."""
 SHIRTS = {"dataset": "@fashion", "classes": "Shirt,T-shirt/top", "per_class": 100, "m": 1}
 DIGITS_0_4 = {"dataset": "digits", "classes": "0,1,2,3,4", "m": 1}
 TASKS = [("moderation", "shirts", SHIRTS), ("nsfw", "shirts", SHIRTS),
@@ -66,7 +64,7 @@ async def consistency(box: str, name: str, settings: dict[str, Any],
                       steps: int) -> list[dict[str, Any]]:
     from benchmarks.suite import local_box, with_dataset
 
-    config = api.make_config(**with_dataset({**ONE_SIDED, **settings, "device": "cpu"}))
+    config = api.make_config(**with_dataset({**settings, "device": "cpu"}))
     adapter = local_box(box, config)
     split = api.load_split(config)
     task, service = Task(config, split), QueryService(adapter)

@@ -79,13 +79,15 @@ PAPER = "BAR, paper settings (112 px, 3 epochs)"
 DEFAULT, SURROGATE = "BAR, barapi default", "BAR + surrogate prior (P-RGF)"
 AR, PROBE = "AR (white-box)", "linear probe"
 QUARTER = "BAR, barapi default, ¼ of its dollars (budget plan)"
+TWO_SIDED = "BAR, two-sided, q = 5, β = 0.02"
 METHODS: dict[str, dict[str, Any]] = {
     "zero-shot map": {"method": "zero-shot", "head": "map"},
     PROBE: {"method": "zero-shot", "head": "linear"},
     PAPER: {**PAPER_AT_112, "epochs": 3},
     DEFAULT: {},
-    SURROGATE: {"surrogate": "efficientnet-lite0", "two_sided": False, "q": 10},  # P-RGF's
+    SURROGATE: {"surrogate": "efficientnet-lite0"},
     QUARTER: {"budget_share": 0.25},
+    TWO_SIDED: {"two_sided": True, "q": 5, "beta": 0.02},
     AR: {"method": "ar"},
     "feature extraction (white-box)": {"transfer": "features"},
     "CNN from scratch": {"transfer": "cnn"},
@@ -101,6 +103,9 @@ HONEST = [(task, f"{fam} {view}") for fam in ("imagenet", "nudenet")
 """Group "honest": the few-output rows again on boxes that answer like a moderation service
 ("safe" saturated; NudeNet an independent model family), each with its white-box ceiling."""
 TASK_ONLY = ("feature extraction (white-box)", "CNN from scratch")
+HONEST_ONLY = (QUARTER, TWO_SIDED)
+"""Methods of the honest group only (a budget plan; the estimator that sees a detector's
+gradient, docs/method.md "ZO estimator")."""
 """Baselines that do not depend on the black box: run once per task, beside EfficientNet-Lite0."""
 ABLATION_BASE = {"head": "map", "epochs": 2, "patience": 0}
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -157,7 +162,7 @@ def cells(groups: list[str], seeds: list[int], quick: bool) -> list[Cell]:
         pairs = MAIN[:2] if quick else MAIN
         for task, box in pairs:
             for method, settings in METHODS.items():
-                if "budget_share" in settings or (box != "lite0" and (
+                if method in HONEST_ONLY or (box != "lite0" and (
                         method in TASK_ONLY or (quick and "map" in method))):
                     continue
                 few = {"m": 1} if box != "lite0" else {}  # the map must fit in 5 or 2 outputs
@@ -449,6 +454,7 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "ar_over_probe": points(gap(AR, PROBE)),
                     "surrogate": points(gap(SURROGATE, DEFAULT)),
                     "quarter": points(gap(QUARTER, DEFAULT)),
+                    "two_sided": points(gap(TWO_SIDED, DEFAULT)),
                     "share": f"{statistics.median(shares):.0%}" if shares else "–"})
     return out
 
@@ -457,6 +463,7 @@ GOAL_COLUMNS = [("task", "task"), ("box", "black box"),
                 ("ar_gap", "AR − default, points (seeds)"), ("dollars", "default's $"),
                 ("over_probe", "default − probe"), ("ar_over_probe", "AR − probe"),
                 ("surrogate", "surrogate − default"), ("quarter", "¼ of the $ − default"),
+                ("two_sided", "two-sided β 0.02 − default"),
                 ("share", "default's $ share to reach its best val.")]
 
 

@@ -79,5 +79,5 @@ def test_reach_counts_whole_training_steps() -> None:
     assert reach(config, 100, 350) == (3, 0.6)  # 100 images a step, 5 steps an epoch
     frequency = make_config(q=4, batch=20, mapping="frequency", two_sided=False)
     assert reach(frequency, 100, 350) == (2, 0.4)  # the mapping's 100 images come first
-    two_sided = make_config(q=4, batch=20, mapping="random", head="map")
+    two_sided = make_config(q=4, batch=20, mapping="random", head="map", two_sided=True)
     assert reach(two_sided, 100, 350) == (2, 0.4)  # 160 images a step

@@ -66,10 +66,6 @@ def test_a_useless_prior_costs_little_and_a_good_one_helps() -> None:
 def test_surrogate_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="surrogate needs"):
         make_config(surrogate="efficientnet-lite0", two_sided=True)
-    with pytest.raises(ConfigError, match="surrogate needs"):
-        make_config(surrogate="efficientnet-lite0", q=4)  # the default is two-sided
-    plain = make_config(surrogate="efficientnet-lite0")  # P-RGF's own estimator
-    assert (plain.q, plain.two_sided) == (10, False) and make_config().two_sided
     with pytest.raises(ConfigError, match="surrogate"):
         api.train(tiny_config(surrogate="resnet-9000", epochs=1), adapter=LinearSoftmaxAdapter())
 
