@@ -82,7 +82,9 @@ def agreement(box: str, betas: list[float], n_directions: int,
         return np.asarray(task.losses(head, probs.numpy(), labels, len(points)))
 
     rows = []
-    for wire, f in ((w, f) for w, f in (("float", float_loss), ("8-bit", loss)) if w in wires):
+    losses = {"float": float_loss, "8-bit": loss}
+    for wire in wires:
+        f = losses[wire]
         clean = float(f(weights[None])[0])
         for beta in [1e-3, *betas] if wire == "float" else betas:
             plus, minus = f(weights + beta * directions), f(weights - beta * directions)

@@ -64,7 +64,7 @@ def test_proportional_counts_never_exceed_the_total_or_a_group(sizes: list[int],
 
 
 def test_max_steps_cuts_training_and_the_estimate_counts_it() -> None:
-    config = make_config(batch=10, epochs=3, max_steps=4, q=2, two_sided=False)
+    config = make_config(batch=10, epochs=3, max_steps=4, q=2)
     assert total_steps(config, 25) == 4  # 3 steps an epoch: 9, cut at 4
     assert validation_count(config, 25) == 3  # step 0, end of epoch 1 (step 3), last step 4
     phases = estimate(config, 25, 10, 20, load_card("clarifai-moderation"))

@@ -76,8 +76,7 @@ def test_the_surrogate_never_touches_the_black_box(lite0_model: torch.nn.Module)
     before = {k: v.clone() for k, v in lite0_model.state_dict().items()}
     tripwire = Tripwire(lite0_model)
     adapter = LocalAdapter(tripwire, imagenet_labels(), input_size=32, device="cpu")
-    config = tiny_config(epochs=1, surrogate="efficientnet-lite0", two_sided=False)
-    result = api.train(config, adapter=adapter)
+    result = api.train(tiny_config(epochs=1, surrogate="efficientnet-lite0"), adapter=adapter)
     assert tripwire.calls > 0 and result.steps > 0
     assert all(p.grad is None for p in lite0_model.parameters())
     assert all(torch.equal(before[k], v) for k, v in lite0_model.state_dict().items())
@@ -98,17 +97,17 @@ def test_a_useless_surrogate_falls_back_to_plain_directions(monkeypatch: pytest.
 
     original = local._efficientnet_lite
     monkeypatch.setattr(local, "_efficientnet_lite", random_weights)
-    config = tiny_config(epochs=1, surrogate="efficientnet-lite0", two_sided=False)
+    config = tiny_config(epochs=1, surrogate="efficientnet-lite0")
     result = api.train(config, adapter=LinearSoftmaxAdapter(), runs_root=tmp_path)
     steps = [r for r in api.RunFolder.open(result.run_dir).metrics() if r["event"] == "step"]
     weights = [r["prior_weight"] for r in steps]
     assert len(weights) >= 6 and np.mean(weights) < 0.1, weights
-    plain = api.train(tiny_config(epochs=1, two_sided=False), adapter=LinearSoftmaxAdapter())
+    plain = api.train(tiny_config(epochs=1), adapter=LinearSoftmaxAdapter())
     assert result.best_val_accuracy >= plain.best_val_accuracy - 0.1
 
 
 def test_a_resumed_surrogate_run_continues_with_the_same_proxy(tmp_path: Path) -> None:
-    config = tiny_config(epochs=3, eval_every=2, surrogate="efficientnet-lite0", two_sided=False)
+    config = tiny_config(epochs=3, eval_every=2, surrogate="efficientnet-lite0")
     whole = api.train(config, adapter=LinearSoftmaxAdapter(), runs_root=tmp_path / "a")
     with pytest.raises(Crash):
         api.train(config, adapter=CrashingAdapter(after_calls=30), runs_root=tmp_path / "b")
