@@ -119,7 +119,7 @@ QUICK = {"canvas": 32, "window": 16, "input_size": 32, "resolution": 4, "per_cla
          "q": 2, "epochs": 1, "m": 1, "batch": 10}
 IMAGES_PER_SECOND = 200.0
 """EfficientNet-Lite0 at 112 px on a 2-core CPU (benchmarks/adapter_speed.py), for the
-expected-duration line only."""
+expected-duration line only, where no finished run of the box's family measured its rate."""
 
 
 @dataclass
@@ -358,8 +358,27 @@ def run_cell(cell: Cell, base: dict[str, Any], root: Path,
     return {**row, **asdict(cell)}
 
 
+def measured_rates(root: Path) -> dict[str, float]:
+    """Billable images per wall second of the finished black-box runs under `root`, per box
+    (a NudeNet image costs several times a Lite0 one, and runs through the wire cost more
+    than the bare model): the expected-duration line's rates."""
+    images: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    every = cells(["main", "honest", "ablations"], list(REPORT_SEEDS), False)
+    for row in finished(every, root):
+        settings = row["overrides"]
+        if (row.get("steps") and row.get("seconds") and "transfer" not in settings
+                and settings.get("method", "bar") == "bar"):
+            images[row["box"]] += row["images"]
+            seconds[row["box"]] += row["seconds"]
+    return {name: images[name] / seconds[name] for name in images if seconds[name] > 0}
+
+
 def expected_minutes(todo: list[Cell], base: dict[str, Any], root: Path) -> float:
-    images, seen = 0, set()
+    """Minutes the unfinished cells of `todo` should take: their estimated billable images at
+    each box's measured rate (`measured_rates`; `IMAGES_PER_SECOND` where none)."""
+    rates = measured_rates(root)
+    minutes, seen = 0.0, set()
     for cell in todo:
         if (cell.overrides.get("transfer") or cell.key in seen
                 or (root / f"{cell.key}.json").exists()):
@@ -370,8 +389,9 @@ def expected_minutes(todo: list[Cell], base: dict[str, Any], root: Path) -> floa
         assert split.val is not None and split.test is not None
         phases = estimate_cost(config, len(split.train.labels), len(split.val.labels),
                                len(split.test.labels), load_card("local"), 256)
-        images += sum(p.images for p in phases if p.name != "total")
-    return images / IMAGES_PER_SECOND / 60
+        images = sum(p.images for p in phases if p.name != "total")
+        minutes += images / rates.get(cell.box, IMAGES_PER_SECOND) / 60
+    return minutes
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -202,3 +202,18 @@ def test_suite_rewrites_only_its_own_block_of_the_results_doc(tmp_path) -> None:
     suite.update_readme("NEW", doc, name="honest")
     assert doc.read_text() == ("a\n<!-- results:begin -->\nMAIN\n<!-- results:end -->\nb\n"
                                "<!-- honest:begin -->\nNEW\n<!-- honest:end -->\nc\n")
+
+
+def test_suite_expects_durations_at_each_boxs_measured_rate(tmp_path) -> None:
+    import json
+
+    from benchmarks import suite
+
+    honest = suite.cells(["honest"], [0], False)
+    bar = next(c for c in honest if c.box == "nudenet nsfw" and c.method == suite.DEFAULT)
+    ar = next(c for c in honest if c.box == "nudenet nsfw" and c.method == suite.AR)
+    (tmp_path / f"{bar.key}.json").write_text(json.dumps({"images": 100, "seconds": 4.0,
+                                                          "steps": 3}))
+    (tmp_path / f"{ar.key}.json").write_text(json.dumps({"images": 10, "seconds": 60.0,
+                                                         "steps": 3}))  # white-box time
+    assert suite.measured_rates(tmp_path) == {"nudenet nsfw": 25.0}
