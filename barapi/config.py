@@ -104,7 +104,8 @@ class RunConfig(BaseModel):
                                   "within the last epoch (a budget plan sets it)")
     eval_every: int = Field(0, description="validate every N steps (0: once per epoch)")
     patience: int = Field(2, description="stop after this many validations without a better "
-                          "validation accuracy or a lower validation loss (0: train every epoch)")
+                          "validation accuracy or a lower validation loss, counted once the "
+                          "program has improved on its start (0: train every epoch)")
     evaluate: bool = Field(True, description="query the validation and test splits (zero-shot, "
                            "model selection, test accuracy); off: only training is paid for")
     seed: int = Field(0, description="seed of split, label map, shuffling and directions")

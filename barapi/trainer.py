@@ -430,9 +430,12 @@ class Trainer:
 
     def _out_of_patience(self, state: RunState, eval_every: int) -> bool:
         """`patience` validations in a row found neither a better program nor a lower
-        validation loss."""
+        validation loss, since the program first improved on its start. Before that, no run
+        is stopped: on a few-output box the program's first epochs are often a plateau no
+        better than the unprogrammed start, and it leaves it later (NudeNet, docs/results.md);
+        the epochs and the budget bound such a run, as they bound every run."""
         c = self.config
-        return (c.evaluate and c.patience > 0
+        return (c.evaluate and c.patience > 0 and state.progress_step > 0
                 and state.step - state.progress_step >= c.patience * eval_every
                 and state.validated_step == state.step)
 

@@ -153,25 +153,10 @@ class BlindAdapter(LinearSoftmaxAdapter):
         return np.full((len(images), 20), 1 / 20, dtype=np.float32)
 
 
-def test_patience_stops_a_run_that_validation_says_is_not_improving(tmp_path: Path) -> None:
-    config = tiny_config(eval_every=2, patience=2, epochs=3)
-    result = api.train(config, adapter=BlindAdapter(), runs_root=tmp_path)
-    assert result.steps == 4 and result.extra["best_step"] == 0 and result.extra["early_stop"]
-    assert result.run_dir is not None
-    events = [r["event"] for r in api.RunFolder.open(result.run_dir).metrics()]
-    assert events.count("early_stop") == 1 and events.count("step") == 4
-    again = api.train(config, adapter=BlindAdapter(), resume=result.run_dir)
-    assert again.steps == 4  # resuming a run that ran out of patience trains no further
-    full = api.train(tiny_config(eval_every=2, epochs=3), adapter=BlindAdapter())
-    assert full.steps > 4
-
-
-@pytest.mark.parametrize(("val_losses", "steps"), [
-    ([1.0 - 0.05 * i for i in range(16)], 30),  # accuracy below the best, loss keeps falling
-    ([1.0, 0.9, 0.95, 0.92] + [0.91] * 12, 6),  # two validations without a new lowest loss
-])
-def test_patience_counts_a_lower_validation_loss_as_progress(
-        monkeypatch: pytest.MonkeyPatch, val_losses: list[float], steps: int) -> None:
+def script_validation(monkeypatch: pytest.MonkeyPatch, val_losses: list[float]) -> None:
+    """Validation answers these losses in turn, with accuracy 0.6 for the first (the
+    unprogrammed start) and 0.5 after: the start stays the best program, and only a new
+    lowest loss counts as progress."""
     from barapi import trainer
 
     real_evaluate = trainer.evaluate
@@ -185,6 +170,39 @@ def test_patience_counts_a_lower_validation_loss_as_progress(
         return trainer.Evaluation(loss, 0.6 if loss == val_losses[0] else 0.5, ev.predictions)
 
     monkeypatch.setattr(trainer, "evaluate", scripted)
+
+
+def test_patience_stops_a_run_that_validation_says_is_not_improving(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    script_validation(monkeypatch, [1.0, 0.9] + [0.95] * 30)  # progress once, at step 2
+    config = tiny_config(eval_every=2, patience=2, epochs=3)
+    result = api.train(config, adapter=BlindAdapter(), runs_root=tmp_path)
+    assert result.steps == 6 and result.extra["best_step"] == 0 and result.extra["early_stop"]
+    assert result.run_dir is not None
+    events = [r["event"] for r in api.RunFolder.open(result.run_dir).metrics()]
+    assert events.count("early_stop") == 1 and events.count("step") == 6
+    again = api.train(config, adapter=BlindAdapter(), resume=result.run_dir)
+    assert again.steps == 6  # resuming a run that ran out of patience trains no further
+    full = api.train(tiny_config(eval_every=2, epochs=3), adapter=BlindAdapter())
+    assert full.steps > 6
+
+
+def test_patience_waits_for_a_program_that_has_not_yet_improved_on_its_start() -> None:
+    """A program that never beats the unprogrammed start is not stopped: on the NudeNet box
+    2 of 5 BAR seeds and 1 of 5 AR seeds were stopped on such a plateau, which other seeds
+    left in their 4th to 6th epochs (docs/results.md). Epochs and budget bound the run."""
+    result = api.train(tiny_config(eval_every=2, patience=2, epochs=3), adapter=BlindAdapter())
+    full = api.train(tiny_config(eval_every=2, epochs=3), adapter=BlindAdapter())
+    assert result.steps == full.steps and not result.extra["early_stop"]
+
+
+@pytest.mark.parametrize(("val_losses", "steps"), [
+    ([1.0 - 0.05 * i for i in range(16)], 30),  # accuracy below the best, loss keeps falling
+    ([1.0, 0.9, 0.95, 0.92] + [0.91] * 12, 6),  # two validations without a new lowest loss
+])
+def test_patience_counts_a_lower_validation_loss_as_progress(
+        monkeypatch: pytest.MonkeyPatch, val_losses: list[float], steps: int) -> None:
+    script_validation(monkeypatch, val_losses)
     result = api.train(tiny_config(eval_every=2, patience=2, epochs=3), adapter=BlindAdapter())
     assert result.steps == steps and result.extra["best_step"] == 0  # selection: accuracy first
     assert result.extra["early_stop"] == (steps < 30)
