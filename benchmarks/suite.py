@@ -119,7 +119,7 @@ QUICK = {"canvas": 32, "window": 16, "input_size": 32, "resolution": 4, "per_cla
          "q": 2, "epochs": 1, "m": 1, "batch": 10}
 IMAGES_PER_SECOND = 200.0
 """EfficientNet-Lite0 at 112 px on a 2-core CPU (benchmarks/adapter_speed.py), for the
-expected-duration line only, where no finished run of the box's family measured its rate."""
+expected-duration line only, where no finished run of the box measured its rate."""
 
 
 @dataclass
