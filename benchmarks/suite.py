@@ -336,6 +336,8 @@ def run_cell(cell: Cell, base: dict[str, Any], root: Path,
         folders = sorted(runs.iterdir()) if runs.exists() else []
         adapter = (local_box(cell.box, config)
                    if cell.box != "lite0" and config.method == "ar" else None)
+        if folders and adapter is None and cell.box != "lite0":
+            adapter = api.open_adapter(config)  # this invocation's emulator, not the folder's port
         budget, share = CELL_BUDGET, cell.overrides.get("budget_share")
         if share and not folders:  # what `barapi run --budget` does with a budget too small
             full = api.prepare(config, use_cache=False, start=False, budget=CELL_BUDGET)

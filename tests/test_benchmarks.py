@@ -50,6 +50,11 @@ def test_suite_quick_runs_every_method_and_resumes_from_its_results(tmp_path) ->
     assert {r["code"] for r in again} == {code_version()}  # which code computed each cell
     suite.main(["--quick", "--results", str(tmp_path), "--only", "linear probe"])
     assert (tmp_path / "suite.md").read_text().count("| digits") >= len(suite.METHODS)  # kept
+    cell = next(r for r in rows if r["box"] == "moderation" and r["method"] == suite.DEFAULT)
+    (tmp_path / f"{cell['key']}.json").unlink()  # its run folder resumes, on a new port
+    again = suite.main(["--quick", "--results", str(tmp_path), "--only", suite.DEFAULT])
+    resumed = next(r for r in again if r["key"] == cell["key"])
+    assert resumed["test_accuracy"] == cell["test_accuracy"]
 
 
 def test_suite_says_which_cells_other_code_computed(tmp_path, capsys) -> None:
