@@ -189,8 +189,8 @@ def test_patience_stops_a_run_that_validation_says_is_not_improving(
 
 def test_patience_waits_for_a_program_that_has_not_yet_improved_on_its_start() -> None:
     """A program that never beats the unprogrammed start is not stopped: on the NudeNet box
-    2 of 5 BAR seeds and 1 of 5 AR seeds were stopped on such a plateau, which other seeds
-    left in their 4th to 6th epochs (docs/results.md). Epochs and budget bound the run."""
+    the old rule stopped BAR and AR seeds on such a plateau, which other seeds left in
+    later epochs (docs/results.md). Epochs and budget bound the run."""
     result = api.train(tiny_config(eval_every=2, patience=2, epochs=3), adapter=BlindAdapter())
     full = api.train(tiny_config(eval_every=2, epochs=3), adapter=BlindAdapter())
     assert result.steps == full.steps and not result.extra["early_stop"]
