@@ -103,10 +103,10 @@ HONEST = [(task, f"{fam} {view}") for fam in ("imagenet", "nudenet")
 """Group "honest": the few-output rows again on boxes that answer like a moderation service
 ("safe" saturated; NudeNet an independent model family), each with its white-box ceiling."""
 TASK_ONLY = ("feature extraction (white-box)", "CNN from scratch")
+"""Baselines that do not depend on the black box: run once per task, beside EfficientNet-Lite0."""
 HONEST_ONLY = (QUARTER, TWO_SIDED)
 """Methods of the honest group only (a budget plan; the estimator that sees a detector's
 gradient, docs/method.md "ZO estimator")."""
-"""Baselines that do not depend on the black box: run once per task, beside EfficientNet-Lite0."""
 ABLATION_BASE = {"head": "map", "epochs": 2, "patience": 0}
 ABLATIONS: dict[str, dict[str, Any]] = {
     "q = 5": {"q": 5}, "q = 10": {"q": 10}, "q = 25": {"q": 25},
