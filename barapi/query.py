@@ -5,8 +5,10 @@ requests of at most the adapter's batch limit, and for each request: a budget re
 (reserve → counted as billed in the ledger just before it leaves → settled by its outcome),
 a concurrency slot and the rate limiter (which slows down when the provider throttles),
 retries of transient errors, validation of the answers against what the provider promises,
-and the cache write of that request's valid answers as soon as it returns (so that a
-kill -9 loses at most the requests in flight). Inputs that fail inside an answered request
+and the cache write of that request's valid answers as soon as it returns. The ledger
+settles a request only once that write is committed: a request whose answers a kill -9 (or
+a worker's hard exit) could still lose has no outcome line, so it counts as in flight
+(billed, uncertain), never as answered-and-kept. Inputs that fail inside an answered request
 (Clarifai MIXED_STATUS) are asked again with backoff, up to `RetryPolicy.input_attempts`
 rounds; invalid answers are asked once more, then stop the run.
 """
@@ -14,6 +16,8 @@ rounds; invalid answers are asked once more, then stop the run.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -157,16 +161,22 @@ class QueryService:
                            f"{self.retry.input_attempts + 1} tries ({detail}); the answered ones "
                            f"are paid for and cached")
 
-    async def discover_labels(self, image: NDArray[np.uint8]) -> list[str]:
+    async def discover_labels(self, image: NDArray[np.uint8],
+                              keep: Callable[[list[str]], None] | None = None) -> list[str]:
         """The adapter's labels from one paid prediction of the (H, W, 3) `image`: reserved,
-        ledgered, rate-limited and retried like any request."""
+        ledgered, rate-limited and retried like any request. `keep(labels)` stores them
+        durably (a run folder's record) before the ledger settles the request."""
 
         async def attempt() -> list[str]:
-            async with self.budget.reservation(1) as ticket, self._slots:
-                await self.limiter.acquire()
-                self.stats.attempts += 1
-                self.budget.send(ticket)
-                return await self.adapter.discover_labels(image)
+            async with self.budget.reservation(1) as ticket:
+                async with self._slots:
+                    await self.limiter.acquire()
+                    self.stats.attempts += 1
+                    self.budget.send(ticket)
+                    labels = await self.adapter.discover_labels(image)
+                if keep is not None:
+                    keep(labels)  # kept before the ledger settles the request as answered
+                return labels
 
         labels = await self.retry.call(attempt)
         self.stats.requests += 1
@@ -174,41 +184,50 @@ class QueryService:
         return labels
 
     def _store(self, keys: list[str] | None, probs: NDArray[np.float32],
-               ok: NDArray[np.bool_]) -> None:
-        """Queue the valid answers among `ok` for the cache, at once (no await in between)."""
+               ok: NDArray[np.bool_]) -> Future[None] | None:
+        """Queue the valid answers among `ok` for the cache, at once (no await in between);
+        the write's future, None when nothing is written."""
         if self.cache is None or keys is None:
-            return
+            return None
         keep = ok & ~invalid_rows(probs, self.adapter.answers)
-        if keep.any():
-            self.cache.store([k for k, y in zip(keys, keep, strict=True) if y], probs[keep])
+        if not keep.any():
+            return None
+        return self.cache.store([k for k, y in zip(keys, keep, strict=True) if y], probs[keep])
 
     async def _send(self, images: NDArray[np.uint8],
                     keys: list[str] | None = None) -> NDArray[np.float32]:
         n = len(images)
 
         async def attempt() -> NDArray[np.float32]:
-            async with self.budget.reservation(n) as ticket, self._slots:
-                await self.limiter.acquire()  # last, so that the request leaves in its slot
-                self.stats.attempts += 1
-                self.budget.send(ticket)
-                try:
-                    probs = await self.adapter.predict_proba(images)
-                except TransientError as exc:
-                    if exc.throttled:
-                        self.limiter.throttled()
-                    raise
-                except PartialAnswer as partial:
+            async with self.budget.reservation(n) as ticket:
+                stored: Future[None] | None = None
+                partial: PartialAnswer | None = None
+                async with self._slots:
+                    await self.limiter.acquire()  # last, so that the request leaves in its slot
+                    self.stats.attempts += 1
+                    self.budget.send(ticket)
+                    try:
+                        probs = await self.adapter.predict_proba(images)
+                    except TransientError as exc:
+                        if exc.throttled:
+                            self.limiter.throttled()
+                        raise
+                    except PartialAnswer as exc:
+                        partial, probs, ok = exc, np.asarray(exc.probs, dtype=np.float32), exc.ok
+                        self.stats.billed_images += exc.billed_images
+                    else:
+                        probs, ok = np.asarray(probs, dtype=np.float32), np.ones(n, bool)
+                        if probs.shape != (n, self.adapter.n_sources):  # unparseable: billed, retried
+                            raise TransientError(
+                                f"{self.adapter.identity} returned shape {probs.shape} for {n} "
+                                f"images (expected {(n, self.adapter.n_sources)})")
+                        self.stats.billed_images += n
+                    stored = self._store(keys, probs, ok)
                     self.limiter.succeeded()
-                    self.stats.billed_images += partial.billed_images
-                    self._store(keys, np.asarray(partial.probs, dtype=np.float32), partial.ok)
-                    raise
-                probs = np.asarray(probs, dtype=np.float32)
-                if probs.shape != (n, self.adapter.n_sources):  # unparseable: billed, retried
-                    raise TransientError(f"{self.adapter.identity} returned shape {probs.shape} "
-                                         f"for {n} images (expected {(n, self.adapter.n_sources)})")
-                self._store(keys, probs, np.ones(n, bool))
-                self.limiter.succeeded()
-            self.stats.billed_images += n
+                if stored is not None:  # committed before the ledger settles the request
+                    await asyncio.shield(asyncio.wrap_future(stored))
+                if partial is not None:
+                    raise partial
             return probs
 
         try:

@@ -322,9 +322,9 @@ class Trainer:
         if not adapter.paid_labels:
             return
         image = self.task.program.images(self.task.windows["train"][:1], self.task.program.zeros())
-        labels = await self.service.discover_labels(image[0])
-        if self.folder is not None:
-            self.folder.write_record(labels=labels)
+        folder = self.folder
+        keep = (lambda found: folder.write_record(labels=found)) if folder is not None else None
+        labels = await self.service.discover_labels(image[0], keep=keep)
         self._log({"event": "labels", "step": 0, "labels": labels})
         adapter.use_labels(labels)  # ConfigError for a --labels name the service lacks
 

@@ -13,12 +13,14 @@ import argparse
 import asyncio
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any
 
 import numpy as np
 
 from barapi.budget import Budget
+from barapi.cache import ProbabilityCache
 from barapi.query import QueryService
 from barapi.ratelimit import RateLimiter
 from benchmarks.common import markdown_table, write_results
@@ -42,14 +44,20 @@ async def achieved_rate(rate: float, seconds: float, per_request: int) -> dict[s
                 "billed_images": service.stats.billed_images, "dollars": service.budget.spent}
 
 
-async def overhead(adapter_name: str, batches: int, batch: int, size: int) -> dict[str, Any]:
+async def overhead(adapter_name: str, batches: int, batch: int, size: int,
+                   cached: bool = False) -> dict[str, Any]:
+    """Median time of one batch through QueryService against the adapter called directly.
+    `cached`: with the answer cache on (each batch new, so every answer is looked up, written
+    and committed before its request is settled)."""
     if adapter_name == "local":
         from barapi.adapters.local import create
 
         adapter = create(model="efficientnet-lite0", device="cpu", input_size=size)
     else:
         adapter = NumpyModel(n_sources=20, max_batch=batch)
-    service = QueryService(adapter, Budget(price_per_1000=0.0))
+    folder = tempfile.TemporaryDirectory() if cached else None
+    cache = ProbabilityCache(folder.name) if folder is not None else None
+    service = QueryService(adapter, Budget(price_per_1000=0.0), cache)
     rng = np.random.default_rng(0)
     data = [rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8) for _ in range(batches)]
     await adapter.predict_proba(data[0])  # warm-up
@@ -61,8 +69,11 @@ async def overhead(adapter_name: str, batches: int, batch: int, size: int) -> di
         start = time.perf_counter()
         await service.predict_proba(x)
         through.append(time.perf_counter() - start)
+    if cache is not None and folder is not None:
+        cache.close()
+        folder.cleanup()
     d, t = statistics.median(direct), statistics.median(through)
-    return {"adapter": adapter_name, "images_per_call": batch, "direct_ms": d * 1e3,
+    return {"adapter": adapter_name + (" + cache" if cached else ""), "images_per_call": batch, "direct_ms": d * 1e3,
             "service_ms": t * 1e3, "time_ratio": t / d, "overhead_us_per_image": (t - d) / batch * 1e6}
 
 
@@ -73,7 +84,8 @@ def main(argv: list[str] | None = None) -> tuple[list[dict[str, float]], list[di
     seconds = 2.0 if args.quick else 15.0
     limits = (20.0,) if args.quick else (2.0, 10.0, 20.0)
     rates = [asyncio.run(achieved_rate(r, seconds, 16)) for r in limits]
-    costs = [asyncio.run(overhead("numpy", 5 if args.quick else 50, 220, 32))]
+    costs = [asyncio.run(overhead("numpy", 5 if args.quick else 50, 220, 32, cached))
+             for cached in (False, True)]
     if not args.quick:
         costs.append(asyncio.run(overhead("local", 10, 220, 112)))
     print(markdown_table(rates, [("limit_rps", "limit req/s"), ("achieved_rps", "achieved req/s"),

@@ -1,4 +1,5 @@
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -253,3 +254,62 @@ def test_paid_answers_are_cached_even_when_another_request_fails(tmp_path: Path)
     asyncio.run(service.predict_proba(x))
     assert service.stats.cached_images == 20  # the two answered requests were kept
     assert service.budget.spent == pytest.approx(paid + 10.0)  # only the failed one is re-sent
+
+
+class SlowCache(ProbabilityCache):
+    """A real cache whose writes take 0.2 s to commit (a busy disk, a shared SQLite lock)."""
+
+    def _set_many(self, keys: list[str], values: np.ndarray) -> None:
+        time.sleep(0.2)
+        super()._set_many(keys, values)
+
+
+class Watched(Budget):
+    """A Budget that, as each outcome line is written, notes how many answers another
+    process opening the cache folder would find: what a kill -9 at that instant leaves."""
+
+    def __init__(self, folder: Path, ledger: Path) -> None:
+        super().__init__(price_per_1000=1000.0, limit=100.0, ledger=ledger)
+        self.folder, self.kept_at_outcome = folder, []
+
+    def _append(self, entry: dict[str, object], sync: bool = False,
+                terminate_only: bool = False) -> None:
+        if entry.get("outcome") in ("answered", "partial"):
+            elsewhere = ProbabilityCache(self.folder)
+            self.kept_at_outcome.append((entry["outcome"], len(elsewhere)))
+            elsewhere.close()
+        super()._append(entry, sync, terminate_only)
+
+
+@pytest.mark.parametrize("adapter", [LinearSoftmaxAdapter(), Mixed({1}, times=1)],
+                         ids=["answered", "partial"])
+def test_a_request_is_settled_only_once_its_answers_are_committed_to_the_cache(
+        adapter: LinearSoftmaxAdapter, tmp_path: Path) -> None:
+    """The ledger's outcome line says "paid and kept": a kill -9 after it must not lose the
+    answers (else a resume pays for them again while the ledger shows nothing in flight).
+    Seen in CI: a sweep's killed worker lost its queued cache writes."""
+    budget = Watched(tmp_path / "cache", tmp_path / "ledger.jsonl")
+    service = QueryService(adapter, budget, SlowCache(tmp_path / "cache"),
+                           retry=RetryPolicy(sleep=no_sleep))
+    asyncio.run(service.predict_proba(images(3)))
+    partial = [("partial", 2)] if isinstance(adapter, Mixed) else []  # input 1 fails once
+    expected = [*partial, ("answered", 3)]
+    assert budget.kept_at_outcome == expected
+
+
+def test_learned_labels_are_kept_before_their_request_is_settled(tmp_path: Path) -> None:
+    class Tags(LinearSoftmaxAdapter):
+        async def discover_labels(self, image: np.ndarray) -> list[str]:
+            return ["tag-a", "tag-b"]
+
+    ledger = tmp_path / "ledger.jsonl"
+    service = QueryService(Tags(), Budget(price_per_1000=1000.0, limit=100.0, ledger=ledger))
+    seen: list[str] = []
+
+    def keep(labels: list[str]) -> None:
+        seen.append(ledger.read_text())
+        assert labels == ["tag-a", "tag-b"]
+
+    assert asyncio.run(service.discover_labels(images(1)[0], keep=keep)) == ["tag-a", "tag-b"]
+    assert '"sent"' in seen[0] and '"outcome"' not in seen[0]  # kept while still in flight
+    assert '"outcome": "answered"' in ledger.read_text()
