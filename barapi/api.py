@@ -22,7 +22,7 @@ from barapi.budget import NANO, Budget, to_nano
 from barapi.cache import ProbabilityCache, check_writable
 from barapi.cards import Card, build_card, load_card
 from barapi.checkpoint import load_checkpoint
-from barapi.config import RunConfig, make_config
+from barapi.config import RunConfig, make_config, with_connection
 from barapi.data import Split, load_dataset, select_classes, stratified_split
 from barapi.errors import ConfigError
 from barapi.estimate import Phase, reach
@@ -268,8 +268,8 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
             card_file: Path | None = None, card_fields: dict[str, Any] | None = None,
             cache_dir: Path | None = None, use_cache: bool | None = None,
             start: bool = True, sends: bool = True, run_name: str | None = None,
-            budget_factory: Callable[[float, float | None, RunFolder | None], Budget] | None = None
-            ) -> Session:
+            budget_factory: Callable[[float, float | None, RunFolder | None], Budget] | None = None,
+            connection: dict[str, Any] | None = None) -> Session:
     """Validate and assemble a run of `config` (or of the run folder `resume`).
 
     Every check on the input (data, model, geometry, label map, card) happens here, before a
@@ -280,12 +280,14 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
     A priced provider needs a `budget` (or the resumed run's own) unless `sends` is False
     (a session that only estimates). `run_name` names the new run folder. A sweep's trial
     passes `budget_factory` (price per 1,000, limit, resumed folder or None → the run's
-    Budget: one that also spends from the sweep's wallet).
+    Budget: one that also spends from the sweep's wallet). `connection`: with `resume`, new values
+    of `config.CONNECTION_FIELDS` (endpoint, insecure, key_file, device) for this session; the
+    run folder keeps its own config. Raises ConfigError for any other field in `connection`.
     """
     resumed = RunFolder.open(Path(resume)) if resume is not None else None
     record: dict[str, Any] = {}
     if resumed is not None:
-        config = resumed.config()
+        config = with_connection(resumed.config(), connection or {})
         record = resumed.record()
         if budget is None:  # a resume keeps the run's budget unless a new total is given
             budget = record.get("limit")

@@ -19,7 +19,7 @@ from typing import Any
 import click
 import numpy as np
 
-from barapi.config import PRESETS, RunConfig, make_config
+from barapi.config import CONNECTION_FIELDS, PRESETS, RunConfig, make_config
 from barapi.errors import BarapiError
 
 FULL = "full"
@@ -236,7 +236,9 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
 @config_options
 @card_options
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="continue the run in this folder (other options are ignored)")
+              default=None, help="continue the run in this folder with its own settings "
+              "(config options other than --endpoint, --insecure, --key-file and --device "
+              "are refused)")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="where run folders are created")
 @budget_option("hard limit in dollars for the whole run folder (earlier spend included); "
@@ -256,10 +258,20 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
     from barapi import api
     from barapi.budget import format_dollars
 
+    connection = None
+    if resume is not None:
+        given = {k: v for k, v in options.items() if v is not None}
+        refused = (["preset"] if preset else []) + [k for k in given if k not in CONNECTION_FIELDS]
+        if refused:
+            fail(f"--{refused[0].replace('_', '-')}: a resumed run keeps the settings in "
+                 f"{resume / 'config.json'}; with --resume only --endpoint, --insecure, "
+                 f"--key-file and --device may be given")
+        connection = given
     config = config_from(preset, options)
     session = api.prepare(config, runs_root=runs_dir, resume=resume, budget=budget,
                           card_file=card_file, card_fields=card_overrides(card_set),
-                          cache_dir=cache_dir, use_cache=use_cache, start=False)
+                          cache_dir=cache_dir, use_cache=use_cache, start=False,
+                          connection=connection)
     session.check()  # the key is there, the endpoint answers, labels known: free, first
     if session.adapter.label_note and not as_json:
         click.echo(f"barapi: {session.adapter.label_note}", err=True)

@@ -24,6 +24,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+CONNECTION_FIELDS = ("endpoint", "insecure", "key_file", "device")
+"""Settings that say how to reach the black box, not what is learned: the only ones a
+resumed run may be given (for that invocation; its run folder keeps its own config)."""
+
 MIN_CANVAS = 8
 """Smallest canvas and model input side, in px (a window of at least 4 px, a 3×k×k program)."""
 
@@ -194,3 +198,17 @@ def one_line(exc: Exception) -> str:
         message = str(first.get("msg", exc)).removeprefix("Value error, ")
         return f"{where}: {message}" if where != "config" else message
     return " ".join(str(exc).split())
+
+
+def with_connection(config: RunConfig, changes: dict[str, Any]) -> RunConfig:
+    """`config` with the CONNECTION_FIELDS in `changes` replaced, validated again. Raises
+    ConfigError for any other field (what a run learns cannot change mid-run) or an invalid
+    value."""
+    other = [name for name in changes if name not in CONNECTION_FIELDS]
+    if other:
+        raise ConfigError(f"{other[0]}: a resumed run keeps its own settings; only "
+                          f"{', '.join(CONNECTION_FIELDS)} may change")
+    try:
+        return RunConfig(**{**config.model_dump(), **changes})
+    except ValueError as exc:
+        raise ConfigError(one_line(exc)) from exc

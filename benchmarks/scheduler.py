@@ -73,8 +73,9 @@ async def overhead(adapter_name: str, batches: int, batch: int, size: int,
         cache.close()
         folder.cleanup()
     d, t = statistics.median(direct), statistics.median(through)
-    return {"adapter": adapter_name + (" + cache" if cached else ""), "images_per_call": batch, "direct_ms": d * 1e3,
-            "service_ms": t * 1e3, "time_ratio": t / d, "overhead_us_per_image": (t - d) / batch * 1e6}
+    return {"adapter": adapter_name + (" + cache" if cached else ""), "images_per_call": batch,
+            "direct_ms": d * 1e3, "service_ms": t * 1e3, "time_ratio": t / d,
+            "overhead_us_per_image": (t - d) / batch * 1e6}
 
 
 def main(argv: list[str] | None = None) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:

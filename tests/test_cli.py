@@ -175,3 +175,53 @@ main(["emulate", "clarifai", "--port", "0"])
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip() == ("barapi: error: this needs the optional package grpc: "
                                   "pip install -e '.[cloud]' (or pip install 'barapi[cloud]')")
+
+
+class EmulatorProcess:
+    """`barapi emulate clarifai` in its own process, on a port of its choosing."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "barapi", "emulate", "clarifai", "--port", "0",
+             "--input-size", "32"], stderr=subprocess.PIPE, text=True, env=env)
+        assert self.process.stderr is not None
+        line = self.process.stderr.readline()
+        assert "clarifai emulator on 127.0.0.1:" in line, line
+        self.endpoint = line.strip().rsplit(" ", 1)[1]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.communicate(timeout=30)
+
+
+def test_a_resume_may_reach_its_provider_at_a_new_endpoint(tmp_path: Path) -> None:
+    """A run stopped by its budget, then resumed with --endpoint after the provider moved
+    (an emulator restarted on another port): the resume talks to the new address."""
+    env = {**__import__("os").environ, "CLARIFAI_PAT": "cli-test-key",
+           "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    options = ["--provider", "clarifai", "--insecure", "--canvas", "32", "--window", "16",
+               "--resolution", "4", "--classes", "0,1", "--per-class", "10", "--q", "2",
+               "--batch", "10", "--epochs", "2", "--patience", "0", "--json"]
+    first = EmulatorProcess(env)
+    try:
+        out = subprocess.run([sys.executable, "-m", "barapi", "run", *options, "--endpoint",
+                              first.endpoint, "--budget", "0.15", "--yes"],
+                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    finally:
+        first.stop()
+    assert out.returncode == 3, out.stderr  # stopped by the budget, resumable
+    folder = tmp_path / json.loads(out.stdout)["run_dir"]
+    second = EmulatorProcess(env)
+    try:
+        assert second.endpoint != first.endpoint
+        out = subprocess.run([sys.executable, "-m", "barapi", "run", "--resume", str(folder),
+                              "--endpoint", second.endpoint, "--insecure", "--budget", "1",
+                              "--json"],
+                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    finally:
+        second.stop()
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    assert summary["stopped"] is None and 0.15 < summary["dollars"] <= 1
+    saved = json.loads((folder / "config.json").read_text())["config"]
+    assert saved["endpoint"] == first.endpoint  # the run folder keeps its own settings
