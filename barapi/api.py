@@ -393,16 +393,18 @@ def load_run_folder(folder: RunFolder) -> FittedProgram:
     return FittedProgram(config, state.best_weights, state.best_head, state.classes)
 
 
-def run_service(path: Path | str, budget: float | None = None) -> tuple[FittedProgram, QueryService,
-                                                                     RunFolder]:
+def run_service(path: Path | str, budget: float | None = None,
+                connection: dict[str, Any] | None = None
+                ) -> tuple[FittedProgram, QueryService, RunFolder]:
     """A finished run's program, and a query service with the run's card, cache and ledger:
     evaluations and predictions are paid like the run's own queries, recorded in its ledger
     and cached alike. `budget`: the most this use may spend, in dollars; default: what is
-    left of the run's budget. The run folder is locked until the process ends or
-    `folder.unlock()`."""
+    left of the run's budget. `connection`: new values of `config.CONNECTION_FIELDS` for
+    this use (ConfigError for any other field). The run folder is locked until the process
+    ends or `folder.unlock()`."""
     folder = RunFolder.open(Path(path))
     fitted = load_run_folder(folder)
-    adapter = open_adapter(fitted.config)
+    adapter = open_adapter(with_connection(fitted.config, connection or {}))
     card, cache = run_settings(folder, adapter)
     check_card(card, fitted.config.canvas)
     stored = folder.record().get("limit")

@@ -53,6 +53,18 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
                         help="start from a named preset (paper: the paper's exact settings)")(command)
 
 
+def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--endpoint, --insecure, --key-file, --device: how to reach the black box of a run
+    folder, when it moved since the run (for this invocation)."""
+    for name in reversed(CONNECTION_FIELDS):
+        command = _option_for(name, RunConfig.model_fields[name])(command)
+    return command
+
+
+def given_connection(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k in CONNECTION_FIELDS and v is not None}
+
+
 def card_options(command: Callable[..., Any]) -> Callable[..., Any]:
     command = click.option(
         "--card-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -266,7 +278,7 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
             fail(f"--{refused[0].replace('_', '-')}: a resumed run keeps the settings in "
                  f"{resume / 'config.json'}; with --resume only --endpoint, --insecure, "
                  f"--key-file and --device may be given")
-        connection = given
+        connection = given_connection(options)
     config = config_from(preset, options)
     session = api.prepare(config, runs_root=runs_dir, resume=resume, budget=budget,
                           card_file=card_file, card_fields=card_overrides(card_set),
@@ -331,13 +343,13 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
 
 
 def _paid_use(run_dir: Path, budget: float | None, images: int, what: str,
-              as_json: bool) -> tuple[Any, Any, Any]:
+              as_json: bool, connection: dict[str, Any]) -> tuple[Any, Any, Any]:
     """A run's program and a query service on its ledger and budget, after showing what
     `images` queries will cost; refuses when they do not fit (nothing sent)."""
     from barapi import api
     from barapi.budget import format_dollars
 
-    fitted, service, folder = api.run_service(run_dir, budget)
+    fitted, service, folder = api.run_service(run_dir, budget, given_connection(connection))
     cost = service.budget.cost_nano(images) / 1e9
     left = service.budget.left
     if cost > 0:
@@ -367,7 +379,9 @@ def _after_paid_use(service: Any, folder: Any) -> None:
 @budget_option("most this evaluation may spend, in dollars (default: what is left of the "
                "run's budget); recorded in the run's ledger")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(run_dir: Path, part: str, budget: float | None, as_json: bool) -> None:
+@connection_options
+def evaluate(run_dir: Path, part: str, budget: float | None, as_json: bool,
+             **connection: Any) -> None:
     """Accuracy of a run's best program on its own split (test by default)."""
     from barapi import api
     from barapi.trainer import Task
@@ -377,7 +391,7 @@ def evaluate(run_dir: Path, part: str, budget: float | None, as_json: bool) -> N
     if getattr(task.split, part) is None:
         fail(f"{run_dir}: the run has no {part} split")
     fitted, service, folder = _paid_use(run_dir, budget, len(task.windows[part]), "evaluation",
-                                        as_json)
+                                        as_json, connection)
     try:
         ev = asyncio.run(api.evaluate(service, task, fitted.head, fitted.weights, part))
     finally:
@@ -397,12 +411,15 @@ def evaluate(run_dir: Path, part: str, budget: float | None, as_json: bool) -> N
 @budget_option("most this prediction may spend, in dollars (default: what is left of the "
                "run's budget); recorded in the run's ledger")
 @click.option("--json", "as_json", is_flag=True)
-def predict(run_dir: Path, images: tuple[Path, ...], budget: float | None, as_json: bool) -> None:
+@connection_options
+def predict(run_dir: Path, images: tuple[Path, ...], budget: float | None, as_json: bool,
+            **connection: Any) -> None:
     """Predict target classes of IMAGES with a run's learned program."""
     from barapi.data import read_image
 
     samples = [read_image(p, str(p)) for p in images]
-    fitted, service, folder = _paid_use(run_dir, budget, len(samples), "prediction", as_json)
+    fitted, service, folder = _paid_use(run_dir, budget, len(samples), "prediction", as_json,
+                                        connection)
     canvas = fitted.program.canvas
     windows = np.concatenate([canvas.embed(sample[None]) for sample in samples])
     try:

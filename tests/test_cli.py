@@ -194,9 +194,9 @@ class EmulatorProcess:
         self.process.communicate(timeout=30)
 
 
-def test_a_resume_may_reach_its_provider_at_a_new_endpoint(tmp_path: Path) -> None:
-    """A run stopped by its budget, then resumed with --endpoint after the provider moved
-    (an emulator restarted on another port): the resume talks to the new address."""
+def test_a_run_folder_may_reach_its_provider_at_a_new_endpoint(tmp_path: Path) -> None:
+    """A run stopped by its budget, then resumed, evaluated and used for a prediction with
+    --endpoint after the provider moved (an emulator restarted on another port)."""
     env = {**__import__("os").environ, "CLARIFAI_PAT": "cli-test-key",
            "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     options = ["--provider", "clarifai", "--insecure", "--canvas", "32", "--window", "16",
@@ -218,10 +218,17 @@ def test_a_resume_may_reach_its_provider_at_a_new_endpoint(tmp_path: Path) -> No
                               "--endpoint", second.endpoint, "--insecure", "--budget", "1",
                               "--json"],
                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        summary = json.loads(out.stdout)
+        assert summary["stopped"] is None and 0.15 < summary["dollars"] <= 1
+        reach = ["--endpoint", second.endpoint, "--insecure", "--json"]
+        Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / "one.png")
+        for use in (["evaluate", str(folder), *reach],
+                    ["predict", str(folder), str(tmp_path / "one.png"), *reach]):
+            out = subprocess.run([sys.executable, "-m", "barapi", *use], capture_output=True,
+                                 text=True, cwd=tmp_path, env=env, timeout=300)
+            assert out.returncode == 0, (use[0], out.stderr[-2000:])
     finally:
         second.stop()
-    assert out.returncode == 0, out.stderr[-2000:]
-    summary = json.loads(out.stdout)
-    assert summary["stopped"] is None and 0.15 < summary["dollars"] <= 1
     saved = json.loads((folder / "config.json").read_text())["config"]
     assert saved["endpoint"] == first.endpoint  # the run folder keeps its own settings
