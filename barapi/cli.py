@@ -182,9 +182,10 @@ def _print_estimate(phases: list[Any], card: Any, patience: int = 0, rate: float
         click.echo(f"  (at most: --patience {patience} may stop training earlier)", err=True)
     for p in phases:
         seconds = p.requests / limit if limit else None
-        wall = f"{seconds / 60:.1f} min" if seconds is not None else "—"
+        wall = (f"{f'{seconds / 60:.1f} min':>10} at the rate limit" if seconds is not None
+                else "")  # no limit: the time is the black box's own, not estimated here
         click.echo(f"  {p.name:<14} {p.images:>10,} images {p.requests:>9,} requests "
-                   f"{format_dollars(p.dollars):>11}   {wall:>10} at the rate limit", err=True)
+                   f"{format_dollars(p.dollars):>11}   {wall}".rstrip(), err=True)
 
 
 def _print_plan(plan: Any, session: Any, limit: float) -> None:
@@ -325,6 +326,8 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
         patience = " · stopped by --patience" if result.extra.get("early_stop") else ""
         best = ("" if config.method == "zero-shot" or not math.isfinite(result.best_val_accuracy)
                 else f" · best val {percent(result.best_val_accuracy)}")
+        if best and summary.get("best_step") == 0:  # say it: the probe's score, no program's
+            best += " (the unprogrammed start: no program beat it)"
         uncertain = (f" ({summary['uncertain_images']:,} of them uncertain)"
                      if summary["uncertain_images"] else "")
         click.echo(f"test accuracy {percent(result.test_accuracy)} (zero-shot mapping "

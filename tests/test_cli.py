@@ -55,6 +55,15 @@ def test_evaluate_and_predict(finished_run: Path, tmp_path: Path) -> None:
     assert answer["label"] in [str(i) for i in range(10)] and len(answer["scores"]) == 10
 
 
+def test_a_run_whose_program_never_beat_its_start_says_so(tmp_path: Path) -> None:
+    """A step size too small to change one 8-bit pixel: every validation equals the start's,
+    so the kept program is the blank one, and the result line says so."""
+    out = barapi("run", *TINY, "--lr", "1e-9", "--head", "map", "--runs-dir", "runs",
+                 cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "best val" in out.stdout and "(the unprogrammed start: no program beat it)" in out.stdout
+
+
 def test_resume_of_a_finished_run_changes_nothing(finished_run: Path, tmp_path: Path) -> None:
     before = (finished_run / "checkpoint.npz").read_bytes()
     out = barapi("run", "--resume", str(finished_run), "--json", cwd=tmp_path)
