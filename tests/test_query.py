@@ -286,8 +286,8 @@ class Watched(Budget):
 def test_a_request_is_settled_only_once_its_answers_are_committed_to_the_cache(
         adapter: LinearSoftmaxAdapter, tmp_path: Path) -> None:
     """The ledger's outcome line says "paid and kept": a kill -9 after it must not lose the
-    answers (else a resume pays for them again while the ledger shows nothing in flight).
-    Seen in CI: a sweep's killed worker lost its queued cache writes."""
+    answers (else a resume pays for them again while the ledger shows nothing in flight,
+    as CI once saw after a sweep's driver was killed: 36 images paid twice, none uncertain)."""
     budget = Watched(tmp_path / "cache", tmp_path / "ledger.jsonl")
     service = QueryService(adapter, budget, SlowCache(tmp_path / "cache"),
                            retry=RetryPolicy(sleep=no_sleep))
