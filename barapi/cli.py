@@ -276,9 +276,9 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
         given = {k: v for k, v in options.items() if v is not None}
         refused = (["preset"] if preset else []) + [k for k in given if k not in CONNECTION_FIELDS]
         if refused:
+            flags = ", ".join("--" + name.replace("_", "-") for name in CONNECTION_FIELDS)
             fail(f"--{refused[0].replace('_', '-')}: a resumed run keeps the settings in "
-                 f"{resume / 'config.json'}; with --resume only --endpoint, --insecure, "
-                 f"--key-file and --device may be given")
+                 f"{resume / 'config.json'}; with --resume only {flags} may be given")
         connection = given_connection(options)
     config = config_from(preset, options)
     session = api.prepare(config, runs_root=runs_dir, resume=resume, budget=budget,
