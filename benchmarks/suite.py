@@ -80,6 +80,7 @@ DEFAULT, SURROGATE = "BAR, barapi default", "BAR + surrogate prior (P-RGF)"
 AR, PROBE = "AR (white-box)", "linear probe"
 QUARTER = "BAR, barapi default, ¼ of its dollars (budget plan)"
 TWO_SIDED = "BAR, two-sided, q = 5, β = 0.02"
+LONGER = "BAR, default settings but 8 epochs"
 METHODS: dict[str, dict[str, Any]] = {
     "zero-shot map": {"method": "zero-shot", "head": "map"},
     PROBE: {"method": "zero-shot", "head": "linear"},
@@ -88,6 +89,7 @@ METHODS: dict[str, dict[str, Any]] = {
     SURROGATE: {"surrogate": "efficientnet-lite0"},
     QUARTER: {"budget_share": 0.25},
     TWO_SIDED: {"two_sided": True, "q": 5, "beta": 0.02},
+    LONGER: {"epochs": 8},  # Fashion pairs: the default's 6 epochs cost $13–17, 8 stay under $25
     AR: {"method": "ar"},
     "feature extraction (white-box)": {"transfer": "features"},
     "CNN from scratch": {"transfer": "cnn"},
@@ -104,9 +106,9 @@ HONEST = [(task, f"{fam} {view}") for fam in ("imagenet", "nudenet")
 ("safe" saturated; NudeNet an independent model family), each with its white-box ceiling."""
 TASK_ONLY = ("feature extraction (white-box)", "CNN from scratch")
 """Baselines that do not depend on the black box: run once per task, beside EfficientNet-Lite0."""
-HONEST_ONLY = (QUARTER, TWO_SIDED)
+HONEST_ONLY = (QUARTER, TWO_SIDED, LONGER)
 """Methods of the honest group only (a budget plan; the estimator that sees a detector's
-gradient, docs/method.md "ZO estimator")."""
+gradient, docs/method.md "ZO estimator"; more of the $25 the goals allow)."""
 ABLATION_BASE = {"head": "map", "epochs": 2, "patience": 0}
 ABLATIONS: dict[str, dict[str, Any]] = {
     "q = 5": {"q": 5}, "q = 10": {"q": 10}, "q = 25": {"q": 25},
@@ -477,6 +479,7 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "surrogate": points(gap(SURROGATE, DEFAULT)),
                     "quarter": points(gap(QUARTER, DEFAULT)),
                     "two_sided": points(gap(TWO_SIDED, DEFAULT)),
+                    "longer": points(gap(AR, LONGER)),
                     "share": f"{statistics.median(shares):.0%}" if shares else "–"})
     return out
 
@@ -485,7 +488,7 @@ GOAL_COLUMNS = [("task", "task"), ("box", "black box"),
                 ("ar_gap", "AR − default, points (seeds)"), ("dollars", "default's $"),
                 ("over_probe", "default − probe"), ("ar_over_probe", "AR − probe"),
                 ("surrogate", "surrogate − default"), ("quarter", "¼ of the $ − default"),
-                ("two_sided", "two-sided β 0.02 − default"),
+                ("two_sided", "two-sided β 0.02 − default"), ("longer", "AR − 8 epochs"),
                 ("share", "default's $ share to reach its best val.")]
 
 
