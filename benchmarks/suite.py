@@ -461,7 +461,8 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     default − probe (≥ 15 points where AR − probe is); surrogate − default (≥ −1 point); the
     median share of its dollars after which the default's validation first reached its best
     (≤ 25% would buy today's accuracy for a quarter of today's dollars) and the test accuracy
-    of a run planned for a quarter of the default's estimate, against the default's."""
+    of a run planned for a quarter of the default's estimate, against the default's; AR
+    against the default run for 8 epochs (more of the $25)."""
     out = []
     for task, box in dict.fromkeys((r["task"], r["box"]) for r in rows if r["group"] == "honest"):
         by = {(r["method"], r["seed"]): r for r in rows
