@@ -156,6 +156,18 @@ class Cell:
         return values.pop("preset", None), values
 
 
+QUICK_EPOCHS = 2
+"""The most epochs a `--quick` cell runs: a method's own epoch count (paper settings 3, the
+longer default 8) would otherwise override QUICK's and make CI's tiny runs long."""
+
+
+def shortened(overrides: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """`overrides` with their epochs capped at QUICK_EPOCHS when `quick`."""
+    if quick and overrides.get("epochs", 0) > QUICK_EPOCHS:
+        return {**overrides, "epochs": QUICK_EPOCHS}
+    return overrides
+
+
 def cells(groups: list[str], seeds: list[int], quick: bool) -> list[Cell]:
     """The runs of `groups`; `quick`: one cell per code path (every method on digits, the
     emulated service, two ablations)."""
@@ -169,7 +181,8 @@ def cells(groups: list[str], seeds: list[int], quick: bool) -> list[Cell]:
                     continue
                 few = {"m": 1} if box != "lite0" else {}  # the map must fit in 5 or 2 outputs
                 for seed in seeds:
-                    out.append(Cell("main", task, box, method, seed, {**settings, **few}))
+                    out.append(Cell("main", task, box, method, seed,
+                                    shortened({**settings, **few}, quick)))
     if "honest" in groups:
         for task, box in (HONEST[:1] if quick else HONEST):
             for method, settings in METHODS.items():
@@ -178,7 +191,8 @@ def cells(groups: list[str], seeds: list[int], quick: bool) -> list[Cell]:
                 if quick and "budget_share" in settings:  # a tiny run: ¼ pays for no test
                     settings = {**settings, "budget_share": 0.9}
                 for seed in seeds:
-                    out.append(Cell("honest", task, box, method, seed, {**settings, "m": 1}))
+                    out.append(Cell("honest", task, box, method, seed,
+                                    shortened({**settings, "m": 1}, quick)))
     if "ablations" in groups:
         for name, settings in ABLATIONS.items():
             if quick and name not in ("q = 5", "random map"):

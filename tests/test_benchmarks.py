@@ -172,6 +172,18 @@ def test_suite_quick_honest_group_serves_the_boxes_through_the_emulator(tmp_path
     assert 0 < planned["images"] < bar[0]["images"]
 
 
+def test_quick_cells_run_at_most_two_epochs() -> None:
+    """A method's own epoch count (paper settings 3, LONGER 8) must not lengthen CI's runs."""
+    from benchmarks import suite
+
+    quick = suite.cells(["main", "honest", "ablations"], [0], True)
+    assert quick and all(c.settings(suite.QUICK)[1]["epochs"] <= suite.QUICK_EPOCHS
+                         for c in quick)
+    full = {c.method: c.settings()[1].get("epochs") for c in
+            suite.cells(["honest"], [0], False)}
+    assert full[suite.LONGER] == 8 and full[suite.PAPER] == 3  # only --quick is capped
+
+
 def test_surrogate_quick() -> None:
     from benchmarks import surrogate
 
