@@ -83,7 +83,12 @@ class RunConfig(BaseModel):
         "linear = logistic regression on the black box's log-probabilities, fitted to the "
         "unprogrammed answers (the linear probe) and trained with the program")
     head_l2: float = Field(0.01, description="L2 strength of the linear head")
-    head_lr: float = Field(0.01, description="Adam step size of the linear head")
+    head_lr: float = Field(0.01, description="Adam step size of the linear head (without "
+                           "--head-refit)")
+    head_refit: bool = Field(True, description="on a black box of at most 20 outputs, refit "
+                             "the linear head after every step to the answers of the last "
+                             "epoch's steps (every variant's, the probe pass's first; no extra "
+                             "query); off, or more outputs: Adam steps of --head-lr")
     mapping: Literal["frequency", "random"] = Field("frequency", description="label mapping")
     m: int = Field(4, description="source labels per target class")
     loss: Literal["focal", "ce"] = Field("ce", description="training loss")

@@ -12,6 +12,7 @@ Two kinds, one contract (`scores`: (N, K) probabilities → (N, C) scores, rows 
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,6 +26,11 @@ from barapi.losses import EPS, batched_focal_loss
 
 FIT_ITERATIONS = 500
 """Most L-BFGS iterations of the linear probe's fit."""
+REFIT_MAX_SOURCES = 20
+"""Most black-box outputs K for which `RunConfig.head_refit` refits the head after every
+step: few-output APIs (moderation 5, NSFW 2, a few tags), where the probe's head is the one
+that drifts. With K = 1,000 one refit takes ~1.2 s on 2 cores (as long as a 220-image step
+on EfficientNet-Lite0), so such boxes keep Adam steps. Our choice."""
 PROB_FLOOR = 1e-7
 """Probabilities are clipped here before the log: APIs round small ones to 0."""
 
@@ -192,3 +198,55 @@ def head_from_arrays(arrays: dict[str, NDArray[Any]], prefix: str, n_sources: in
     weights, bias, mean, scale = (np.asarray(arrays[prefix + "linear_" + name], dtype=np.float64)
                                   for name in ("weights", "bias", "mean", "scale"))
     return LinearHead(weights, bias, mean, scale, float(arrays[prefix + "linear_l2"]))
+
+
+class AnswerWindow:
+    """The answers of the last `steps` training steps with their labels: what the linear
+    head is refitted to after each step (`RunConfig.head_refit`).
+
+    A ZO step moves the program along a noisy estimate, so after a few dozen steps the
+    answers no longer look like the unprogrammed ones the probe was fitted to (μ, σ and A
+    included), and Adam steps on the head lag behind: on a 5-concept box validation fell
+    from the probe's 69% to 51% in the first epoch, while a head refitted to the same
+    program's answers scored 68–70% (issue 16, docs/results.md). Refitting costs no query.
+    """
+
+    def __init__(self, steps: int) -> None:
+        if steps < 1:
+            raise ValueError(f"an answer window holds at least 1 step, got {steps}")
+        self.steps = steps
+        self._parts: list[tuple[NDArray[np.float32], NDArray[np.int64]]] = []
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def add(self, probs: NDArray[np.floating], labels: NDArray[np.integer]) -> None:
+        """One step's (V·B, K) answers, variant-major, and its (B,) labels."""
+        tiled = np.tile(np.asarray(labels, dtype=np.int64), len(probs) // len(labels))
+        self._parts = [*self._parts, (np.asarray(probs, dtype=np.float32), tiled)][-self.steps:]
+
+    def refit(self, head: LinearHead, gamma: float, class_weights: F64 | None) -> LinearHead:
+        """`head` fitted afresh (`LinearHead.fit`) to the window's answers; `head` itself
+        while the window lacks a class (the fit needs every class)."""
+        probs = np.concatenate([p for p, _ in self._parts])
+        labels = np.concatenate([y for _, y in self._parts])
+        if len(np.unique(labels)) < head.n_classes:
+            return head
+        return LinearHead.fit(probs, labels, head.n_classes, gamma, class_weights, head.l2)
+
+    def arrays(self) -> dict[str, NDArray[Any]]:
+        """The window as arrays (for checkpoints): answers, labels, rows per step."""
+        if not self._parts:
+            return {}
+        return {"answers.probs": np.concatenate([p for p, _ in self._parts]),
+                "answers.labels": np.concatenate([y for _, y in self._parts]),
+                "answers.rows": np.array([len(y) for _, y in self._parts])}
+
+    def load(self, arrays: dict[str, NDArray[Any]]) -> None:
+        """Inverse of `arrays` (an absent window: empty)."""
+        self._parts = []
+        if "answers.rows" not in arrays:
+            return
+        bounds = np.cumsum([0, *arrays["answers.rows"].tolist()])
+        self._parts = [(arrays["answers.probs"][a:b], arrays["answers.labels"][a:b])
+                       for a, b in itertools.pairwise(bounds)]

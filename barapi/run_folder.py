@@ -207,7 +207,9 @@ class RunFolder:
         return folder
 
     def config(self) -> RunConfig:
-        return RunConfig(**self.read_json("config.json")["config"])
+        stored = self.read_json("config.json")["config"]
+        stored.setdefault("head_refit", False)  # made before the field: what it ran with
+        return RunConfig(**stored)
 
     def session(self) -> dict[str, Any]:
         """Card and cache settings the run was started with."""

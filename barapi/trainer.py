@@ -23,7 +23,7 @@ from barapi.config import RunConfig
 from barapi.data import Split
 from barapi.errors import BudgetExhausted, ConfigError, FatalProviderError
 from barapi.estimate import EVAL_CHUNK, total_steps
-from barapi.head import LinearHead, OutputHead
+from barapi.head import REFIT_MAX_SOURCES, AnswerWindow, LinearHead, OutputHead
 from barapi.labelmap import LabelMap, check_fits, frequency_map, random_map
 from barapi.losses import batched_focal_loss, class_weights
 from barapi.optim import Optimizer
@@ -228,6 +228,9 @@ class Trainer:
         self.progress = progress
         self.estimator = config.estimator()
         self._make_gradient = make_gradient
+        self.answers: AnswerWindow | None = None
+        """The last epoch's answers the linear head is refitted to (None: Adam steps only);
+        chosen once the black box's outputs are known (`_choose_head_training`)."""
         self.surrogate: Any = None
         if config.surrogate is not None and config.method == "bar" and make_gradient is None:
             from barapi.surrogate import make_surrogate
@@ -283,6 +286,8 @@ class Trainer:
         # default_rng([seed, 1, step]) draws the step's directions
         if self.surrogate is not None:
             arrays.update(self.surrogate.arrays())
+        if self.answers is not None:
+            arrays.update(self.answers.arrays())
         meta["rng"] = {"seed": self.config.seed, "next_step": state.step}
         meta["stats"] = vars(self.service.stats).copy()
         budget = self.service.budget
@@ -301,6 +306,9 @@ class Trainer:
                                   if k.startswith(prefix)}}
         if self.surrogate is not None:
             self.surrogate.load(arrays)
+        self._choose_head_training()
+        if self.answers is not None:
+            self.answers.load(arrays)
         stats = meta.pop("stats")
         meta.pop("rng", None)
         meta.pop("ledger", None)
@@ -313,6 +321,13 @@ class Trainer:
                               f"{self.service.adapter.n_sources}")
         self.folder.truncate_metrics(meta["step"])
         return RunState.from_checkpoint(arrays, meta)
+
+    def _choose_head_training(self) -> None:
+        """Refit the linear head after every step (an answer window) where the config asks
+        for it and the black box has at most REFIT_MAX_SOURCES outputs; else Adam steps."""
+        c, n_sources = self.config, self.service.adapter.n_sources
+        refit = c.head == "linear" and c.head_refit and 0 < n_sources <= REFIT_MAX_SOURCES
+        self.answers = AnswerWindow(self.steps_per_epoch) if refit else None
 
     async def _learn_labels(self) -> None:
         """Labels that only a paid answer tells (Azure's tags): one image —
@@ -336,7 +351,16 @@ class Trainer:
 
     async def _start(self) -> RunState:
         """Initial state: heads built, zero-shot (and probe) test accuracy measured."""
-        observe = self.surrogate.observe if self.surrogate is not None else None
+        self._choose_head_training()
+        surrogate, answers, labels = self.surrogate, self.answers, self.task.split.train.labels
+
+        def observe(images: NDArray[np.uint8], probs: Probabilities) -> None:
+            """The probe pass's answers: the surrogate's first data, the window's first step."""
+            if surrogate is not None:
+                surrogate.observe(images, probs)
+            if answers is not None:
+                answers.add(probs, labels)
+
         label_map, head = await build_heads(self.service, self.task, observe)
         if self.surrogate is not None:
             self.surrogate.fit()
@@ -474,7 +498,11 @@ class Trainer:
                                                    task.windows["train"][batch], labels, step)
                 lr = optimizer.step_size()
                 state.weights = optimizer.step(state.weights, grad)
-                if "head_opt" in optimizers:
+                if self.answers is not None:
+                    self.answers.add(probs, labels)
+                    assert isinstance(state.head, LinearHead)
+                    state.head = self.answers.refit(state.head, task.gamma, task.weights)
+                elif "head_opt" in optimizers:
                     self._update_head(state, optimizers["head_opt"], probs, labels)
                 state.step = step + 1
                 self._log({"event": "step", "step": step + 1, "epoch": epoch, "loss": loss,

@@ -78,6 +78,11 @@ PAPER_AT_112 = {"preset": "paper", "canvas": 112, "input_size": 112}
 PAPER = "BAR, paper settings (112 px, 3 epochs)"
 DEFAULT, SURROGATE = "BAR, barapi default", "BAR + surrogate prior (P-RGF)"
 AR, PROBE = "AR (white-box)", "linear probe"
+PREVIOUS = "BAR, previous default (Adam-moved head)"
+AR_ADAM = "AR (white-box), Adam-moved head"
+ADAM_HEAD = {"head_refit": False}
+"""The head training of every run before head refit (issue 16, stop 25): the methods measured
+then keep it, so that their rows compare with PREVIOUS, the default they were run beside."""
 QUARTER = "BAR, barapi default, ¼ of its dollars (budget plan)"
 TWO_SIDED = "BAR, two-sided, q = 5, β = 0.02"
 LONGER = "BAR, default settings but 8 epochs"
@@ -86,11 +91,13 @@ METHODS: dict[str, dict[str, Any]] = {
     PROBE: {"method": "zero-shot", "head": "linear"},
     PAPER: {**PAPER_AT_112, "epochs": 3},
     DEFAULT: {},
-    SURROGATE: {"surrogate": "efficientnet-lite0"},
-    QUARTER: {"budget_share": 0.25},
-    TWO_SIDED: {"two_sided": True, "q": 5, "beta": 0.02},
-    LONGER: {"epochs": 8},  # Fashion pairs: the default's 6 epochs cost $13–17, 8 stay under $25
+    PREVIOUS: ADAM_HEAD,
+    SURROGATE: {"surrogate": "efficientnet-lite0", **ADAM_HEAD},
+    QUARTER: {"budget_share": 0.25, **ADAM_HEAD},
+    TWO_SIDED: {"two_sided": True, "q": 5, "beta": 0.02, **ADAM_HEAD},
+    LONGER: {"epochs": 8, **ADAM_HEAD},  # Fashion pairs: 6 epochs cost $13–17, 8 stay under $25
     AR: {"method": "ar"},
+    AR_ADAM: {"method": "ar", **ADAM_HEAD},
     "feature extraction (white-box)": {"transfer": "features"},
     "CNN from scratch": {"transfer": "cnn"},
 }
@@ -106,9 +113,10 @@ HONEST = [(task, f"{fam} {view}") for fam in ("imagenet", "nudenet")
 ("safe" saturated; NudeNet an independent model family), each with its white-box ceiling."""
 TASK_ONLY = ("feature extraction (white-box)", "CNN from scratch")
 """Baselines that do not depend on the black box: run once per task, beside EfficientNet-Lite0."""
-HONEST_ONLY = (QUARTER, TWO_SIDED, LONGER)
+HONEST_ONLY = (QUARTER, TWO_SIDED, LONGER, PREVIOUS, AR_ADAM)
 """Methods of the honest group only (a budget plan; the estimator that sees a detector's
-gradient, docs/method.md "ZO estimator"; more of the $25 the goals allow)."""
+gradient, docs/method.md "ZO estimator"; more of the $25 the goals allow; the head training
+before head refit)."""
 ABLATION_BASE = {"head": "map", "epochs": 2, "patience": 0}
 ABLATIONS: dict[str, dict[str, Any]] = {
     "q = 5": {"q": 5}, "q = 10": {"q": 10}, "q = 25": {"q": 25},
@@ -142,6 +150,12 @@ class Cell:
         preset, values = self.settings()
         transfer = self.overrides.get("transfer")
         settings = api.make_config(preset, **values).model_dump()
+        if (settings["method"] == "zero-shot" or settings["head"] != "linear"
+                or self.box == "lite0"):  # a head not trained, or K > REFIT_MAX_SOURCES
+            settings["head_refit"] = False
+        for name, value in LEGACY.items():
+            if settings[name] == value:
+                del settings[name]
         share = self.overrides.get("budget_share")  # in the key only when set: old keys hold
         blob = json.dumps([self.box, transfer, settings] + ([share] if share else []),
                           sort_keys=True)
@@ -155,6 +169,10 @@ class Cell:
         values.pop("budget_share", None)
         return values.pop("preset", None), values
 
+
+LEGACY = {"head_refit": False}
+"""Settings added after cells were stored, at the value that reproduces what those cells
+ran: left out of a key at that value, so that the stored cells keep their keys."""
 
 QUICK_EPOCHS = 2
 """The most epochs a `--quick` cell runs: a method's own epoch count (paper settings 3, the
@@ -184,8 +202,9 @@ def cells(groups: list[str], seeds: list[int], quick: bool) -> list[Cell]:
                         method in TASK_ONLY or (quick and "map" in method))):
                     continue
                 few = {"m": 1} if box != "lite0" else {}  # the map must fit in 5 or 2 outputs
-                for seed in seeds:
-                    out.append(Cell("main", task, box, method, seed, {**settings, **few}))
+                for seed in seeds:  # measured before head refit (ADAM_HEAD), not run since
+                    out.append(Cell("main", task, box, method, seed,
+                                    {**settings, **few, **ADAM_HEAD}))
     if "honest" in groups:
         for task, box in (HONEST[:1] if quick else HONEST):
             for method, settings in METHODS.items():
@@ -471,12 +490,13 @@ def paired_gaps(by: dict[tuple[str, int], dict[str, Any]], a: str, b: str) -> li
 
 def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue 16's goals per (task, box) of the honest group, on seeds both methods ran
-    (paired): AR − default (goal ≤ 2 points) and the default's mean dollars (≤ $25);
-    default − probe (≥ 15 points where AR − probe is); surrogate − default (≥ −1 point); the
-    median share of its dollars after which the default's validation first reached its best
-    (≤ 25% would buy today's accuracy for a quarter of today's dollars) and the test accuracy
-    of a run planned for a quarter of the default's estimate, against the default's; AR
-    against the default run for 8 epochs (more of the $25)."""
+    (paired): AR − default (goal ≤ 2 points) and the default's mean dollars (≤ $25); the
+    default against the previous one (head refit's gain); default − probe (≥ 15 points where
+    AR − probe is); the median share of its dollars after which the default's validation
+    first reached its best (≤ 25% would buy today's accuracy for a quarter of today's
+    dollars). Methods measured with the Adam-moved head against PREVIOUS, run beside them:
+    AR − previous default, surrogate − it (≥ −1 point), a run planned for a quarter of its
+    estimate, two-sided differences, and AR against it run for 8 epochs."""
     out = []
     for task, box in dict.fromkeys((r["task"], r["box"]) for r in rows if r["group"] == "honest"):
         by = {(r["method"], r["seed"]): r for r in rows
@@ -489,22 +509,26 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"task": task, "box": box, "ar_gap": points(gap(AR, DEFAULT)),
                     "dollars": f"${statistics.mean(r['dollars'] for r in default):.2f}"
                     if default else "–",
+                    "refit": points(gap(DEFAULT, PREVIOUS)),
                     "over_probe": points(gap(DEFAULT, PROBE)),
-                    "ar_over_probe": points(gap(AR, PROBE)),
-                    "surrogate": points(gap(SURROGATE, DEFAULT)),
-                    "quarter": points(gap(QUARTER, DEFAULT)),
-                    "two_sided": points(gap(TWO_SIDED, DEFAULT)),
-                    "longer": points(gap(AR, LONGER)),
+                    "ar_over_probe": points(gap(AR, PROBE) or gap(AR_ADAM, PROBE)),
+                    "previous_ar_gap": points(gap(AR_ADAM, PREVIOUS)),
+                    "surrogate": points(gap(SURROGATE, PREVIOUS)),
+                    "quarter": points(gap(QUARTER, PREVIOUS)),
+                    "two_sided": points(gap(TWO_SIDED, PREVIOUS)),
+                    "longer": points(gap(AR_ADAM, LONGER)),
                     "share": f"{statistics.median(shares):.0%}" if shares else "–"})
     return out
 
 
 GOAL_COLUMNS = [("task", "task"), ("box", "black box"),
                 ("ar_gap", "AR − default, points (seeds)"), ("dollars", "default's $"),
+                ("refit", "default − previous default"),
                 ("over_probe", "default − probe"), ("ar_over_probe", "AR − probe"),
-                ("surrogate", "surrogate − default"), ("quarter", "¼ of the $ − default"),
-                ("two_sided", "two-sided β 0.02 − default"), ("longer", "AR − 8 epochs"),
-                ("share", "default's $ share to reach its best val.")]
+                ("share", "default's $ share to reach its best val."),
+                ("previous_ar_gap", "Adam head: AR − previous default"),
+                ("surrogate", "surrogate − previous"), ("quarter", "¼ of the $ − previous"),
+                ("two_sided", "two-sided β 0.02 − previous"), ("longer", "AR − 8 epochs")]
 
 
 def formatted(row: dict[str, Any]) -> dict[str, Any]:
@@ -664,8 +688,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     targets = goals(rows)
     if targets:
         tables.append("**Issue 16's goals, paired by seed** (AR − default ≤ 2 points at ≤ $25; "
-                      "default − probe ≥ 15 where AR − probe is; surrogate − default ≥ −1; "
-                      "¼ of the $ − default ≥ 0 or share ≤ 25%)\n\n" + markdown_table(targets, GOAL_COLUMNS))
+                      "default − probe ≥ 15 where AR − probe is; surrogate − previous "
+                      "default ≥ −1; ¼ of the $ − previous ≥ 0 or share ≤ 25%; methods "
+                      "run before head refit are paired with the previous default)\n\n"
+                      + markdown_table(targets, GOAL_COLUMNS))
     matches = cost_to_match(rows)
     if matches:
         tables.append("**Billable images to reach paper-settings BAR's best validation "

@@ -234,3 +234,21 @@ def test_suite_expects_durations_at_each_boxs_measured_rate(tmp_path) -> None:
     (tmp_path / f"{ar.key}.json").write_text(json.dumps({"images": 10, "seconds": 60.0,
                                                          "steps": 3}))  # white-box time
     assert suite.measured_rates(tmp_path) == {"nudenet nsfw": 25.0}
+
+
+def test_cells_run_before_head_refit_keep_their_keys() -> None:
+    """head_refit=False (how every stored cell ran) is left out of a key, and so is the
+    setting wherever it is inert (an untrained head, a box of K > REFIT_MAX_SOURCES): the
+    stored runs stay found; the new default makes new runs."""
+    from dataclasses import replace
+
+    from benchmarks import suite
+
+    previous = suite.Cell("honest", "digits 0 vs 1", "nudenet nsfw", suite.PREVIOUS, 0,
+                          {**suite.METHODS[suite.PREVIOUS], "m": 1})
+    assert replace(previous, method=suite.DEFAULT, overrides={"m": 1}).key != previous.key
+    probe = replace(previous, method=suite.PROBE, overrides={**suite.METHODS[suite.PROBE],
+                                                               "m": 1})
+    assert replace(probe, overrides={**probe.overrides, "head_refit": False}).key == probe.key
+    lite0 = suite.Cell("main", "digits", "lite0", suite.DEFAULT, 0, {})
+    assert replace(lite0, overrides={"head_refit": False}).key == lite0.key

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from barapi.head import LinearHead, head_arrays, head_from_arrays
+from barapi.head import AnswerWindow, LinearHead, head_arrays, head_from_arrays
 from barapi.labelmap import LabelMap
 from barapi.losses import class_weights
 from barapi.whitebox import target_scores
@@ -106,3 +106,29 @@ def test_a_probe_that_does_not_converge_says_so(gamma: float,
     probs = rng.dirichlet(np.ones(12), size=60).astype(np.float32)
     with pytest.warns(RuntimeWarning, match="without converging"):
         LinearHead.fit(probs, rng.integers(0, 3, 60), 3, gamma, None, 0.01)
+
+
+def test_answer_window_holds_the_last_steps_and_survives_a_checkpoint() -> None:
+    window = AnswerWindow(steps=2)
+    steps = [answers(n=30, seed=s) for s in range(3)]
+    for probs, labels in steps:
+        window.add(probs, labels[:10])  # 3 variants of 10 samples, variant-major
+    assert len(window) == 2
+    restored = AnswerWindow(steps=2)
+    restored.load(window.arrays())
+    start = LinearHead.fit(*answers(), 3, 0.0, None, l2=0.01)
+    refitted = window.refit(start, 0.0, None)
+    kept = np.concatenate([p for p, _ in steps[1:]])
+    tiled = np.concatenate([np.tile(y[:10], 3) for _, y in steps[1:]])
+    expected = LinearHead.fit(kept, tiled, 3, 0.0, None, l2=0.01)
+    assert np.allclose(refitted.parameters, expected.parameters)
+    assert np.allclose(restored.refit(start, 0.0, None).parameters, expected.parameters)
+    assert np.allclose(refitted.mean, expected.mean)  # standardised on the window's answers
+
+
+def test_answer_window_keeps_the_head_while_it_lacks_a_class() -> None:
+    probs, labels = answers()
+    head = LinearHead.fit(probs, labels, 3, 0.0, None, l2=0.01)
+    window = AnswerWindow(steps=1)
+    window.add(probs[labels < 2], labels[labels < 2])
+    assert window.refit(head, 0.0, None) is head

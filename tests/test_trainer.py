@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from barapi import api
 from barapi.checkpoint import load_checkpoint
 from barapi.config import RunConfig, make_config
 from barapi.errors import ConfigError
-from barapi.head import LinearHead
+from barapi.head import REFIT_MAX_SOURCES, LinearHead
 from barapi.program import Canvas, Program
 from barapi.query import QueryService
 from barapi.trainer import Task
@@ -99,7 +100,7 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path: Path,
     reference, _ = load_checkpoint(first / "checkpoint.npz")
     assert np.array_equal(final["weights"], reference["weights"])
     for key in reference:
-        if key.startswith(("head.", "best_head.", "head_opt.")):
+        if key.startswith(("head.", "best_head.", "head_opt.", "answers.")):
             assert np.array_equal(final[key], reference[key]), key
     steps = [r["step"] for r in api.RunFolder.open(folder).metrics() if r["event"] == "step"]
     assert steps == list(range(1, whole.steps + 1))  # no step logged twice
@@ -131,7 +132,7 @@ def test_linear_probe_pays_one_query_per_image_and_is_learned_with_the_program()
     split = session.trainer.task.split
     assert session.service.stats.billed_images == len(split.train.labels) + len(split.test.labels)
     assert probe.test_accuracy == probe.probe_accuracy > probe.zero_shot_accuracy
-    trained = api.train(tiny_config(head="linear", evaluate=False),
+    trained = api.train(tiny_config(head="linear", evaluate=False, head_refit=False),
                         adapter=LinearSoftmaxAdapter())  # without validation: the last head
     assert isinstance(trained.head, LinearHead) and isinstance(probe.head, LinearHead)
     assert trained.head.mean == pytest.approx(probe.head.mean)  # fitted to the same answers
@@ -143,6 +144,37 @@ def test_a_linear_head_serves_a_black_box_with_fewer_outputs_than_classes_times_
     assert np.isnan(result.zero_shot_accuracy) and result.test_accuracy > 0.2
     with pytest.raises(ConfigError, match="exceeds the black box's 8 source labels"):
         api.prepare(tiny_config(head="map", m=4), adapter=LinearSoftmaxAdapter(8))
+
+
+def test_on_a_few_output_box_the_head_is_refitted_to_the_last_epochs_answers() -> None:
+    """The head after the last step is the probe's fit to the answers of the last epoch's
+    steps (issue 16: Adam steps let the probe's head drift as the program moves); boxes of
+    more than REFIT_MAX_SOURCES outputs, and --no-head-refit, keep Adam steps."""
+    config = tiny_config(head="linear", epochs=2, evaluate=False)
+    session = api.prepare(config, adapter=LinearSoftmaxAdapter(REFIT_MAX_SOURCES))
+    result = session.run()
+    window = session.trainer.answers
+    assert window is not None and len(window) == session.trainer.steps_per_epoch
+    assert isinstance(result.head, LinearHead)
+    task = session.trainer.task
+    refitted = window.refit(result.head, task.gamma, task.weights)
+    assert np.allclose(result.head.parameters, refitted.parameters)
+    for adapter, refit in ((LinearSoftmaxAdapter(REFIT_MAX_SOURCES + 1), True),
+                           (LinearSoftmaxAdapter(REFIT_MAX_SOURCES), False)):
+        session = api.prepare(tiny_config(head="linear", epochs=1, evaluate=False,
+                                          head_refit=refit), adapter=adapter)
+        session.run()
+        assert session.trainer.answers is None
+
+
+def test_a_run_folder_from_before_head_refit_resumes_with_adam_steps(tmp_path: Path) -> None:
+    api.train(tiny_config(head="linear", epochs=1), adapter=LinearSoftmaxAdapter(),
+              runs_root=tmp_path)
+    (folder,) = tmp_path.iterdir()
+    stored = json.loads((folder / "config.json").read_text())
+    del stored["config"]["head_refit"]
+    (folder / "config.json").write_text(json.dumps(stored))
+    assert api.RunFolder.open(folder, lock=False).config().head_refit is False
 
 
 class BlindAdapter(LinearSoftmaxAdapter):
