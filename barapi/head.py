@@ -227,7 +227,7 @@ class AnswerWindow:
 
     def refit(self, head: LinearHead, gamma: float, class_weights: F64 | None) -> LinearHead:
         """`head` fitted afresh (`LinearHead.fit`) to the window's answers; `head` itself
-        while the window lacks a class (the fit needs every class)."""
+        while the window lacks a class (a fit without it would learn never to predict it)."""
         probs = np.concatenate([p for p, _ in self._parts])
         labels = np.concatenate([y for _, y in self._parts])
         if len(np.unique(labels)) < head.n_classes:
