@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -215,7 +216,7 @@ class AnswerWindow:
         if steps < 1:
             raise ValueError(f"an answer window holds at least 1 step, got {steps}")
         self.steps = steps
-        self._parts: list[tuple[NDArray[np.float32], NDArray[np.int64]]] = []
+        self._parts: deque[tuple[NDArray[np.float32], NDArray[np.int64]]] = deque(maxlen=steps)
 
     def __len__(self) -> int:
         return len(self._parts)
@@ -223,7 +224,7 @@ class AnswerWindow:
     def add(self, probs: NDArray[np.floating], labels: NDArray[np.integer]) -> None:
         """One step's (V·B, K) answers, variant-major, and its (B,) labels."""
         tiled = np.tile(np.asarray(labels, dtype=np.int64), len(probs) // len(labels))
-        self._parts = [*self._parts, (np.asarray(probs, dtype=np.float32), tiled)][-self.steps:]
+        self._parts.append((np.asarray(probs, dtype=np.float32), tiled))
 
     def refit(self, head: LinearHead, gamma: float, class_weights: F64 | None) -> LinearHead:
         """`head` fitted afresh (`LinearHead.fit`) to the window's answers; `head` itself
@@ -244,9 +245,9 @@ class AnswerWindow:
 
     def load(self, arrays: dict[str, NDArray[Any]]) -> None:
         """Inverse of `arrays` (an absent window: empty)."""
-        self._parts = []
+        self._parts.clear()
         if "answers.rows" not in arrays:
             return
         bounds = np.cumsum([0, *arrays["answers.rows"].tolist()])
-        self._parts = [(arrays["answers.probs"][a:b], arrays["answers.labels"][a:b])
-                       for a, b in itertools.pairwise(bounds)]
+        self._parts.extend((arrays["answers.probs"][a:b], arrays["answers.labels"][a:b])
+                           for a, b in itertools.pairwise(bounds))
