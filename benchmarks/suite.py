@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,15 @@ ADAM_HEAD = {"head_refit": False}
 """The head training of every run before head refit (issue 16, stop 25): the methods measured
 then keep it, so that their rows compare with PREVIOUS, the default they were run beside."""
 QUARTER = "BAR, barapi default, ¼ of its dollars (budget plan)"
+QUARTER_ADAM = "BAR, previous default, ¼ of its dollars (budget plan)"
+AT_25 = "BAR, barapi default, --budget 25 (budget plan)"
+GOAL_DOLLARS = 25.0
+"""Issue 16's spending cap per task at the card's price (the paper's own spend for two APIs)."""
+OVER_GOAL = ("digits 0–4",)
+"""The honest tasks whose default costs more than GOAL_DOLLARS (`barapi estimate`: $51.92 on
+digits 0–4, $13–21 on the binary tasks): the only ones AT_25 runs on, elsewhere it would
+repeat the default's run."""
+SURROGATE_ADAM = "BAR + surrogate prior (P-RGF), Adam-moved head"
 TWO_SIDED = "BAR, two-sided, q = 5, β = 0.02"
 LONGER = "BAR, default settings but 8 epochs"
 METHODS: dict[str, dict[str, Any]] = {
@@ -92,8 +101,11 @@ METHODS: dict[str, dict[str, Any]] = {
     PAPER: {**PAPER_AT_112, "epochs": 3},
     DEFAULT: {},
     PREVIOUS: ADAM_HEAD,
-    SURROGATE: {"surrogate": "efficientnet-lite0", **ADAM_HEAD},
-    QUARTER: {"budget_share": 0.25, **ADAM_HEAD},
+    SURROGATE: {"surrogate": "efficientnet-lite0"},
+    SURROGATE_ADAM: {"surrogate": "efficientnet-lite0", **ADAM_HEAD},
+    QUARTER: {"budget_share": 0.25},
+    QUARTER_ADAM: {"budget_share": 0.25, **ADAM_HEAD},
+    AT_25: {"budget": GOAL_DOLLARS},
     TWO_SIDED: {"two_sided": True, "q": 5, "beta": 0.02, **ADAM_HEAD},
     LONGER: {"epochs": 8, **ADAM_HEAD},  # Fashion pairs: 6 epochs cost $13–17, 8 stay under $25
     AR: {"method": "ar"},
@@ -113,10 +125,10 @@ HONEST = [(task, f"{fam} {view}") for fam in ("imagenet", "nudenet")
 ("safe" saturated; NudeNet an independent model family), each with its white-box ceiling."""
 TASK_ONLY = ("feature extraction (white-box)", "CNN from scratch")
 """Baselines that do not depend on the black box: run once per task, beside EfficientNet-Lite0."""
-HONEST_ONLY = (QUARTER, TWO_SIDED, LONGER, PREVIOUS, AR_ADAM)
+HONEST_ONLY = (QUARTER, QUARTER_ADAM, AT_25, TWO_SIDED, LONGER, PREVIOUS, AR_ADAM, SURROGATE_ADAM)
 """Methods of the honest group only (a budget plan; the estimator that sees a detector's
 gradient, docs/method.md "ZO estimator"; more of the $25 the goals allow; the head training
-before head refit)."""
+before head refit, which the main group's cells all ran)."""
 ABLATION_BASE = {"head": "map", "epochs": 2, "patience": 0}
 ABLATIONS: dict[str, dict[str, Any]] = {
     "q = 5": {"q": 5}, "q = 10": {"q": 10}, "q = 25": {"q": 25},
@@ -157,16 +169,17 @@ class Cell:
             if settings[name] == value:
                 del settings[name]
         share = self.overrides.get("budget_share")  # in the key only when set: old keys hold
-        blob = json.dumps([self.box, transfer, settings] + ([share] if share else []),
-                          sort_keys=True)
+        dollars = self.overrides.get("budget")
+        blob = json.dumps([self.box, transfer, settings] + ([share] if share else [])
+                          + ([{"budget": dollars}] if dollars else []), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
     def settings(self, base: dict[str, Any] | None = None) -> tuple[str | None, dict[str, Any]]:
         """(preset, RunConfig values) of the cell: its task, `base`, its overrides, its seed."""
         values = {**TASKS[self.task], **(base or {}), **self.overrides, "seed": self.seed}
-        values.pop("transfer", None)
-        values.pop("budget_share", None)
+        for name in ("transfer", "budget_share", "budget"):  # the suite's, not RunConfig's
+            values.pop(name, None)
         return values.pop("preset", None), values
 
 
@@ -208,7 +221,8 @@ def cells(groups: list[str], seeds: list[int], quick: bool) -> list[Cell]:
     if "honest" in groups:
         for task, box in (HONEST[:1] if quick else HONEST):
             for method, settings in METHODS.items():
-                if method in TASK_ONLY:
+                if method in TASK_ONLY or (method == AT_25 and task not in OVER_GOAL
+                                           and not quick):
                     continue
                 for seed in seeds:
                     out.append(Cell("honest", task, box, method, seed, {**settings, "m": 1}))
@@ -373,10 +387,12 @@ def run_cell(cell: Cell, base: dict[str, Any], root: Path,
                    if cell.box != "lite0" and config.method == "ar" else None)
         if folders and adapter is None and cell.box != "lite0":
             adapter = api.open_adapter(config)  # this invocation's emulator, not the folder's port
-        budget, share = CELL_BUDGET, cell.overrides.get("budget_share")
-        if share and not folders:  # what `barapi run --budget` does with a budget too small
+        share: float = cell.overrides.get("budget_share", 0.0)
+        dollars: float = cell.overrides.get("budget", 0.0)
+        budget = CELL_BUDGET
+        if (share or dollars) and not folders:  # what `barapi run --budget` does with it
             full = api.prepare(config, use_cache=False, start=False, budget=CELL_BUDGET)
-            budget = share * full.estimate()[-1].dollars
+            budget = dollars or share * full.estimate()[-1].dollars
             config = full.plan(budget).config
         session = (api.prepare(config, resume=folders[0], use_cache=False, adapter=adapter)
                    if folders else api.prepare(config, runs_root=runs, use_cache=False,
@@ -488,15 +504,23 @@ def paired_gaps(by: dict[tuple[str, int], dict[str, Any]], a: str, b: str) -> li
             for m, s in by if m == a and (b, s) in by]
 
 
+def either(refit: list[float], adam: list[float]) -> str:
+    """`points` of the head-refit pairing where it ran, else of the Adam-head one, marked."""
+    return points(refit) if refit else (f"{points(adam)}, Adam head" if adam else "–")
+
+
 def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue 16's goals per (task, box) of the honest group, on seeds both methods ran
-    (paired): AR − default (goal ≤ 2 points) and the default's mean dollars (≤ $25); the
+    (paired): AR − default (goal ≤ 2 points) and the default's mean dollars (≤ $25), and
+    AR − the default planned for $25 where the default costs more (AT_25); the
     default against the previous one (head refit's gain); default − probe (≥ 15 points where
     AR − probe is); the median share of its dollars after which the default's validation
     first reached its best (≤ 25% would buy today's accuracy for a quarter of today's
-    dollars). Methods measured with the Adam-moved head against PREVIOUS, run beside them:
-    AR − previous default, surrogate − it (≥ −1 point), a run planned for a quarter of its
-    estimate, two-sided differences, and AR against it run for 8 epochs."""
+    dollars); a run planned for a quarter of the default's estimate against the previous
+    default (today's default when the issue was filed). Methods measured with the Adam-moved
+    head against PREVIOUS, run beside them: AR − previous default, two-sided differences, and
+    AR against it run for 8 epochs. The surrogate (≥ −1 point) and the quarter run with head
+    refit where they ran with it, else their Adam-head runs, marked "Adam head"."""
     out = []
     for task, box in dict.fromkeys((r["task"], r["box"]) for r in rows if r["group"] == "honest"):
         by = {(r["method"], r["seed"]): r for r in rows
@@ -509,12 +533,13 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"task": task, "box": box, "ar_gap": points(gap(AR, DEFAULT)),
                     "dollars": f"${statistics.mean(r['dollars'] for r in default):.2f}"
                     if default else "–",
+                    "ar_gap_25": points(gap(AR, AT_25)),
                     "refit": points(gap(DEFAULT, PREVIOUS)),
                     "over_probe": points(gap(DEFAULT, PROBE)),
                     "ar_over_probe": points(gap(AR, PROBE) or gap(AR_ADAM, PROBE)),
                     "previous_ar_gap": points(gap(AR_ADAM, PREVIOUS)),
-                    "surrogate": points(gap(SURROGATE, PREVIOUS)),
-                    "quarter": points(gap(QUARTER, PREVIOUS)),
+                    "surrogate": either(gap(SURROGATE, DEFAULT), gap(SURROGATE_ADAM, PREVIOUS)),
+                    "quarter": either(gap(QUARTER, PREVIOUS), gap(QUARTER_ADAM, PREVIOUS)),
                     "two_sided": points(gap(TWO_SIDED, PREVIOUS)),
                     "longer": points(gap(AR_ADAM, LONGER)),
                     "share": f"{statistics.median(shares):.0%}" if shares else "–"})
@@ -523,11 +548,12 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 GOAL_COLUMNS = [("task", "task"), ("box", "black box"),
                 ("ar_gap", "AR − default, points (seeds)"), ("dollars", "default's $"),
+                ("ar_gap_25", "AR − default at --budget 25"),
                 ("refit", "default − previous default"),
                 ("over_probe", "default − probe"), ("ar_over_probe", "AR − probe"),
                 ("share", "default's $ share to reach its best val."),
                 ("previous_ar_gap", "Adam head: AR − previous default"),
-                ("surrogate", "surrogate − previous"), ("quarter", "¼ of the $ − previous"),
+                ("surrogate", "surrogate − default"), ("quarter", "¼ of the $ − previous default"),
                 ("two_sided", "two-sided β 0.02 − previous"), ("longer", "AR − 8 epochs")]
 
 
@@ -628,6 +654,39 @@ def finished(candidates: list[Cell], root: Path) -> list[dict[str, Any]]:
             for c in candidates if (root / f"{c.key}.json").exists()]
 
 
+RECORDS = ("honest.json", "suite.json")
+"""The committed reports whose `runs` hold every finished cell's row (the cell files under
+results/suite/ are not committed)."""
+
+
+def restore_cells(root: Path, records: Path | None = None) -> int:
+    """Write back under `root` the cell file of every run in the committed reports `records`
+    that `root` lacks; returns how many. A fresh clone would otherwise pay for every stored
+    cell again, and a report of a partial rerun would drop the rows it did not rerun. A run
+    whose key no current cell has is written too and stays unread (`finished` reads cells)."""
+    cell_fields = {f.name for f in fields(Cell)}
+    restored = 0
+    for name in RECORDS:
+        path = (records or RESULTS) / name
+        for run in json.loads(path.read_text()).get("runs", []) if path.exists() else []:
+            done = root / f"{run['key']}.json"
+            if not done.exists():
+                done.write_text(json.dumps({k: v for k, v in run.items()
+                                            if k not in cell_fields}))
+                restored += 1
+    return restored
+
+
+def dropped_runs(name: str, rows: list[dict[str, Any]], records: Path | None = None) -> int:
+    """How many runs of the committed report `records`/`name`.json the report of `rows` would
+    lose: runs whose key no current cell has (cells stored before a settings field was
+    added), or whose file is missing under the results folder."""
+    path = (records or RESULTS) / f"{name}.json"
+    kept = {r["key"] for r in rows}
+    return sum(run["key"] not in kept for run in
+               (json.loads(path.read_text()).get("runs", []) if path.exists() else []))
+
+
 def warn_other_code(rows: list[dict[str, Any]], root: Path) -> None:
     """Say which cells were read back from runs of other code: a cell's file is named by its
     settings, not by the code that ran it."""
@@ -654,6 +713,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="rewrite the results tables of docs/results.md")
     parser.add_argument("--report", action="store_true", help="tables and plots from the runs "
                         "finished so far; runs nothing")
+    parser.add_argument("--drop-stale", action="store_true", help="rewrite the committed "
+                        "report even where it drops runs no current cell matches")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default "
                         "benchmarks/results/suite; with --quick a fresh temporary one)")
     args = parser.parse_args(argv)
@@ -663,6 +724,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     root = args.results or (Path(tempfile.mkdtemp(prefix="barapi-suite-")) if args.quick
                             else RESULTS / "suite")
     root.mkdir(parents=True, exist_ok=True)
+    if not args.quick and (restored := restore_cells(root)):
+        print(f"restored {restored} finished cells from the committed reports under "
+              f"{RESULTS}", file=sys.stderr)
     todo = [c for c in cells(args.group, args.seeds, args.quick)
             if args.only in f"{c.task} {c.box} {c.method}"]
     print(f"{len(todo)} runs; expected duration about "
@@ -675,6 +739,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"report of the {len(rows)} finished runs of group {' '.join(args.group)}",
           file=sys.stderr)
     warn_other_code(rows, root)
+    name = "honest" if set(args.group) == {"honest"} else "suite"  # never overwrites the other
+    if not args.quick and (lost := dropped_runs(name, rows)) and not args.drop_stale:
+        raise SystemExit(f"not rewriting {RESULTS / name}.json, its plots nor the docs: this "
+                         f"report would drop {lost} of its recorded runs (their settings match "
+                         f"no current cell); --drop-stale rewrites them without those runs")
     summary = summarise(rows)
     tables = []
     for group, title in (("main", "Methods side by side"),
@@ -688,8 +757,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     targets = goals(rows)
     if targets:
         tables.append("**Issue 16's goals, paired by seed** (AR − default ≤ 2 points at ≤ $25; "
-                      "default − probe ≥ 15 where AR − probe is; surrogate − previous "
-                      "default ≥ −1; ¼ of the $ − previous ≥ 0 or share ≤ 25%; methods "
+                      "default − probe ≥ 15 where AR − probe is; surrogate − default "
+                      "≥ −1; ¼ of the $ − previous default ≥ 0 or share ≤ 25%; methods "
                       "run before head refit are paired with the previous default)\n\n"
                       + markdown_table(targets, GOAL_COLUMNS))
     matches = cost_to_match(rows)
@@ -713,7 +782,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         links = ", ".join(f"[{p.stem.removeprefix('curves_')}](../benchmarks/results/{p.name})"
                           for p in plots)
         markdown += f"\n\nValidation accuracy against billable images and dollars: {links}."
-    name = "honest" if set(args.group) == {"honest"} else "suite"  # never overwrites the other
     (out / f"{name}.md").write_text(markdown + "\n")
     print(markdown)
     if not args.quick:

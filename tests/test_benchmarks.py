@@ -170,6 +170,8 @@ def test_suite_quick_honest_group_serves_the_boxes_through_the_emulator(tmp_path
     assert bar and bar[0]["images"] == bar[0]["emulator_billed"] > 0  # over the real wire
     (planned,) = [r for r in rows if r["method"] == suite.QUARTER]  # a budget plan: cut short
     assert 0 < planned["images"] < bar[0]["images"]
+    (capped,) = [r for r in rows if r["method"] == suite.AT_25]  # a plan at the goal's dollars
+    assert 0 < capped["dollars"] <= suite.GOAL_DOLLARS
 
 
 def test_quick_cells_run_at_most_two_epochs() -> None:
@@ -252,3 +254,49 @@ def test_cells_run_before_head_refit_keep_their_keys() -> None:
     assert replace(probe, overrides={**probe.overrides, "head_refit": False}).key == probe.key
     lite0 = suite.Cell("main", "digits", "lite0", suite.DEFAULT, 0, {})
     assert replace(lite0, overrides={"head_refit": False}).key == lite0.key
+
+
+def test_suite_restores_the_committed_cells_a_fresh_clone_lacks(tmp_path) -> None:
+    """The cell files are not committed: the reports' `runs` bring them back, so a fresh
+    clone neither re-runs (re-pays for) a stored cell nor drops it from a partial report;
+    a cell file already there is kept."""
+    import json
+
+    from benchmarks import suite
+
+    cell = suite.Cell("honest", "digits 0 vs 1", "imagenet nsfw", suite.PROBE, 0,
+                      {**suite.METHODS[suite.PROBE], "m": 1})
+    other = suite.Cell("honest", "digits 0 vs 1", "imagenet nsfw", suite.PROBE, 1,
+                       {**suite.METHODS[suite.PROBE], "m": 1})
+    runs = [{**suite.asdict(c), "key": c.key, "test_accuracy": accuracy, "code": "abc"}
+            for c, accuracy in ((cell, 0.6), (other, 0.7))]
+    records, root = tmp_path / "results", tmp_path / "suite"
+    records.mkdir()
+    root.mkdir()
+    (records / "honest.json").write_text(json.dumps({"runs": runs}))
+    (root / f"{other.key}.json").write_text(json.dumps({"key": other.key, "test_accuracy": 0.9}))
+    assert suite.restore_cells(root, records) == 1
+    rows = suite.finished([cell, other], root)
+    assert [(r["seed"], r["test_accuracy"]) for r in rows] == [(0, 0.6), (1, 0.9)]
+    assert suite.restore_cells(root, records) == 0
+
+
+def test_suite_report_never_silently_drops_recorded_runs(tmp_path, monkeypatch) -> None:
+    """A report whose cells no longer match a recorded run (settings changed since) stops
+    with one line before it rewrites the committed record, its plots or the docs."""
+    import json
+
+    import pytest
+
+    from benchmarks import suite
+
+    records = tmp_path / "results"
+    records.mkdir()
+    record = json.dumps({"runs": [{"key": "0123456789abcdef", "test_accuracy": 0.5}]})
+    (records / "honest.json").write_text(record)
+    monkeypatch.setattr(suite, "RESULTS", records)
+    assert suite.dropped_runs("honest", []) == 1
+    with pytest.raises(SystemExit, match="would drop 1 of its recorded runs"):
+        suite.main(["--group", "honest", "--report", "--results", str(tmp_path / "suite")])
+    assert (records / "honest.json").read_text() == record
+    assert not list(records.glob("*.png"))
