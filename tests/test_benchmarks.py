@@ -300,3 +300,20 @@ def test_suite_report_never_silently_drops_recorded_runs(tmp_path, monkeypatch) 
         suite.main(["--group", "honest", "--report", "--results", str(tmp_path / "suite")])
     assert (records / "honest.json").read_text() == record
     assert not list(records.glob("*.png"))
+
+
+def test_cost_to_match_falls_back_to_the_previous_default_per_seed() -> None:
+    """A seed the new default has not rerun keeps its row, from the previous default."""
+    from benchmarks import suite
+
+    def row(method: str, seed: int, curve: list[list[float]]) -> dict:
+        return {"task": "t", "box": "b", "seed": seed, "method": method, "curve": curve,
+                "images": 1000, "best_val_accuracy": 0.6}
+
+    rows = [row(suite.PAPER, 0, [[1000, 0.6]]), row(suite.PAPER, 1, [[1000, 0.6]]),
+            row(suite.PREVIOUS, 0, [[100, 0.5], [300, 0.7]]),
+            row(suite.PREVIOUS, 1, [[100, 0.5], [300, 0.7]]),
+            row(suite.DEFAULT, 1, [[200, 0.65]])]
+    matches = suite.cost_to_match(rows)
+    assert [(m["seed"], m["barapi"], m["barapi_images"]) for m in matches] == [
+        (0, suite.PREVIOUS, 300), (1, suite.DEFAULT, 200)]
