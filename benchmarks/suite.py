@@ -92,7 +92,7 @@ OVER_GOAL = ("digits 0–4",)
 """The honest tasks whose default costs more than GOAL_DOLLARS (`barapi estimate`: $51.92 on
 digits 0–4, $13–21 on the binary tasks): the only ones AT_25 runs on, elsewhere it would
 repeat the default's run."""
-SURROGATE_ADAM = "BAR + surrogate prior (P-RGF), Adam-moved head"
+SURROGATE_ADAM = "BAR (Adam-moved head) + surrogate prior (P-RGF)"
 TWO_SIDED = "BAR, two-sided, q = 5, β = 0.02"
 LONGER = "BAR, default settings but 8 epochs"
 METHODS: dict[str, dict[str, Any]] = {
