@@ -717,7 +717,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--drop-stale", action="store_true", help="rewrite the committed "
                         "report even where it drops runs no current cell matches")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default "
-                        "benchmarks/results/suite; with --quick a fresh temporary one)")
+                        "benchmarks/results/suite, where the runs of the committed reports "
+                        "are restored first; with --quick a fresh temporary one)")
     args = parser.parse_args(argv)
     base: dict[str, Any] = {"device": "cpu"}
     if args.quick:
@@ -725,7 +726,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     root = args.results or (Path(tempfile.mkdtemp(prefix="barapi-suite-")) if args.quick
                             else RESULTS / "suite")
     root.mkdir(parents=True, exist_ok=True)
-    if not args.quick and (restored := restore_cells(root)):
+    if args.results is None and not args.quick and (restored := restore_cells(root)):
         print(f"restored {restored} finished cells from the committed reports under "
               f"{RESULTS}", file=sys.stderr)
     todo = [c for c in cells(args.group, args.seeds, args.quick)
