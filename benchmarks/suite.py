@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -76,16 +76,21 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 PAPER_AT_112 = {"preset": "paper", "canvas": 112, "input_size": 112}
 PAPER = "BAR, paper settings (112 px, 3 epochs)"
-DEFAULT, SURROGATE = "BAR, barapi default", "BAR + surrogate prior (P-RGF)"
+DEFAULT, SURROGATE = "BAR, barapi default", "BAR (epoch-window refit) + surrogate prior (P-RGF)"
 AR, PROBE = "AR (white-box)", "linear probe"
 PREVIOUS = "BAR, previous default (Adam-moved head)"
 AR_ADAM = "AR (white-box), Adam-moved head"
 ADAM_HEAD = {"head_refit": False}
 """The head training of every run before head refit (issue 16, stop 25): the methods measured
 then keep it, so that their rows compare with PREVIOUS, the default they were run beside."""
-QUARTER = "BAR, barapi default, ¼ of its dollars (budget plan)"
+EPOCH_WINDOW = {"head_window": 0}
+"""Head refit over the last epoch's answers, the default of stop 25 (head_window 2 since):
+the methods measured with it keep it, paired with EPOCH_REFIT, run beside them."""
+EPOCH_REFIT = "BAR, head refit over the last epoch (stop 25 default)"
+AR_EPOCH = "AR (white-box), head refit over the last epoch"
+QUARTER = "BAR, epoch-window refit, ¼ of its dollars (budget plan)"
 QUARTER_ADAM = "BAR, previous default, ¼ of its dollars (budget plan)"
-AT_25 = "BAR, barapi default, --budget 25 (budget plan)"
+AT_25 = "BAR, epoch-window refit, --budget 25 (budget plan)"
 GOAL_DOLLARS = 25.0
 """Issue 16's spending cap per task at the card's price (the paper's own spend for two APIs)."""
 OVER_GOAL = ("digits 0–4",)
@@ -95,20 +100,27 @@ repeat the default's run."""
 SURROGATE_ADAM = "BAR (Adam-moved head) + surrogate prior (P-RGF)"
 TWO_SIDED = "BAR, two-sided, q = 5, β = 0.02"
 LONGER = "BAR, default settings but 8 epochs"
+DEFAULTS = ((DEFAULT, ""), (EPOCH_REFIT, "epoch window"), (PREVIOUS, "Adam head"))
+"""barapi's default, then the defaults it replaced: a task not rerun with the newest is
+reported with the newest that ran it, marked."""
+AR_OF = {DEFAULT: AR, EPOCH_REFIT: AR_EPOCH, PREVIOUS: AR_ADAM}
+"""White-box AR with the same head training as each default."""
 METHODS: dict[str, dict[str, Any]] = {
     "zero-shot map": {"method": "zero-shot", "head": "map"},
     PROBE: {"method": "zero-shot", "head": "linear"},
     PAPER: {**PAPER_AT_112, "epochs": 3},
     DEFAULT: {},
+    EPOCH_REFIT: EPOCH_WINDOW,
     PREVIOUS: ADAM_HEAD,
-    SURROGATE: {"surrogate": "efficientnet-lite0"},
+    SURROGATE: {"surrogate": "efficientnet-lite0", **EPOCH_WINDOW},
     SURROGATE_ADAM: {"surrogate": "efficientnet-lite0", **ADAM_HEAD},
-    QUARTER: {"budget_share": 0.25},
+    QUARTER: {"budget_share": 0.25, **EPOCH_WINDOW},
     QUARTER_ADAM: {"budget_share": 0.25, **ADAM_HEAD},
-    AT_25: {"budget": GOAL_DOLLARS},
+    AT_25: {"budget": GOAL_DOLLARS, **EPOCH_WINDOW},
     TWO_SIDED: {"two_sided": True, "q": 5, "beta": 0.02, **ADAM_HEAD},
     LONGER: {"epochs": 8, **ADAM_HEAD},  # Fashion pairs: 6 epochs cost $13–17, 8 stay under $25
     AR: {"method": "ar"},
+    AR_EPOCH: {"method": "ar", **EPOCH_WINDOW},
     AR_ADAM: {"method": "ar", **ADAM_HEAD},
     "feature extraction (white-box)": {"transfer": "features"},
     "CNN from scratch": {"transfer": "cnn"},
@@ -125,7 +137,8 @@ HONEST = [(task, f"{fam} {view}") for fam in ("imagenet", "nudenet")
 ("safe" saturated; NudeNet an independent model family), each with its white-box ceiling."""
 TASK_ONLY = ("feature extraction (white-box)", "CNN from scratch")
 """Baselines that do not depend on the black box: run once per task, beside EfficientNet-Lite0."""
-HONEST_ONLY = (QUARTER, QUARTER_ADAM, AT_25, TWO_SIDED, LONGER, PREVIOUS, AR_ADAM, SURROGATE_ADAM)
+HONEST_ONLY = (QUARTER, QUARTER_ADAM, AT_25, TWO_SIDED, LONGER, PREVIOUS, AR_ADAM, SURROGATE_ADAM,
+               EPOCH_REFIT, AR_EPOCH)
 """Methods of the honest group only (a budget plan; the estimator that sees a detector's
 gradient, docs/method.md "ZO estimator"; more of the $25 the goals allow; the head training
 before head refit, which the main group's cells all ran)."""
@@ -165,6 +178,8 @@ class Cell:
         if (settings["method"] == "zero-shot" or settings["head"] != "linear"
                 or self.box == "lite0"):  # a head not trained, or K > REFIT_MAX_SOURCES
             settings["head_refit"] = False
+        if not settings["head_refit"]:
+            settings["head_window"] = 0  # no window without refit
         for name, value in LEGACY.items():
             if settings[name] == value:
                 del settings[name]
@@ -183,7 +198,7 @@ class Cell:
         return values.pop("preset", None), values
 
 
-LEGACY = {"head_refit": False}
+LEGACY = {"head_refit": False, "head_window": 0}
 """Settings added after cells were stored, at the value that reproduces what those cells
 ran: left out of a key at that value, so that the stored cells keep their keys."""
 
@@ -470,11 +485,12 @@ def images_to_reach(curve: list[list[float]], accuracy: float) -> int | None:
 
 
 def cost_to_match(rows: list[dict[str, Any]], reference: str = PAPER,
-                  contenders: tuple[str, ...] = (DEFAULT, PREVIOUS)) -> list[dict[str, Any]]:
+                  contenders: tuple[str, ...] = (DEFAULT, EPOCH_REFIT, PREVIOUS)
+                  ) -> list[dict[str, Any]]:
     """Per (task, box, seed): the billable images after which barapi's validation accuracy
     first reached the best that `reference` reached in its whole run, as a share of all the
     images `reference` paid for; barapi's run is the first of `contenders` that ran that
-    seed (the default, else the previous default where the default was not rerun)."""
+    seed (the default, else the default it replaced where the default was not rerun)."""
     out = []
     for ref in (r for r in rows if r["method"] == reference and r["curve"]):
         target = ref["best_val_accuracy"]
@@ -505,52 +521,68 @@ def paired_gaps(by: dict[tuple[str, int], dict[str, Any]], a: str, b: str) -> li
             for m, s in by if m == a and (b, s) in by]
 
 
-def either(refit: list[float], adam: list[float]) -> str:
-    """`points` of the head-refit pairing where it ran, else of the Adam-head one, marked."""
-    return points(refit) if refit else (f"{points(adam)}, Adam head" if adam else "–")
+Pairing = tuple[str, str, str]
+"""(method a, method b, how the pair trains its head): a goal-table cell is a − b."""
+
+
+def first_run(gap: Callable[[str, str], list[float]], *pairings: Pairing) -> str:
+    """`points` of the first of `pairings` that ran on a seed of both, marked by its head."""
+    for a, b, mark in pairings:
+        if values := gap(a, b):
+            return points(values) + (f", {mark}" if mark else "")
+    return "–"
 
 
 def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue 16's goals per (task, box) of the honest group, on seeds both methods ran
-    (paired): AR − default (goal ≤ 2 points) and the default's mean dollars (≤ $25), and
-    AR − the default planned for $25 where the default costs more (AT_25); the
-    default against the previous one (head refit's gain); default − probe (≥ 15 points where
-    AR − probe is); the median share of its dollars after which the default's validation
-    first reached its best (≤ 25% would buy today's accuracy for a quarter of today's
-    dollars); a run planned for a quarter of the default's estimate against the previous
-    default (today's default when the issue was filed). Methods measured with the Adam-moved
-    head against PREVIOUS, run beside them: AR − previous default, two-sided differences, and
-    AR against it run for 8 epochs. The surrogate (≥ −1 point) and the quarter run with head
-    refit where they ran with it, else their Adam-head runs, marked "Adam head"."""
+    (paired), each against the newest default run on that task (DEFAULTS, marked): AR with
+    the same head − default (goal ≤ 2 points) and the default's mean dollars (≤ $25); AR −
+    the run planned for $25 where the default costs more (AT_25); the default against the
+    Adam-head one it replaced and against the epoch window; default − probe (≥ 15 points
+    where AR − probe is); the median share of its dollars after which the default's
+    validation first reached its best; a run planned for a quarter of the default's estimate
+    against the previous default (today's default when the issue was filed); the surrogate
+    against the default of its head training (≥ −1 point). Methods measured only with the
+    Adam-moved head against PREVIOUS, run beside them: two-sided differences, and AR
+    against 8 epochs."""
     out = []
     for task, box in dict.fromkeys((r["task"], r["box"]) for r in rows if r["group"] == "honest"):
         by = {(r["method"], r["seed"]): r for r in rows
               if (r["group"], r["task"], r["box"]) == ("honest", task, box)}
         gap = functools.partial(paired_gaps, by)
-        default = [r for (m, _), r in by.items() if m == DEFAULT]
+        ran = [(m, mark) for m, mark in DEFAULTS if any(k == m for k, _ in by)]
+        default = [r for (m, _), r in by.items() if ran and m == ran[0][0]]
         shares = [reached / r["images"] for r in default
                   if r["curve"] and (reached := images_to_reach(r["curve"],
                                                                 r["best_val_accuracy"]))]
-        out.append({"task": task, "box": box, "ar_gap": points(gap(AR, DEFAULT)),
+        out.append({"task": task, "box": box,
+                    "ar_gap": first_run(gap, *((AR_OF[m], m, mark) for m, mark in DEFAULTS)),
                     "dollars": f"${statistics.mean(r['dollars'] for r in default):.2f}"
                     if default else "–",
-                    "ar_gap_25": points(gap(AR, AT_25)),
-                    "refit": points(gap(DEFAULT, PREVIOUS)),
-                    "over_probe": points(gap(DEFAULT, PROBE)),
-                    "ar_over_probe": points(gap(AR, PROBE) or gap(AR_ADAM, PROBE)),
-                    "previous_ar_gap": points(gap(AR_ADAM, PREVIOUS)),
-                    "surrogate": either(gap(SURROGATE, DEFAULT), gap(SURROGATE_ADAM, PREVIOUS)),
-                    "quarter": either(gap(QUARTER, PREVIOUS), gap(QUARTER_ADAM, PREVIOUS)),
-                    "two_sided": points(gap(TWO_SIDED, PREVIOUS)),
-                    "longer": points(gap(AR_ADAM, LONGER)),
-                    "share": f"{statistics.median(shares):.0%}" if shares else "–"})
+                    "ar_gap_25": first_run(gap, (AR_EPOCH, AT_25, "epoch window")),
+                    "refit": first_run(gap, (DEFAULT, PREVIOUS, ""),
+                                       (EPOCH_REFIT, PREVIOUS, "epoch window")),
+                    "window": first_run(gap, (DEFAULT, EPOCH_REFIT, "")),
+                    "over_probe": first_run(gap, *((m, PROBE, mark) for m, mark in DEFAULTS)),
+                    "ar_over_probe": first_run(gap, *((AR_OF[m], PROBE, mark)
+                                                      for m, mark in DEFAULTS)),
+                    "previous_ar_gap": first_run(gap, (AR_ADAM, PREVIOUS, "")),
+                    "surrogate": first_run(gap, (SURROGATE, EPOCH_REFIT, "epoch window"),
+                                           (SURROGATE_ADAM, PREVIOUS, "Adam head")),
+                    "quarter": first_run(gap, (QUARTER, PREVIOUS, "epoch window"),
+                                         (QUARTER_ADAM, PREVIOUS, "Adam head")),
+                    "two_sided": first_run(gap, (TWO_SIDED, PREVIOUS, "")),
+                    "longer": first_run(gap, (AR_ADAM, LONGER, "")),
+                    "share": f"{statistics.median(shares):.0%}{', ' + ran[0][1] if ran[0][1] else ''}"
+                    if shares else "–"})
     return out
 
 
 GOAL_COLUMNS = [("task", "task"), ("box", "black box"),
-                ("ar_gap", "AR − default, points (seeds)"), ("dollars", "default's $"),
-                ("ar_gap_25", "AR − default at --budget 25"),
-                ("refit", "default − previous default"),
+                ("ar_gap", "AR − default, same head, points (seeds)"),
+                ("dollars", "default's $"), ("ar_gap_25", "AR − default at --budget 25"),
+                ("refit", "default − previous default (Adam head)"),
+                ("window", "default − epoch-window refit"),
                 ("over_probe", "default − probe"), ("ar_over_probe", "AR − probe"),
                 ("share", "default's $ share to reach its best val."),
                 ("previous_ar_gap", "Adam head: AR − previous default"),

@@ -317,3 +317,35 @@ def test_cost_to_match_falls_back_to_the_previous_default_per_seed() -> None:
     matches = suite.cost_to_match(rows)
     assert [(m["seed"], m["barapi"], m["barapi_images"]) for m in matches] == [
         (0, suite.PREVIOUS, 300), (1, suite.DEFAULT, 200)]
+
+
+def test_goals_pair_each_default_with_ar_of_the_same_head_and_say_which() -> None:
+    """A task not rerun with the newest default is reported with the newest default that ran
+    it, against AR with that default's head training, and the cell says which."""
+    from benchmarks import suite
+
+    def row(method: str, seed: int, accuracy: float) -> dict:
+        return {"group": "honest", "task": "t", "box": "b", "method": method, "seed": seed,
+                "test_accuracy": accuracy, "dollars": 10.0, "images": 100, "curve": [],
+                "best_val_accuracy": accuracy}
+
+    older = [row(suite.EPOCH_REFIT, 0, 0.7), row(suite.AR_EPOCH, 0, 0.8),
+             row(suite.AR, 0, 0.95), row(suite.PREVIOUS, 0, 0.6)]
+    (cells,) = suite.goals(older)
+    assert cells["ar_gap"] == "+10.0 (1), epoch window"
+    assert cells["refit"] == "+10.0 (1), epoch window" and cells["window"] == "–"
+    (cells,) = suite.goals([*older, row(suite.DEFAULT, 0, 0.9)])
+    assert cells["ar_gap"] == "+5.0 (1)" and cells["window"] == "+20.0 (1)"
+
+
+def test_every_committed_honest_run_is_still_a_cell() -> None:
+    """A change of barapi's defaults must keep the runs already paid for reachable (a method
+    that pins the old settings), or the next report would drop them (issue 16's table)."""
+    import json
+
+    from benchmarks import suite
+    from benchmarks.common import RESULTS
+
+    runs = json.loads((RESULTS / "honest.json").read_text())["runs"]
+    keys = {c.key for c in suite.cells(["honest"], list(suite.REPORT_SEEDS), False)}
+    assert runs and not [r["method"] for r in runs if r["key"] not in keys]
