@@ -87,11 +87,8 @@ class RunConfig(BaseModel):
                            "--head-refit)")
     head_refit: bool = Field(True, description="on a black box of at most 20 outputs, refit "
                              "the linear head after every step to the answers of the last "
-                             "--head-window steps (every variant's; no extra query); off, or "
-                             "more outputs: Adam steps of --head-lr")
-    head_window: int = Field(2, ge=0, description="training steps whose answers the head is "
-                             "refitted to, the latest (0: the last epoch's, the probe pass's "
-                             "first)")
+                             "epoch's steps (every variant's, the probe pass's first; no extra "
+                             "query); off, or more outputs: Adam steps of --head-lr")
     mapping: Literal["frequency", "random"] = Field("frequency", description="label mapping")
     m: int = Field(4, description="source labels per target class")
     loss: Literal["focal", "ce"] = Field("ce", description="training loss")

@@ -210,8 +210,6 @@ class AnswerWindow:
     included), and Adam steps on the head lag behind: on a 5-concept box validation fell
     from the probe's 69% to 51% in the first epoch, while a head refitted to the same
     program's answers scored 68–70% (issue 16, docs/results.md). Refitting costs no query.
-    A window of a whole epoch mixes the epoch's programs and still dipped; the default keeps
-    the last 2 steps (`RunConfig.head_window`).
     """
 
     def __init__(self, steps: int) -> None:

@@ -208,8 +208,7 @@ class RunFolder:
 
     def config(self) -> RunConfig:
         stored = self.read_json("config.json")["config"]
-        stored.setdefault("head_refit", False)  # made before the fields: what they ran with
-        stored.setdefault("head_window", 0)
+        stored.setdefault("head_refit", False)  # made before the field: what it ran with
         return RunConfig(**stored)
 
     def session(self) -> dict[str, Any]:

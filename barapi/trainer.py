@@ -229,8 +229,8 @@ class Trainer:
         self.estimator = config.estimator()
         self._make_gradient = make_gradient
         self.answers: AnswerWindow | None = None
-        """The answers of the last `head_window` steps, which the linear head is refitted to
-        (None: Adam steps only); chosen once the black box's outputs are known."""
+        """The last epoch's answers the linear head is refitted to (None: Adam steps only);
+        chosen once the black box's outputs are known (`_choose_head_training`)."""
         self.surrogate: Any = None
         if config.surrogate is not None and config.method == "bar" and make_gradient is None:
             from barapi.surrogate import make_surrogate
@@ -327,7 +327,7 @@ class Trainer:
         for it and the black box has at most REFIT_MAX_SOURCES outputs; else Adam steps."""
         c, n_sources = self.config, self.service.adapter.n_sources
         refit = c.head == "linear" and c.head_refit and 0 < n_sources <= REFIT_MAX_SOURCES
-        self.answers = AnswerWindow(c.head_window or self.steps_per_epoch) if refit else None
+        self.answers = AnswerWindow(self.steps_per_epoch) if refit else None
 
     async def _learn_labels(self) -> None:
         """Labels that only a paid answer tells (Azure's tags): one image —

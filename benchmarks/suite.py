@@ -76,21 +76,16 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 PAPER_AT_112 = {"preset": "paper", "canvas": 112, "input_size": 112}
 PAPER = "BAR, paper settings (112 px, 3 epochs)"
-DEFAULT, SURROGATE = "BAR, barapi default", "BAR (epoch-window refit) + surrogate prior (P-RGF)"
+DEFAULT, SURROGATE = "BAR, barapi default", "BAR + surrogate prior (P-RGF)"
 AR, PROBE = "AR (white-box)", "linear probe"
 PREVIOUS = "BAR, previous default (Adam-moved head)"
 AR_ADAM = "AR (white-box), Adam-moved head"
 ADAM_HEAD = {"head_refit": False}
 """The head training of every run before head refit (issue 16, stop 25): the methods measured
 then keep it, so that their rows compare with PREVIOUS, the default they were run beside."""
-EPOCH_WINDOW = {"head_window": 0}
-"""Head refit over the last epoch's answers, the default of stop 25 (head_window 2 since):
-the methods measured with it keep it, paired with EPOCH_REFIT, run beside them."""
-EPOCH_REFIT = "BAR, head refit over the last epoch (stop 25 default)"
-AR_EPOCH = "AR (white-box), head refit over the last epoch"
-QUARTER = "BAR, epoch-window refit, ¼ of its dollars (budget plan)"
+QUARTER = "BAR, barapi default, ¼ of its dollars (budget plan)"
 QUARTER_ADAM = "BAR, previous default, ¼ of its dollars (budget plan)"
-AT_25 = "BAR, epoch-window refit, --budget 25 (budget plan)"
+AT_25 = "BAR, barapi default, --budget 25 (budget plan)"
 GOAL_DOLLARS = 25.0
 """Issue 16's spending cap per task at the card's price (the paper's own spend for two APIs)."""
 OVER_GOAL = ("digits 0–4",)
@@ -100,27 +95,25 @@ repeat the default's run."""
 SURROGATE_ADAM = "BAR (Adam-moved head) + surrogate prior (P-RGF)"
 TWO_SIDED = "BAR, two-sided, q = 5, β = 0.02"
 LONGER = "BAR, default settings but 8 epochs"
-DEFAULTS = ((DEFAULT, ""), (EPOCH_REFIT, "epoch window"), (PREVIOUS, "Adam head"))
+DEFAULTS = ((DEFAULT, ""), (PREVIOUS, "Adam head"))
 """barapi's default, then the defaults it replaced: a task not rerun with the newest is
 reported with the newest that ran it, marked."""
-AR_OF = {DEFAULT: AR, EPOCH_REFIT: AR_EPOCH, PREVIOUS: AR_ADAM}
+AR_OF = {DEFAULT: AR, PREVIOUS: AR_ADAM}
 """White-box AR with the same head training as each default."""
 METHODS: dict[str, dict[str, Any]] = {
     "zero-shot map": {"method": "zero-shot", "head": "map"},
     PROBE: {"method": "zero-shot", "head": "linear"},
     PAPER: {**PAPER_AT_112, "epochs": 3},
     DEFAULT: {},
-    EPOCH_REFIT: EPOCH_WINDOW,
     PREVIOUS: ADAM_HEAD,
-    SURROGATE: {"surrogate": "efficientnet-lite0", **EPOCH_WINDOW},
+    SURROGATE: {"surrogate": "efficientnet-lite0"},
     SURROGATE_ADAM: {"surrogate": "efficientnet-lite0", **ADAM_HEAD},
-    QUARTER: {"budget_share": 0.25, **EPOCH_WINDOW},
+    QUARTER: {"budget_share": 0.25},
     QUARTER_ADAM: {"budget_share": 0.25, **ADAM_HEAD},
-    AT_25: {"budget": GOAL_DOLLARS, **EPOCH_WINDOW},
+    AT_25: {"budget": GOAL_DOLLARS},
     TWO_SIDED: {"two_sided": True, "q": 5, "beta": 0.02, **ADAM_HEAD},
     LONGER: {"epochs": 8, **ADAM_HEAD},  # Fashion pairs: 6 epochs cost $13–17, 8 stay under $25
     AR: {"method": "ar"},
-    AR_EPOCH: {"method": "ar", **EPOCH_WINDOW},
     AR_ADAM: {"method": "ar", **ADAM_HEAD},
     "feature extraction (white-box)": {"transfer": "features"},
     "CNN from scratch": {"transfer": "cnn"},
@@ -137,8 +130,7 @@ HONEST = [(task, f"{fam} {view}") for fam in ("imagenet", "nudenet")
 ("safe" saturated; NudeNet an independent model family), each with its white-box ceiling."""
 TASK_ONLY = ("feature extraction (white-box)", "CNN from scratch")
 """Baselines that do not depend on the black box: run once per task, beside EfficientNet-Lite0."""
-HONEST_ONLY = (QUARTER, QUARTER_ADAM, AT_25, TWO_SIDED, LONGER, PREVIOUS, AR_ADAM, SURROGATE_ADAM,
-               EPOCH_REFIT, AR_EPOCH)
+HONEST_ONLY = (QUARTER, QUARTER_ADAM, AT_25, TWO_SIDED, LONGER, PREVIOUS, AR_ADAM, SURROGATE_ADAM)
 """Methods of the honest group only (a budget plan; the estimator that sees a detector's
 gradient, docs/method.md "ZO estimator"; more of the $25 the goals allow; the head training
 before head refit, which the main group's cells all ran)."""
@@ -178,8 +170,6 @@ class Cell:
         if (settings["method"] == "zero-shot" or settings["head"] != "linear"
                 or self.box == "lite0"):  # a head not trained, or K > REFIT_MAX_SOURCES
             settings["head_refit"] = False
-        if not settings["head_refit"]:
-            settings["head_window"] = 0  # no window without refit
         for name, value in LEGACY.items():
             if settings[name] == value:
                 del settings[name]
@@ -198,7 +188,7 @@ class Cell:
         return values.pop("preset", None), values
 
 
-LEGACY = {"head_refit": False, "head_window": 0}
+LEGACY = {"head_refit": False}
 """Settings added after cells were stored, at the value that reproduces what those cells
 ran: left out of a key at that value, so that the stored cells keep their keys."""
 
@@ -485,7 +475,7 @@ def images_to_reach(curve: list[list[float]], accuracy: float) -> int | None:
 
 
 def cost_to_match(rows: list[dict[str, Any]], reference: str = PAPER,
-                  contenders: tuple[str, ...] = (DEFAULT, EPOCH_REFIT, PREVIOUS)
+                  contenders: tuple[str, ...] = (DEFAULT, PREVIOUS)
                   ) -> list[dict[str, Any]]:
     """Per (task, box, seed): the billable images after which barapi's validation accuracy
     first reached the best that `reference` reached in its whole run, as a share of all the
@@ -538,7 +528,7 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (paired), each against the newest default run on that task (DEFAULTS, marked): AR with
     the same head − default (goal ≤ 2 points) and the default's mean dollars (≤ $25); AR −
     the run planned for $25 where the default costs more (AT_25); the default against the
-    Adam-head one it replaced and against the epoch window; default − probe (≥ 15 points
+    Adam-head one it replaced; default − probe (≥ 15 points
     where AR − probe is); the median share of its dollars after which the default's
     validation first reached its best; a run planned for a quarter of the default's estimate
     against the previous default (today's default when the issue was filed); the surrogate
@@ -559,17 +549,15 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "ar_gap": first_run(gap, *((AR_OF[m], m, mark) for m, mark in DEFAULTS)),
                     "dollars": f"${statistics.mean(r['dollars'] for r in default):.2f}"
                     if default else "–",
-                    "ar_gap_25": first_run(gap, (AR_EPOCH, AT_25, "epoch window")),
-                    "refit": first_run(gap, (DEFAULT, PREVIOUS, ""),
-                                       (EPOCH_REFIT, PREVIOUS, "epoch window")),
-                    "window": first_run(gap, (DEFAULT, EPOCH_REFIT, "")),
+                    "ar_gap_25": first_run(gap, (AR, AT_25, "")),
+                    "refit": first_run(gap, (DEFAULT, PREVIOUS, "")),
                     "over_probe": first_run(gap, *((m, PROBE, mark) for m, mark in DEFAULTS)),
                     "ar_over_probe": first_run(gap, *((AR_OF[m], PROBE, mark)
                                                       for m, mark in DEFAULTS)),
                     "previous_ar_gap": first_run(gap, (AR_ADAM, PREVIOUS, "")),
-                    "surrogate": first_run(gap, (SURROGATE, EPOCH_REFIT, "epoch window"),
+                    "surrogate": first_run(gap, (SURROGATE, DEFAULT, ""),
                                            (SURROGATE_ADAM, PREVIOUS, "Adam head")),
-                    "quarter": first_run(gap, (QUARTER, PREVIOUS, "epoch window"),
+                    "quarter": first_run(gap, (QUARTER, PREVIOUS, ""),
                                          (QUARTER_ADAM, PREVIOUS, "Adam head")),
                     "two_sided": first_run(gap, (TWO_SIDED, PREVIOUS, "")),
                     "longer": first_run(gap, (AR_ADAM, LONGER, "")),
@@ -582,7 +570,6 @@ GOAL_COLUMNS = [("task", "task"), ("box", "black box"),
                 ("ar_gap", "AR − default, same head, points (seeds)"),
                 ("dollars", "default's $"), ("ar_gap_25", "AR − default at --budget 25"),
                 ("refit", "default − previous default (Adam head)"),
-                ("window", "default − epoch-window refit"),
                 ("over_probe", "default − probe"), ("ar_over_probe", "AR − probe"),
                 ("share", "default's $ share to reach its best val."),
                 ("previous_ar_gap", "Adam head: AR − previous default"),
