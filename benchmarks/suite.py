@@ -528,9 +528,9 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (paired), each against the newest default run on that task (DEFAULTS, marked): AR with
     the same head − default (goal ≤ 2 points) and the default's mean dollars (≤ $25); AR −
     the run planned for $25 where the default costs more (AT_25); the default against the
-    Adam-head one it replaced; default − probe (≥ 15 points
-    where AR − probe is); the median share of its dollars after which the default's
-    validation first reached its best; a run planned for a quarter of the default's estimate
+    Adam-head one it replaced; default − probe (≥ 15 points where AR − probe is); the median
+    share of its dollars after which the default's validation first reached its best; a
+    run planned for a quarter of the default's estimate
     against the previous default (today's default when the issue was filed); the surrogate
     against the default of its head training (≥ −1 point). Methods measured only with the
     Adam-moved head against PREVIOUS, run beside them: two-sided differences, and AR
