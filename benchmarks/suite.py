@@ -679,6 +679,12 @@ RECORDS = ("honest.json", "suite.json")
 results/suite/ are not committed)."""
 
 
+def recorded_runs(name: str, records: Path | None = None) -> list[dict[str, Any]]:
+    """The `runs` of the committed report `records`/`name` (default RESULTS); [] if none."""
+    path = (records or RESULTS) / name
+    return json.loads(path.read_text()).get("runs", []) if path.exists() else []
+
+
 def restore_cells(root: Path, records: Path | None = None) -> int:
     """Write back under `root` the cell file of every run in the committed reports `records`
     that `root` lacks; returns how many. A fresh clone would otherwise pay for every stored
@@ -687,8 +693,7 @@ def restore_cells(root: Path, records: Path | None = None) -> int:
     cell_fields = {f.name for f in fields(Cell)}
     restored = 0
     for name in RECORDS:
-        path = (records or RESULTS) / name
-        for run in json.loads(path.read_text()).get("runs", []) if path.exists() else []:
+        for run in recorded_runs(name, records):
             done = root / f"{run['key']}.json"
             if not done.exists():
                 done.write_text(json.dumps({k: v for k, v in run.items()
@@ -701,10 +706,8 @@ def dropped_runs(name: str, rows: list[dict[str, Any]], records: Path | None = N
     """How many runs of the committed report `records`/`name`.json the report of `rows` would
     lose: runs whose key no current cell has (cells stored before a settings field was
     added), or whose file is missing under the results folder."""
-    path = (records or RESULTS) / f"{name}.json"
     kept = {r["key"] for r in rows}
-    return sum(run["key"] not in kept for run in
-               (json.loads(path.read_text()).get("runs", []) if path.exists() else []))
+    return sum(run["key"] not in kept for run in recorded_runs(f"{name}.json", records))
 
 
 def warn_other_code(rows: list[dict[str, Any]], root: Path) -> None:
