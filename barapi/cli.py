@@ -221,7 +221,8 @@ def _print_plan(plan: Any, session: Any, limit: float) -> None:
 def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
              train_size: int | None, budget: float | None, as_json: bool,
              **options: Any) -> None:
-    """Images, requests, dollars and wall time a run would cost; sends nothing."""
+    """Images, requests, dollars and (at a card's rate limit) wall time a run would cost;
+    sends nothing."""
     from barapi import api
     from barapi.estimate import as_dicts
 
@@ -293,6 +294,11 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
     if not as_json:
         _print_estimate(phases, session.card, session.config.patience,
                         record.get("requests_per_second"))
+        if resume is not None:  # the estimate is the whole run's, as its budget is
+            cached = (", and answers already bought come from the cache"
+                      if session.service.cache is not None else "")
+            click.echo(f"  (the whole run: {format_dollars(session.service.budget.spent)} of it "
+                       f"already spent; a resume pays only for what is left{cached})", err=True)
     # the budget and the estimate both cover the whole run folder; a resumed run was accepted
     # when it started, and runs until its budget is spent
     limit = session.service.budget.limit

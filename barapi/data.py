@@ -294,7 +294,8 @@ def load_csv(path: Path) -> Dataset:
     """A CSV of path,label rows (UTF-8, a byte-order mark allowed), paths relative to the CSV."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = [r for r in csv.reader(handle) if r and any(c.strip() for c in r)]
+            reader = csv.reader(handle)  # (file line, row): blank lines skipped, not renumbered
+            rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
     except UnicodeDecodeError as exc:
         with path.open("rb") as raw_handle:
             utf16 = raw_handle.read(2) in (b"\xff\xfe", b"\xfe\xff")
@@ -303,14 +304,14 @@ def load_csv(path: Path) -> Dataset:
                           f"CSV as UTF-8") from exc
     except csv.Error as exc:
         raise ConfigError(f"{path}: not a readable CSV file: {_one_line(exc)}") from exc
-    if rows and rows[0][:2] and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
+    if rows and rows[0][1][0].strip().lower() in ("path", "file", "filename", "image"):
         rows = rows[1:]
     images, paths, raw = [], [], []
-    for line, row in enumerate(rows, start=1):
+    for line, row in rows:
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
-            raise ConfigError(f"{path}: row {line} must be 'path,label', got {row!r}")
+            raise ConfigError(f"{path}: line {line} must be 'path,label', got {row!r}")
         image_path = (path.parent / row[0].strip()).resolve()
-        images.append(read_image(image_path, str(path)))
+        images.append(read_image(image_path, f"{path}, line {line}"))
         paths.append(image_path)
         raw.append(class_name(row[1].strip()))
     if not images:

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from barapi.budget import format_dollars
+
 TINY = ["--canvas", "48", "--window", "24", "--input-size", "48", "--resolution", "4",
         "--per-class", "10", "--q", "3", "--epochs", "1", "--m", "2", "--device", "cpu",
         "--patience", "0"]
@@ -162,6 +164,12 @@ def test_budget_runs_out_mid_run_then_resume_with_more(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert summary["stopped"] is None and spent_before < summary["dollars"] <= 5000
+    # the estimate printed on a resume is the whole run's: it says what was already spent
+    out = barapi("run", "--resume", str(folder), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (f"(the whole run: {format_dollars(summary['dollars'])} of it already spent; a resume"
+            " pays only for what is left, and answers already bought come from the cache)"
+            in out.stderr)
 
 
 def test_a_missing_optional_package_is_one_line_naming_the_extra(tmp_path: Path) -> None:

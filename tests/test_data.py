@@ -39,6 +39,19 @@ def test_csv_of_paths_and_labels(tmp_path: Path) -> None:
     assert data.labels.tolist() == [0, 1, 0, 1] and data.classes == ["no", "yes"]
 
 
+@pytest.mark.parametrize("header", ["path,label\n", ""])
+def test_a_bad_csv_row_is_named_by_its_line_in_the_file(tmp_path: Path, header: str) -> None:
+    """The line a text editor shows, with or without a header and past blank lines."""
+    write_png(tmp_path / "a.png", 10)
+    top = len(header.splitlines())
+    (tmp_path / "l.csv").write_text(header + "a.png,x\n\nmissing.png,y\n")
+    with pytest.raises(ConfigError, match=rf"l\.csv, line {top + 3}: image file .*missing\.png"):
+        load_dataset(str(tmp_path / "l.csv"))
+    (tmp_path / "l.csv").write_text(header + "a.png,x\n\na.png\n")
+    with pytest.raises(ConfigError, match=rf"l\.csv: line {top + 3} must be 'path,label'"):
+        load_dataset(str(tmp_path / "l.csv"))
+
+
 def test_npz_correlation_matrices_scaled_globally(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x = np.tanh(rng.standard_normal((10, 20, 20)))  # values in (-1, 1), like correlations
