@@ -71,7 +71,6 @@ TASKS: dict[str, dict[str, Any]] = {
     "fashion, 100/class": {"dataset": "@fashion"},
     "fashion shirt vs T-shirt": {"dataset": "@fashion", "classes": "Shirt,T-shirt/top"},
     "digits 0 vs 1": {"dataset": "digits", "classes": "0,1"},
-    "digits 0 vs 1, 50/class": {"dataset": "digits", "classes": "0,1", "per_class": 50},
     "fashion sneaker vs sandal": {"dataset": "@fashion", "classes": "Sneaker,Sandal"},
 }
 PAPER_AT_112 = {"preset": "paper", "canvas": 112, "input_size": 112}
@@ -124,8 +123,7 @@ MAIN = [("digits", "lite0"), ("digits 0–4", "moderation"), ("fashion shirt vs 
 HONEST = [(task, f"{fam} {view}") for fam in ("imagenet", "nudenet")
           for task, view in (("digits 0 vs 1", "nsfw"), ("digits 0–4", "moderation"),
                              ("fashion shirt vs T-shirt", "nsfw"),
-                             ("fashion sneaker vs sandal", "nsfw"))] + [
-    ("digits 0 vs 1, 50/class", "nudenet nsfw")]  # NudeNet costs ~60 ms an image on 2 cores
+                             ("fashion sneaker vs sandal", "nsfw"))]
 """Group "honest": the few-output rows again on boxes that answer like a moderation service
 ("safe" saturated; NudeNet an independent model family), each with its white-box ceiling."""
 TASK_ONLY = ("feature extraction (white-box)", "CNN from scratch")
@@ -566,6 +564,41 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def same_head_ar(method: str) -> str:
+    """White-box AR with the head training `method` ran with (refit, or the Adam-moved head)."""
+    return AR_ADAM if METHODS[method].get("head_refit") is False else AR
+
+
+def best_within(rows: list[dict[str, Any]], dollars: float = GOAL_DOLLARS
+                ) -> list[dict[str, Any]]:
+    """Per (task, box) of the honest group: the BAR method of highest mean test accuracy
+    among those whose mean cost at the card's price is at most `dollars` (goal 1's cap), and
+    AR with the same head training minus it, paired by seed ("–" where that AR did not run)."""
+    summary = [s for s in summarise(rows) if s["group"] == "honest"]
+    out = []
+    for task, box in dict.fromkeys((s["task"], s["box"]) for s in summary):
+        within = [s for s in summary if (s["task"], s["box"]) == (task, box)
+                  and not {"method", "transfer"} & METHODS[s["method"]].keys()
+                  and s["dollars"] <= dollars]
+        if not within:
+            continue
+        best = max(within, key=lambda s: s["test_accuracy"])
+        by = {(r["method"], r["seed"]): r for r in rows
+              if (r["group"], r["task"], r["box"]) == ("honest", task, box)}
+        ar = same_head_ar(best["method"])
+        spread = f" ± {best['std']:.1%}" if best["std"] is not None else ""
+        out.append({"task": task, "box": box, "method": best["method"],
+                    "accuracy": f"{best['test_accuracy']:.1%}{spread} ({best['seeds']})",
+                    "dollars": f"${best['dollars']:.2f}", "ar": ar,
+                    "ar_gap": points(paired_gaps(by, ar, best["method"]))})
+    return out
+
+
+BEST_COLUMNS = [("task", "task"), ("box", "black box"), ("method", "best BAR within $25"),
+                ("accuracy", "test acc. (seeds)"), ("dollars", "$ at card price"),
+                ("ar", "AR, same head"), ("ar_gap", "AR − it, points (seeds)")]
+
+
 GOAL_COLUMNS = [("task", "task"), ("box", "black box"),
                 ("ar_gap", "AR − default, same head, points (seeds)"),
                 ("dollars", "default's $"), ("ar_gap_25", "AR − default at --budget 25"),
@@ -785,6 +818,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                       "≥ −1; ¼ of the $ − previous default ≥ 0 or share ≤ 25%; methods "
                       "run before head refit are paired with the previous default)\n\n"
                       + markdown_table(targets, GOAL_COLUMNS))
+    best = best_within(rows)
+    if best:
+        tables.append(f"**The best BAR measured within ${GOAL_DOLLARS:.0f} a task** (issue 16's "
+                      "first goal: AR − it ≤ 2 points; the surrogate's imagenet rows are "
+                      "flattered, that box is built on the surrogate's network)\n\n"
+                      + markdown_table(best, BEST_COLUMNS))
     matches = cost_to_match(rows)
     if matches:
         tables.append("**Billable images to reach paper-settings BAR's best validation "
@@ -812,6 +851,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if not args.quick:
         command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
         write_results(name, summary, command, runs=rows, cost_to_match=matches, goals=targets,
+                      best_within=best,
                       table=markdown)
         if args.readme:
             update_readme(markdown, name="honest" if name == "honest" else "results")

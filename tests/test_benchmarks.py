@@ -336,6 +336,24 @@ def test_goals_pair_each_default_with_ar_of_the_same_head_and_say_which() -> Non
     assert cells["ar_gap"] == "+5.0 (1)" and cells["refit"] == "+20.0 (1)"
 
 
+def test_best_within_25_skips_dearer_methods_and_pairs_ar_of_the_same_head() -> None:
+    """The best BAR run within goal 1's $25: a more accurate run over the cap is not it, and
+    an Adam-head method is measured against AR with the Adam-moved head."""
+    from benchmarks import suite
+
+    def row(method: str, seed: int, accuracy: float, dollars: float = 10.0) -> dict:
+        return {"group": "honest", "task": "t", "box": "b", "method": method, "seed": seed,
+                "test_accuracy": accuracy, "dollars": dollars, "images": 100, "seconds": 60.0}
+
+    rows = [row(m, s, a + s / 100, d) for s in (0, 1) for m, a, d in (
+        (suite.DEFAULT, 0.95, 30.0), (suite.PREVIOUS, 0.8, 10.0), (suite.QUARTER, 0.7, 2.5),
+        (suite.PROBE, 0.9, 0.4), (suite.AR, 0.99, 0.0), (suite.AR_ADAM, 0.85, 0.0))]
+    (best,) = suite.best_within(rows)
+    assert best["method"] == suite.PREVIOUS and best["ar"] == suite.AR_ADAM
+    assert best["ar_gap"] == "+5.0 ± 0.0 (2)" and best["dollars"] == "$10.00"
+    assert suite.best_within(rows, dollars=1.0) == []
+
+
 def test_every_committed_honest_run_is_still_a_cell() -> None:
     """A change of barapi's defaults must keep the runs already paid for reachable (a method
     that pins the old settings), or the next report would drop them (issue 16's table)."""
