@@ -29,7 +29,7 @@ import hashlib
 import importlib.util
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +101,8 @@ information about the image, which is the truth about this box."""
 NUDENET_SIZE = 320
 """Side NudeNet's 320n detector was trained and exported at (its metadata "imgsz")."""
 NUDENET_FILE = "320n.onnx"
+ONNX2TORCH = "onnx2torch>=1.5,<1.6"
+"""Installed with ``pip install --no-deps`` (see `onnx2torch_convert`); tested with 1.5.15."""
 
 
 def _digest(value: object) -> str:
@@ -254,11 +256,7 @@ class NudeNetRuntime:
         """The onnx2torch conversion of the same file on `device` (converted once)."""
         with self._lock:
             if device.type not in self._modules:
-                try:
-                    from onnx2torch import convert
-                except ImportError as exc:
-                    raise ConfigError("the nudenet boxes' white-box reference needs the package "
-                                      "onnx2torch: pip install 'barapi[nudenet]'") from exc
+                convert = onnx2torch_convert()
                 import warnings
 
                 # its Slice indexes with a list, which torch ≥ 2.8 warns about on every call
@@ -267,6 +265,44 @@ class NudeNetRuntime:
                 net = convert(str(self.path))
                 self._modules[device.type] = net.eval().to(device)
             return self._modules[device.type]
+
+
+def onnx2torch_convert() -> Callable[[str], torch.nn.Module]:
+    """onnx2torch's `convert`; ConfigError naming the install step when it is missing.
+
+    onnx2torch imports torchvision when it is imported, for its NonMaxSuppression and
+    RoiAlign converters only, and declares it a dependency. barapi installs onnx2torch with
+    ``--no-deps``: torchvision would replace the pinned CPU torch 2.13.0 by a CUDA build, and
+    PyPI's torchvision does not import beside that torch. NudeNet's graph uses neither op, so
+    when torchvision is absent a placeholder module stands in during onnx2torch's import
+    (removed from `sys.modules` right after); converting a graph that needs those ops raises
+    ConfigError."""
+    import sys
+    import types
+
+    def needs_torchvision(*_: object, **__: object) -> None:
+        raise ConfigError("this ONNX graph uses NonMaxSuppression or RoiAlign, which onnx2torch "
+                          "converts through torchvision: install a torchvision that imports "
+                          "beside your torch")
+
+    placeholder = None
+    if importlib.util.find_spec("torchvision") is None and "torchvision" not in sys.modules:
+        placeholder = types.ModuleType("torchvision")
+        ops = types.ModuleType("torchvision.ops")
+        ops.nms = ops.box_convert = ops.roi_align = needs_torchvision  # type: ignore[attr-defined]
+        placeholder.ops = ops  # type: ignore[attr-defined]
+        sys.modules.update({"torchvision": placeholder, "torchvision.ops": ops})
+    try:
+        from onnx2torch import convert
+    except ImportError as exc:
+        raise ConfigError("the nudenet boxes' white-box reference needs onnx2torch, installed "
+                          "without its dependencies: pip install 'barapi[nudenet]' && "
+                          f"pip install --no-deps '{ONNX2TORCH}'") from exc
+    finally:
+        if placeholder is not None:
+            sys.modules.pop("torchvision", None)
+            sys.modules.pop("torchvision.ops", None)
+    return convert  # type: ignore[no-any-return]
 
 
 def _parse_names(text: str) -> dict[int, str]:

@@ -224,6 +224,25 @@ def test_onnx2torch_agrees_with_onnxruntime(nudenet_views: dict[str, Any]) -> No
     assert np.abs(white - box._forward(x)).max() < 1e-4
 
 
+@pytest.mark.skipif(importlib.util.find_spec("onnx2torch") is None,
+                    reason="onnx2torch is not installed (README's test command installs it)")
+def test_onnx2torch_imports_without_torchvision_and_leaves_no_placeholder() -> None:
+    """The pinned CPU torch has no torchvision beside it (README): onnx2torch still converts
+    NudeNet's graph, and no stand-in torchvision outlives its import; its two ops that would
+    need torchvision raise one ConfigError instead."""
+    import sys
+
+    had = "torchvision" in sys.modules
+    convert = boxes.onnx2torch_convert()
+    assert callable(convert)
+    assert ("torchvision" in sys.modules) == had
+    if importlib.util.find_spec("torchvision") is None:
+        from onnx2torch.node_converters import roialign
+
+        with pytest.raises(ConfigError, match="torchvision"):
+            roialign.roi_align(torch.zeros(1), torch.zeros(1))
+
+
 @needs_nudenet
 def test_nudenet_gradients_flow_and_ar_runs(nudenet_views: dict[str, Any], tmp_path: Any) -> None:
     box = nudenet_views["nsfw"]

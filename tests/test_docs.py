@@ -50,7 +50,8 @@ case "$1" in
 esac
 """
 SETUP = re.compile(r"^python3 -m venv \.venv && \. \.venv/bin/activate && pip install torch==2\.13\.0 "
-                   r"&& pip install -e '\.\[([a-z,]+)\]' && (.+)$")
+                   r"&& pip install -e '\.\[([a-z,]+)\]' && "
+                   r"(?:pip install --no-deps 'onnx2torch[^']*' && )?(.+)$")
 
 
 def blocks(path: Path) -> list[tuple[str, str]]:
@@ -79,6 +80,12 @@ def test_the_set_up_commands_are_what_ci_runs() -> None:
     assert run_cmd == "barapi run" and run_extras == "local"
     assert test_cmd == "python -m pytest -q" and "python -m pytest -q" in ci
     assert "pip install -q torch==2.13.0" in ci and f"-e '.[{test_extras}]'" in ci
+    if "nudenet" in test_extras:  # its onnx2torch without torchvision, as README says
+        from barapi.adapters.boxes import ONNX2TORCH
+
+        readme = (ROOT / "README.md").read_text()
+        assert f"pip install --no-deps '{ONNX2TORCH}'" in readme
+        assert f"pip install -q --no-deps '{ONNX2TORCH}'" in ci and "2.13.0+cpu" in ci
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
