@@ -302,7 +302,7 @@ def onnx2torch_convert() -> Callable[[str], torch.nn.Module]:
         if placeholder is not None:
             sys.modules.pop("torchvision", None)
             sys.modules.pop("torchvision.ops", None)
-    return convert  # type: ignore[no-any-return]
+    return convert
 
 
 def _parse_names(text: str) -> dict[int, str]:
