@@ -7,14 +7,18 @@ end in ``_``. A fitted estimator pickles without its adapter (rebuilt on first u
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils import check_array
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
 
 from barapi.adapters.base import Adapter
 from barapi.budget import Budget
@@ -22,20 +26,49 @@ from barapi.config import make_config
 from barapi.data import Dataset, Split, to_rgb_uint8
 from barapi.errors import BudgetExhausted, ConfigError
 
+log = logging.getLogger(__name__)
+"""``barapi.estimator``: `fit` reports its progress here at INFO (see `FitProgress`)."""
+
 InputScale = tuple[Any, ...]
 """A fitted scaling rule: ``("uint8",)`` or ``("affine", low, high)`` (plain Python floats)."""
 
 
-def _as_arrays(X: ArrayLike, image_shape: tuple[int, ...] | None) -> NDArray[Any]:
-    """(N, D) rows or (N, h, w[, c]) arrays → (N, h, w[, c]) real, finite numbers."""
-    x = np.asarray(X)
+def validate_X(X: ArrayLike) -> NDArray[Any]:
+    """Any array-like X → a dense numeric ndarray of ≥ 2 dimensions, at least one sample and
+    one feature, all finite (sklearn's `check_array` does the conversion; lists, DataFrames,
+    memmaps and object arrays of numbers are accepted). Raises ConfigError (a ValueError),
+    one line saying what was expected, for sparse, 1-D, empty, string or complex X and NaN
+    or ±inf; TypeError ("X must hold real numbers (...)") for objects that are not numbers."""
+    if sparse.issparse(X):
+        raise ConfigError("X is a scipy sparse matrix: BARClassifier sends every pixel to the "
+                          "black box, so it needs dense images; pass X.toarray()")
+    values: Any = X if hasattr(X, "dtype") else np.asarray(X)  # lists, DataFrames
+    if values.dtype == object:  # numbers held as Python objects are fine; anything else is named
+        try:
+            values = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"X must hold real numbers ({exc})") from None
+    try:
+        x = check_array(values, accept_sparse=False, dtype="numeric", ensure_2d=False,
+                        allow_nd=True, ensure_all_finite=False, input_name="X")
+    except ValueError as exc:  # empty, strings, complex: sklearn's own words, one line
+        raise ConfigError(" ".join(str(exc).split())) from None
     if x.ndim < 2:
         raise ConfigError(f"X must be (N, D) rows or (N, h, w[, c]) images, got shape {x.shape}; "
-                          f"pass a single sample as X.reshape(1, -1)")
-    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+                          f"Reshape your data: X.reshape(1, -1) for a single sample")
+    if x.dtype.kind not in "biuf":
         raise ConfigError(f"X must hold real numbers, got dtype {x.dtype}")
+    if not int(np.prod(x.shape[1:])):
+        raise ConfigError(f"X has 0 feature(s) (shape={x.shape}) while a minimum of 1 is required")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise ConfigError("X contains NaN or infinite values")
+    return x
+
+
+def _as_arrays(X: ArrayLike, image_shape: tuple[int, ...] | None) -> NDArray[Any]:
+    """(N, D) rows or (N, h, w[, c]) arrays → (N, h, w[, c]) real, finite numbers
+    (see `validate_X`); flat rows must hold a square image unless `image_shape` is given."""
+    x = validate_X(X)
     if x.ndim == 2:
         if image_shape is None:
             side = round(np.sqrt(x.shape[1]))
@@ -43,6 +76,9 @@ def _as_arrays(X: ArrayLike, image_shape: tuple[int, ...] | None) -> NDArray[Any
                 raise ConfigError(f"X has {x.shape[1]} features per row, not a square image; "
                                   f"pass image_shape=(h, w) or (h, w, 3)")
             image_shape = (side, side)
+        if int(np.prod(image_shape)) != x.shape[1]:
+            raise ConfigError(f"X has {x.shape[1]} features per row, but image_shape="
+                              f"{tuple(image_shape)} needs {int(np.prod(image_shape))}")
         x = x.reshape(len(x), *image_shape)
     return x
 
@@ -87,6 +123,33 @@ def as_images(X: ArrayLike, image_shape: tuple[int, ...] | None,
     return to_rgb_uint8(x, "X")
 
 
+class FitProgress:
+    """`Trainer.on_record` hook that turns a fit's records into INFO lines on the
+    ``barapi.estimator`` logger, one per validation (by default once per epoch) and one per
+    training step at most every `every` seconds, e.g. ``fit: step 12/40 · 1,234 images ·
+    $0.0123 spent · val accuracy 85.0% · 4s``. Silent unless logging is configured, e.g.
+    ``logging.basicConfig(level=logging.INFO)``."""
+
+    def __init__(self, budget: Budget, total_steps: int, every: float = 5.0) -> None:
+        self.budget, self.total_steps, self.every = budget, total_steps, every
+        self.started = self.last = time.monotonic()
+        self.val_accuracy: float | None = None
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        event, now = record.get("event"), time.monotonic()
+        if event == "val":
+            self.val_accuracy = float(record["val_accuracy"])
+        elif event != "step" or now - self.last < self.every:
+            return
+        if not log.isEnabledFor(logging.INFO):
+            return
+        self.last = now
+        val = "" if self.val_accuracy is None else f" · val accuracy {100 * self.val_accuracy:.1f}%"
+        log.info("fit: step %d/%d · %s images · $%.4f spent%s · %.0fs", record.get("step", 0),
+                 self.total_steps, f"{int(record.get('queries', 0)):,}", self.budget.spent, val,
+                 now - self.started)
+
+
 class BARClassifier(ClassifierMixin, BaseEstimator):
     """Black-box adversarial reprogramming as a scikit-learn classifier.
 
@@ -102,6 +165,10 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
     rule to each value of any X, clipping values outside the training range to 0 or 255 (they
     are not rescaled), so a sample's answer never depends on the other samples of its batch.
     X at predict time must have ``n_features_in_`` features and no NaN or infinite values.
+    Bad X (sparse, 1-D, empty, not numbers) is refused with one line, before anything is sent;
+    `predict` before `fit` raises NotFittedError. `fit` logs its progress at INFO on the
+    ``barapi.estimator`` logger (`FitProgress`). scikit-learn's `check_estimator` passes
+    except the checks `expected_failed_checks` declares, each with its reason.
     """
 
     def __init__(self, provider: str = "local", model: str | None = None,
@@ -153,35 +220,46 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
     def _config(self) -> Any:
         return make_config(**{k: getattr(self, k) for k in self._CONFIG_KEYS})
 
-    def _split(self, images: NDArray[np.uint8], labels: NDArray[np.int64]) -> Split:
+    def _split(self, images: NDArray[np.uint8], labels: NDArray[np.int64],
+               classes: NDArray[Any]) -> Split:
         from sklearn.model_selection import train_test_split
 
-        n, n_classes = len(labels), len(self.classes_)
+        n, n_classes = len(labels), len(classes)
         n_val = max(n_classes, round(self.val_fraction * n))
         if np.bincount(labels).min() < 2 or n - n_val < n_classes:
             raise ConfigError(f"X has {n} samples for {n_classes} classes: fit needs at least 2 per "
                               f"class (one for training, one for validation)")
         train, val = train_test_split(np.arange(n), test_size=n_val, stratify=labels,
                                       random_state=self.seed)
-        classes = [str(c) for c in self.classes_]
+        names = [str(c) for c in classes]
 
         def part(ix: NDArray[np.int64]) -> Dataset:
-            return Dataset(images[ix], labels[ix], classes, "X")
+            return Dataset(images[ix], labels[ix], names, "X")
         return Split(part(np.sort(train)), part(np.sort(val)), None)
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BARClassifier:
+        """Reprogram the black box for (X, y): X as `validate_X` takes it, y (N,) class labels
+        of at least 2 classes with 2 samples each. Raises ConfigError for bad X or y (nothing
+        is sent), BudgetExhausted when the budget ran out before anything was learned.
+        Progress goes to the ``barapi.estimator`` logger at INFO (see `FitProgress`)."""
         from barapi import api
 
         self.__dict__.pop("_adapter_dropped", None)
-        check_classification_targets(y)
-        scale = fit_input_scale(X, self.image_shape)
-        images = as_images(X, self.image_shape, scale)
-        self.classes_, labels = np.unique(np.asarray(y), return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ConfigError("y has a single class; reprogramming needs at least 2")
+        x = validate_X(X)
+        targets = column_or_1d(y, warn=True)
+        check_consistent_length(x, targets)
+        check_classification_targets(targets)
+        classes, labels = np.unique(targets, return_inverse=True)
+        if len(classes) < 2:
+            raise ConfigError("y has one class; reprogramming needs at least 2")
+        shape = self._row_shape(x)
+        scale = fit_input_scale(x, shape)
+        images = as_images(x, shape, scale)
         config = self._config()
-        session = api.prepare(config, adapter=self._get_adapter(), split=self._split(images, labels),
-                              budget=self.budget)
+        session = api.prepare(config, adapter=self._get_adapter(),
+                              split=self._split(images, labels, classes), budget=self.budget)
+        session.trainer.on_record = FitProgress(session.service.budget,
+                                                session.trainer.total_steps)
         result = session.run()
         self.spent_nano_ = session.service.budget.spent_nano
         if result.head is None:
@@ -189,13 +267,16 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
         if result.stopped:
             warnings.warn(f"fit stopped early: {result.stopped}; the estimator keeps the best "
                           f"program found so far", RuntimeWarning, stacklevel=2)
+        self.classes_ = classes
         self.config_ = config
         self.program_weights_ = result.weights
         self.head_ = result.head
         self.best_val_accuracy_ = result.best_val_accuracy
         self.n_queries_ = result.extra["queries"]
-        self.n_features_in_ = int(np.prod(np.asarray(X).shape[1:]))
+        self.n_features_in_ = int(np.prod(x.shape[1:]))
         self.input_scale_ = scale
+        log.info("fit done: %d images, $%.4f spent, best validation accuracy %.1f%%",
+                 self.n_queries_, self.spent_nano_ / 1e9, 100 * self.best_val_accuracy_)
         return self
 
     def _get_adapter(self) -> Adapter:
@@ -220,7 +301,7 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
 
         from barapi import api
 
-        check_is_fitted(self, "program_weights_")
+        check_is_fitted(self, "program_weights_")  # NotFittedError before fit
         images = self._images(X)
         head = self.head_
         assert head is not None
@@ -239,18 +320,25 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
 
     def _images(self, X: ArrayLike) -> NDArray[np.uint8]:
         """X → images under the rule fitted in `fit`, after checking its feature count."""
-        x = np.asarray(X)
-        n_features = int(np.prod(x.shape[1:])) if x.ndim >= 2 else None
-        if n_features is not None and n_features != self.n_features_in_:
+        x = validate_X(X)
+        n_features = int(np.prod(x.shape[1:]))
+        if n_features != self.n_features_in_:
             raise ConfigError(f"X has {n_features} features, but {type(self).__name__} is "
                               f"expecting {self.n_features_in_} features as input")
         scale: InputScale | None = self.__dict__.get("input_scale_")
         if scale is None:  # pickled by a version that scaled each batch on its own
             raise ConfigError("this BARClassifier was fitted without a stored input scaling "
                               "rule (input_scale_); fit it again")
-        return as_images(x, self.image_shape, scale)
+        return as_images(x, self._row_shape(x), scale)
+
+    def _row_shape(self, x: NDArray[Any]) -> tuple[int, ...] | None:
+        """The image shape each flat row of `x` is reshaped to: `image_shape` (None: a
+        square, see `as_images`). The one place the layout of a row is decided."""
+        return self.image_shape
 
     def predict(self, X: ArrayLike) -> NDArray[Any]:
+        """(N,) predicted classes, from `classes_` (NotFittedError before fit)."""
+        check_is_fitted(self, "program_weights_")
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -264,9 +352,48 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
         return state
 
     def __sklearn_tags__(self) -> Any:
+        """Dense, finite, numeric X only (sparse and NaN are refused with a reason);
+        deterministic for a fixed `seed` and black box. `poor_score`: sklearn's toy tasks
+        (2 to 10 random features drawn as a tiny image) say nothing about reprogramming."""
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
+        tags.input_tags.sparse = False
+        tags.input_tags.allow_nan = False
+        tags.classifier_tags.poor_score = True
         return tags
 
 
-__all__ = ["BARClassifier", "as_images", "fit_input_scale"]
+_SQUARE = ("flat rows must be square images (h·w features) unless image_shape is given; "
+           "this check's X has 2, 3, 5 or 10 features per row")
+NOT_APPLICABLE_SQUARE: dict[str, str] = dict.fromkeys((
+    "check_fit_score_takes_y", "check_estimators_overwrite_params",
+    "check_dont_overwrite_parameters", "check_estimators_fit_returns_self",
+    "check_readonly_memmap_input", "check_estimators_dtypes", "check_dtype_object",
+    "check_pipeline_consistency", "check_estimators_nan_inf", "check_estimators_pickle",
+    "check_f_contiguous_array_estimator", "check_classifier_data_not_an_array",
+    "check_classifiers_classes", "check_classifiers_train", "check_supervised_y_2d",
+    "check_methods_sample_order_invariance", "check_methods_subset_invariance",
+    "check_dict_unchanged", "check_fit_idempotent", "check_fit_check_is_fitted",
+    "check_n_features_in", "check_fit2d_predict1d"), _SQUARE)
+"""scikit-learn checks whose data is not a square image (by design, see `as_images`)."""
+
+NOT_APPLICABLE_ADAPTER: dict[str, str] = {
+    "check_estimators_overwrite_params": "a custom adapter is a live black box whose call "
+                                         "state changes as fit queries it; not a value",
+    "check_estimators_pickle": "a custom adapter is not pickled (it may hold connections): "
+                               "pass it again with set_params(adapter=...) after unpickling",
+}
+"""scikit-learn checks that do not apply when `adapter` is given (not `provider`)."""
+
+
+def expected_failed_checks(estimator: BARClassifier) -> dict[str, str]:
+    """The scikit-learn checks that do not apply to `estimator`, each with its reason: pass
+    as ``check_estimator(est, expected_failed_checks=expected_failed_checks(est))``."""
+    declared = {} if estimator.image_shape is not None else dict(NOT_APPLICABLE_SQUARE)
+    if estimator.adapter is not None:
+        declared.update(NOT_APPLICABLE_ADAPTER)
+    return declared
+
+
+__all__ = ["BARClassifier", "FitProgress", "as_images", "expected_failed_checks", "fit_input_scale",
+           "validate_X"]
