@@ -1,9 +1,11 @@
 """QueryService: the only path from the algorithm to an adapter.
 
-For each batch of images, in order: cache lookup (a hit costs $0), split of the misses into
-requests of at most the adapter's batch limit, and for each request: a budget reservation
-(reserve → counted as billed in the ledger just before it leaves → settled by its outcome),
-a concurrency slot and the rate limiter (which slows down when the provider throttles),
+For each batch of images, in order: cache lookup (a hit costs $0 and is validated like a
+fresh answer; a bad one is a miss), split of the misses into requests of at most the
+adapter's batch limit, and for each request: a budget reservation (reserve → counted as
+billed in the ledger just before it leaves → settled by its outcome), a concurrency slot and
+the rate limiter (which slows down when the provider throttles; a priced cache that failed
+stops the request here, before it is paid: `ProbabilityCache.ready_to_pay`),
 retries of transient errors, validation of the answers against what the provider promises,
 and the cache write of that request's valid answers as soon as it returns. The ledger
 settles a request only once that write is committed: a request whose answers a kill -9 (or
@@ -101,12 +103,10 @@ class QueryService:
                 if self.cache is not None else None)
         missing = np.arange(n)
         if self.cache is not None and keys is not None:
-            hits = await self.cache.get_many(keys)
-            found = [i for i, v in enumerate(hits) if v is not None]
-            for i in found:
-                out[i] = hits[i]
+            found, rows = await self._cached(self.cache, keys)
+            out[found] = rows
             self.stats.cached_images += len(found)
-            missing = np.array([i for i, v in enumerate(hits) if v is None], dtype=np.int64)
+            missing = np.setdiff1d(missing, found)
         per_request = self.limit_for(images.shape[1:])
         chunks = [missing[i:i + per_request] for i in range(0, len(missing), per_request)]
         results = await asyncio.gather(
@@ -119,6 +119,19 @@ class QueryService:
             if isinstance(result, BaseException):
                 raise result
         return out
+
+    async def _cached(self, cache: ProbabilityCache, keys: list[str]
+                      ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """(indices, (len, K) rows) of the keys whose stored answers hold: decoded at the
+        adapter's width and valid exactly as a fresh answer must be. A bad entry is a miss:
+        reported (once per cache), asked again within the budget and replaced."""
+        hits = await cache.get_many(keys, self.adapter.n_sources)
+        found = np.array([i for i, v in enumerate(hits) if v is not None], dtype=np.int64)
+        rows = np.array([hits[i] for i in found], dtype=np.float32).reshape(
+            len(found), self.adapter.n_sources)
+        bad = invalid_rows(rows, self.adapter.answers)
+        cache.report_bad(int(bad.sum()))
+        return found[~bad], rows[~bad]
 
     async def _request(self, images: NDArray[np.uint8],
                        keys: list[str] | None) -> NDArray[np.float32]:
@@ -204,6 +217,8 @@ class QueryService:
                 partial: PartialAnswer | None = None
                 async with self._slots:
                     await self.limiter.acquire()  # last, so that the request leaves in its slot
+                    if self.cache is not None:  # a priced cache that failed: nothing more is paid
+                        await self.cache.ready_to_pay()
                     self.stats.attempts += 1
                     self.budget.send(ticket)
                     try:

@@ -1,8 +1,10 @@
 import asyncio
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from barapi.cache import ProbabilityCache, image_keys
 
@@ -80,3 +82,130 @@ def test_a_local_models_identity_is_its_weights_not_its_name() -> None:
     c = LocalAdapter(net(0), list("abcd"), input_size=8, device="cpu", name="mine", chunk=2)
     d = LocalAdapter(net(0), list("abcd"), input_size=16, device="cpu", name="mine")
     assert a.identity != b.identity and a.identity == c.identity != d.identity
+
+
+class Planted:
+    """A value whose unpickling makes the folder `marker`: what a planted entry would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.mkdir, (str(self.marker),)
+
+
+def plant(folder: Path, key: str, value: object) -> None:
+    """Store `value` under `key` the way plain diskcache does (a pickle, or a file)."""
+    import diskcache
+
+    with diskcache.Cache(str(folder)) as raw:
+        raw.set(key, value)
+
+
+def test_a_planted_pickle_is_never_loaded(tmp_path: Path) -> None:
+    """A shared --cache-dir with a planted entry must not run code (python-diskcache#357);
+    a pickled answer (what barapi once stored) is not loaded either: both are misses."""
+    folder, marker = tmp_path / "c", tmp_path / "ran"
+    cache = ProbabilityCache(folder)
+    asyncio.run(cache.set_many(["good"], np.full((1, 4), 0.25, np.float32)))
+    cache.close()
+    plant(folder, "evil", Planted(marker))
+    plant(folder, "pickled", np.full(4, 0.25, np.float32))
+    got = asyncio.run(cache.get_many(["evil", "pickled", "good"]))
+    assert not marker.exists()
+    assert got[0] is None and got[1] is None and np.array_equal(got[2], [0.25] * 4)
+    assert cache.bad_entries == 2
+
+
+def test_a_row_naming_a_file_is_never_read_nor_deleted(tmp_path: Path) -> None:
+    """diskcache keeps large values in files named by their row: a tampered row could name
+    any file, to be served as an answer or deleted when the entry is replaced."""
+    import sqlite3
+
+    folder, victim = tmp_path / "c", tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    plant(folder, "k", b"\0" * 40_000)  # stored as a file by plain diskcache
+    with sqlite3.connect(folder / "cache.db") as con:
+        con.execute("UPDATE Cache SET filename = ? WHERE key = 'k'", (str(victim),))
+    cache = ProbabilityCache(folder)
+    assert asyncio.run(cache.get_many(["k"])) == [None]
+    asyncio.run(cache.set_many(["k"], np.full((1, 2), 0.5, np.float32)))  # replaced
+    assert victim.read_text() == "keep me"
+    assert np.array_equal(asyncio.run(cache.get_many(["k"], 2))[0], [0.5, 0.5])
+
+
+def test_answers_are_stored_as_float32_records_and_decoded_strictly(tmp_path: Path) -> None:
+    import sqlite3
+
+    from diskcache.core import MODE_RAW
+
+    from barapi.cache import decode_row, encode_row
+
+    row = np.array([0.25, 0.75], np.float32)
+    data = encode_row(row)
+    assert len(data) == 8 + 2 * 4 and np.array_equal(decode_row(data, 2), row)
+    for bad in (data[:-1], data + b"\0", b"XXXX" + data[4:], data[:8], b"", "text", 3):
+        assert decode_row(bad) is None, bad
+    assert decode_row(data, 3) is None  # another width than the adapter's
+    cache = ProbabilityCache(tmp_path)
+    asyncio.run(cache.set_many(["k"], row[None]))
+    cache.close()
+    with sqlite3.connect(tmp_path / "cache.db") as con:
+        stored = con.execute("SELECT mode, filename, value FROM Cache").fetchall()
+    assert stored == [(MODE_RAW, None, data)]  # numbers in cache.db: never a pickle, never a file
+
+
+def damage_cache_db(folder: Path, where: str) -> None:
+    """Fill a cache, then overwrite its file's header or its key index's root page."""
+    import sqlite3
+
+    cache = ProbabilityCache(folder)
+    asyncio.run(cache.set_many([f"k{i}" for i in range(300)], np.full((300, 20), 0.05, np.float32)))
+    cache.close()
+    database = folder / "cache.db"
+    with sqlite3.connect(database) as con:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (root,), (size,) = (con.execute("SELECT rootpage FROM sqlite_master WHERE name = "
+                                        "'Cache_key_raw'").fetchone(),
+                            con.execute("PRAGMA page_size").fetchone())
+    data = bytearray(database.read_bytes())
+    start = 0 if where == "header" else (root - 1) * size
+    data[start:start + size] = b"\xff" * size
+    database.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("where", ["header", "index page"])
+def test_a_damaged_cache_db_stops_a_priced_run_before_paying(where: str, tmp_path: Path) -> None:
+    from barapi.api import default_cache
+    from barapi.cards import load_card
+    from barapi.errors import CacheUnusable
+
+    folder = tmp_path / "cache"
+    damage_cache_db(folder, where)
+    with pytest.raises(CacheUnusable) as caught:
+        default_cache(load_card("local", price_per_1000=2.0), cache_dir=folder)
+    message = str(caught.value)
+    assert message.startswith(f"answer cache {folder}: cannot read it (")
+    assert "--no-cache" in message and "\n" not in message
+
+
+def test_a_damaged_cache_db_on_a_free_provider_is_one_clean_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import warnings
+
+    from barapi.api import default_cache
+    from barapi.cards import load_card
+
+    folder = tmp_path / "cache"
+    damage_cache_db(folder, "header")
+    with caplog.at_level(logging.WARNING, logger="barapi.cache"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw Python warning (with its source line)
+        cache = default_cache(load_card("local"), use_cache=True, cache_dir=folder)
+        assert cache is not None
+        again = default_cache(load_card("local"), use_cache=True, cache_dir=folder)  # (a plan)
+        for each in (cache, again):
+            assert asyncio.run(each.get_many(["k1", "k2"])) == [None, None]
+            asyncio.run(each.set_many(["k1"], np.full((1, 2), 0.5, np.float32)))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"answer cache {folder}: cannot read it (DatabaseError: file is not a database); "
+        f"going on without the cache"]

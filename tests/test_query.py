@@ -1,4 +1,5 @@
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -313,3 +314,154 @@ def test_learned_labels_are_kept_before_their_request_is_settled(tmp_path: Path)
     assert asyncio.run(service.discover_labels(images(1)[0], keep=keep)) == ["tag-a", "tag-b"]
     assert '"sent"' in seen[0] and '"outcome"' not in seen[0]  # kept while still in flight
     assert '"outcome": "answered"' in ledger.read_text()
+
+
+def stored_rows(folder: Path, adapter: LinearSoftmaxAdapter, x: np.ndarray) -> list[str]:
+    """Buy answers for `x` into the cache at `folder`; their keys."""
+    from barapi.cache import cache_identity, image_keys
+
+    cache = ProbabilityCache(folder)
+    asyncio.run(QueryService(adapter, cache=cache).predict_proba(x))
+    cache.close()
+    adapter.calls.clear()
+    return image_keys(cache_identity(adapter), x)
+
+
+def tamper(folder: Path, key: str, kind: str, width: int) -> None:
+    """Replace the stored answer under `key`: through the cache's own write path (values),
+    or as plain diskcache stores (bytes, a pickle)."""
+    import diskcache
+
+    if kind in ("garbage bytes", "pickle"):
+        value = (os.urandom(8 + 4 * width) if kind == "garbage bytes"
+                 else np.full(width, 1 / width, np.float32))
+        with diskcache.Cache(str(folder)) as raw:
+            raw.set(key, value)
+        return
+    row = np.full((1, width - (kind == "short row")), 1 / width, np.float32)
+    row[0, 0] = {"nan": np.nan, "negative": -0.5, "above 1": 1.5}.get(kind, row[0, 0])
+    if kind == "all zero":
+        row[:] = 0
+    if kind == "unnormalised":
+        row *= 0.5
+    cache = ProbabilityCache(folder)
+    asyncio.run(cache.set_many([key], row))
+    cache.close()
+
+
+TAMPERED = ["nan", "negative", "above 1", "all zero", "unnormalised", "short row",
+            "garbage bytes", "pickle"]
+
+
+@pytest.mark.parametrize("kind", TAMPERED)
+def test_a_bad_stored_answer_is_a_miss_bought_once_reported_once_and_replaced(
+        kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A cache hit is validated like a fresh answer: a bad one is asked again (paid, within
+    the budget), one line says so for the whole run, and the fresh answer replaces it."""
+    adapter, folder = LinearSoftmaxAdapter(), tmp_path / "cache"
+    x, y = images(3), images(2, seed=1)
+    keys = stored_rows(folder, adapter, np.concatenate([x, y]))
+    truth = asyncio.run(LinearSoftmaxAdapter().predict_proba(np.concatenate([x, y])))
+    tamper(folder, keys[1], kind, adapter.n_sources)
+    tamper(folder, keys[3], kind, adapter.n_sources)
+    budget = Budget(price_per_1000=1000.0, limit=100.0)
+    service = QueryService(adapter, budget, ProbabilityCache(folder))
+    with caplog.at_level("WARNING", logger="barapi.cache"):
+        got = [asyncio.run(service.predict_proba(batch)) for batch in (x, y, np.concatenate([x, y]))]
+    assert adapter.calls == [1, 1] and budget.spent == pytest.approx(2.0)
+    assert np.allclose(got[2], truth, atol=1e-6) and np.array_equal(got[2], np.concatenate(got[:2]))
+    assert service.cache is not None and service.cache.bad_entries == 2
+    assert len(caplog.records) == 1, caplog.records  # once per run, not once per batch
+    assert caplog.records[0].getMessage() == (
+        f"answer cache {folder}: 1 stored answer(s) are not valid answers (damaged or tampered); "
+        f"they are asked again, within the budget, and replaced")
+
+
+def test_a_bad_stored_answer_is_bought_again_only_within_the_budget(tmp_path: Path) -> None:
+    adapter, folder = LinearSoftmaxAdapter(), tmp_path / "cache"
+    keys = stored_rows(folder, adapter, images(3))
+    tamper(folder, keys[0], "nan", adapter.n_sources)
+    budget = Budget(price_per_1000=1000.0, limit=0.5)  # less than one image
+    service = QueryService(adapter, budget, ProbabilityCache(folder))
+    with pytest.raises(BudgetExhausted):
+        asyncio.run(service.predict_proba(images(3)))
+    assert adapter.calls == [] and budget.spent == 0
+
+
+def brim_full(folder: Path) -> None:
+    """A cache that can take no more pages: SQLite's real "database or disk is full", as on
+    a full disk (its page count capped by a pragma that diskcache applies on every open), for
+    answers of 1,000 classes (each needs a new page)."""
+    import sqlite3
+
+    cache = ProbabilityCache(folder)
+    asyncio.run(cache.set_many(["seed"], np.full((1, 20), 0.05, np.float32)))
+    cache.close()
+    with sqlite3.connect(folder / "cache.db") as con:
+        pages = con.execute("PRAGMA page_count").fetchone()[0]
+        con.execute("INSERT INTO Settings VALUES ('sqlite_max_page_count', ?)", (pages,))
+
+
+def test_a_priced_cache_that_cannot_write_stops_before_the_next_paid_request(tmp_path: Path) -> None:
+    """On a full disk answers that cannot be kept would be bought again later: the request
+    that could not be kept returns its answers, and nothing more is paid."""
+    from barapi.budget import read_ledger
+    from barapi.errors import CacheUnusable
+
+    folder, ledger = tmp_path / "cache", tmp_path / "ledger.jsonl"
+    brim_full(folder)
+    adapter = LinearSoftmaxAdapter(n_sources=1000, max_batch=10)
+    budget = Budget(price_per_1000=1000.0, limit=100.0, ledger=ledger)
+    service = QueryService(adapter, budget, ProbabilityCache(folder), max_concurrency=1)
+    x = images(10)
+    answered = asyncio.run(service.predict_proba(x))  # one request: answered, not kept
+    assert np.allclose(answered, asyncio.run(LinearSoftmaxAdapter(1000).predict_proba(x)), atol=1e-6)
+    for batch in (images(30, seed=1), x):
+        with pytest.raises(CacheUnusable) as caught:
+            asyncio.run(service.predict_proba(batch))
+        assert adapter.calls == [10]
+    message = str(caught.value)
+    assert message.startswith(f"answer cache {folder}: cannot write it (OperationalError: "
+                              f"database or disk is full); stopped before the next paid request")
+    assert "--no-cache" in message and "\n" not in message
+    totals = read_ledger(ledger)
+    assert totals.images == 10 and totals.uncertain_images == 0 and budget.spent == pytest.approx(10.0)
+
+    stopped = QueryService(adapter, Budget(price_per_1000=1000.0, limit=100.0),
+                           SlowCache(folder), max_concurrency=1)  # fails 0.2 s after the answer
+    with pytest.raises(CacheUnusable):  # within one batch: its second request never leaves
+        asyncio.run(stopped.predict_proba(images(30, seed=2)))
+    assert adapter.calls == [10, 10] and stopped.budget.spent == pytest.approx(10.0)
+
+
+def test_a_free_cache_that_cannot_write_is_one_warning_and_the_run_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import warnings
+
+    folder = tmp_path / "cache"
+    brim_full(folder)
+    adapter = LinearSoftmaxAdapter(n_sources=1000, max_batch=10)
+    service = QueryService(adapter, cache=ProbabilityCache(folder, priced=False))
+    with caplog.at_level("WARNING", logger="barapi.cache"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for seed in range(2):
+            asyncio.run(service.predict_proba(images(30, seed=seed)))
+    assert adapter.calls == [10] * 6
+    assert [r.getMessage() for r in caplog.records] == [
+        f"answer cache {folder}: cannot write it (OperationalError: database or disk is full); "
+        f"going on without the cache"]
+
+
+def test_a_priced_cache_that_cannot_be_read_stops_the_batch_before_it_is_paid(tmp_path: Path) -> None:
+    """Unchecked when opened (a cache handed in), damaged cache.db: nothing is bought again."""
+    from barapi.errors import CacheUnusable
+
+    folder = tmp_path / "cache"
+    stored_rows(folder, LinearSoftmaxAdapter(), images(3))
+    (folder / "cache.db").write_bytes(b"\xff" * 4096)
+    adapter = LinearSoftmaxAdapter()
+    budget = Budget(price_per_1000=1000.0, limit=100.0)
+    service = QueryService(adapter, budget, ProbabilityCache(folder))
+    with pytest.raises(CacheUnusable, match=r"cannot read it .*--no-cache"):
+        asyncio.run(service.predict_proba(images(3)))
+    assert adapter.calls == [] and budget.spent == 0
