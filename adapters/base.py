@@ -5,11 +5,15 @@ An adapter knows its wire protocol and nothing else — no budget, cache, retry 
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from barapi.errors import BarapiError, ConfigError, InvalidAnswer
 
 
 class Adapter(ABC):
@@ -46,6 +50,68 @@ class Adapter(ABC):
     def use_labels(self, labels: list[str]) -> None:
         """Take `labels` (learned, or stored in a run folder) as the answer's columns."""
         self.labels = list(labels)
+
+    version: str | None = None
+    """The model version the service reported (by `check`, or in an answer); None while
+    unknown, or where the service tells none (a local model: its weights are in `identity`)."""
+    pinned_version: str | None = None
+    """The version a run folder pinned at its start, or the one accepted with
+    `--accept-version`: `found_version` refuses any other."""
+    on_pinned: Callable[[], None] | None = None
+    """Called when `pinned()` changes after the run folder recorded it (a version or ids
+    first told by an answer), so that the folder records them (see `barapi.api.keep_pins`)."""
+
+    def pinned(self) -> dict[str, Any]:
+        """What a run folder records at its start so that a resume, `evaluate` or `predict`
+        asks the same black box: {"version": the model version the service reported} and
+        whatever else the adapter needs (the ids its columns are bound to); {} when unknown."""
+        return {"version": self.version} if self.version else {}
+
+    def pin(self, pins: Mapping[str, Any], accept_version: str | None = None) -> None:
+        """Hold the adapter to `pins` (what `pinned()` returned when the run started):
+        another model version is refused (`found_version`). `accept_version`: the version the
+        user accepted knowingly, pinned instead."""
+        self.pinned_version = accept_version or pins.get("version") or None
+
+    def found_version(self, version: str,
+                      error: Callable[[str], BarapiError] = ConfigError) -> None:
+        """The service reported `version` (a subclass calls this from `check` or from an
+        answer). Raises `error(message)` when it is not the pinned version, or not the one
+        reported earlier in this process (a model that moved mid-run); the first version
+        reported is kept (`on_pinned` is told)."""
+        if not version:
+            return
+        held = self.pinned_version or self.version
+        if held and version != held:
+            raise error(self.version_changed(held, version))
+        if self.version != version:
+            self.version = version
+            self.pins_changed()
+
+    def pins_changed(self) -> None:
+        """Tell `on_pinned` (if set) that `pinned()` changed."""
+        if self.on_pinned is not None:
+            self.on_pinned()
+
+    def version_changed(self, pinned: str, now: str, gone: str | None = None) -> str:
+        """One line: the run is pinned to `pinned`, the service now answers with `now`
+        (`gone`: what the service said when asked for `pinned`), and how to go on knowingly."""
+        served = (f"no longer serves it ({gone}) and answers with version {now}" if gone
+                  else f"answers with version {now}")
+        return (f"{self.who}: this run folder is pinned to model version "
+                f"{pinned}, the one its program was trained against, but the service now "
+                f"{served}; a program learned against one version need not work against another. "
+                f"{self.keep_version_hint(pinned)}To go on against {now} knowingly, add "
+                f"--accept-version {now} (or start a new run)")
+
+    @property
+    def who(self) -> str:
+        """The black box, as messages name it (its identity without the version)."""
+        return self.identity.rsplit("@", 1)[0]
+
+    def keep_version_hint(self, pinned: str) -> str:
+        """How to get `pinned` served again, as a sentence ending in a space; "" if no way."""
+        return ""
 
     _checked: bool = False
 
@@ -96,3 +162,42 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class IncompleteAnswers:
+    """Answers that leave out some of an adapter's columns (a concept or a tag it listed).
+    Such an answer is not a zero for what it omits (DESIGN: "Trust at the edges"): the first
+    one for an image is made invalid (NaN in the columns it lacks, so that QueryService never
+    caches it and asks once more); a second one in a row for the same image raises
+    InvalidAnswer naming what was left out (billed, not cached)."""
+
+    LIMIT = 4096
+    """Images remembered at most (the oldest are forgotten first)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[bytes, None] = {}
+
+    def settle(self, probs: NDArray[np.float32], images: NDArray[np.uint8],
+               missing: Mapping[int, Sequence[int]], labels: Sequence[str], who: str) -> None:
+        """Mark rows of `probs` (N, K) invalid where `missing` {row: columns left out} says
+        an answer to `images` (N, H, W, 3) lacks columns; raises InvalidAnswer when an image
+        is answered incompletely for the second time in a row. `who` names the provider."""
+        if not missing and not self._pending:
+            return
+        digests = [hashlib.sha256(image.tobytes()).digest() for image in images]
+        again = [i for i in missing if digests[i] in self._pending]
+        if again:
+            row = again[0]
+            names = ", ".join(repr(labels[c]) for c in missing[row])
+            raise InvalidAnswer(
+                f"{who} answered without {names} twice for the same image; an answer must "
+                f"score every one of its {len(labels)} labels ({', '.join(labels)}): billed, "
+                f"not cached")
+        for i, digest in enumerate(digests):
+            if i in missing:
+                probs[i, list(missing[i])] = np.nan
+                self._pending[digest] = None
+            else:
+                self._pending.pop(digest, None)
+        while len(self._pending) > self.LIMIT:
+            del self._pending[next(iter(self._pending))]

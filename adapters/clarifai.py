@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from barapi.adapters.base import Adapter, is_loopback
-from barapi.errors import ConfigError, FatalProviderError, PartialAnswer, ProviderError, TransientError
+from barapi.adapters.base import Adapter, IncompleteAnswers, is_loopback
+from barapi.errors import (
+    BarapiError,
+    ConfigError,
+    FatalProviderError,
+    PartialAnswer,
+    ProviderError,
+    TransientError,
+)
 from barapi.keys import Secret, read_key
 from barapi.wire import encode_png
 
@@ -40,6 +48,8 @@ GRPC_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED
                   grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 GRPC_FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 MAX_MESSAGE = 1024 * 1024 * 1024
+SCOPES = 11007
+"""CONN_INSUFFICIENT_SCOPES: the key may predict but not read the model (Models:Get)."""
 
 
 THROTTLED = 11005
@@ -78,7 +88,20 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
 class ClarifaiAdapter(Adapter):
     """A Clarifai concept model as a black box; labels in a fixed order, whatever the server's
     sort. `endpoint` "host:port" with `insecure=True` points it at a loopback emulator.
-    Concept values are confidences in [0, 1], not a distribution."""
+    Concept values are confidences in [0, 1], not a distribution.
+
+    Columns are bound to concept *ids*: an answer's concepts are matched by id, never by name
+    (an app answers in another language, or renames a concept: clarifai-python-grpc#62).
+    The `labels` given (`--labels`) name concepts by id or by name: each is looked up among
+    the model's ids first, then among its names (a name two concepts share must be given by
+    id); the adapter's `labels` (the column names shown) are then the concepts' names. An
+    answer that lacks one of the columns' concepts is invalid (`IncompleteAnswers`).
+
+    The model version is pinned: `check` reads the version the service serves (or the one
+    pinned by a run folder, asked for by id) and every request then names it, so that
+    "latest" moving mid-run or between a run and its resume changes nothing; a pinned version
+    the service no longer serves is refused with what it serves instead (`version_changed`).
+    """
 
     answers = "scores"
 
@@ -87,6 +110,9 @@ class ClarifaiAdapter(Adapter):
                  app_id: str = "main", version_id: str = "", labels: list[str] | None = None,
                  max_batch: int = 128, timeout: float = 60.0) -> None:
         self.model, self.given = model, list(labels) if labels else None
+        if self.given and len(set(self.given)) < len(self.given):
+            twice = next(n for n in self.given if self.given.count(n) > 1)
+            raise ConfigError(f"--labels: {twice!r} is named twice; name each concept once")
         self.labels = list(labels or CONCEPTS.get(model, []))  # the service's list wins (check)
         self.card = CARDS.get(model, "clarifai-moderation")
         self.max_batch, self.timeout = max_batch, timeout
@@ -101,10 +127,37 @@ class ClarifaiAdapter(Adapter):
         model version are never served from the cache to a run against another."""
         self._key, self._ids = key, resources_pb2.UserAppIDSet(user_id=user_id, app_id=app_id)
         self._version = version_id
-        self._index = {name: i for i, name in enumerate(self.labels)}
+        self._concepts: list[str] | None = None  # concept ids of the columns, once bound
+        self._pinned_concepts: list[str] | None = None  # ... as a run folder recorded them
+        self._index: dict[str, int] = {}
+        self._incomplete = IncompleteAnswers()
         self._insecure = insecure
         self._channel: grpc.aio.Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def who(self) -> str:
+        return f"Clarifai model {self.model!r}"
+
+    def _wanted_version(self) -> str:
+        """The version every request names: the pinned one, the user's (MODEL@VERSION), or
+        the one the service reported first; "" (latest) before any is known."""
+        return self.pinned_version or self._version or self.version or ""
+
+    def pinned(self) -> dict[str, Any]:
+        """The model version and the concept ids of the columns (see `Adapter.pinned`)."""
+        pins = super().pinned()
+        if self._concepts is not None:
+            pins["concepts"] = list(self._concepts)
+        return pins
+
+    def pin(self, pins: Mapping[str, Any], accept_version: str | None = None) -> None:
+        super().pin(pins, accept_version)
+        if self.pinned_version:  # the cache keys of the version asked for, from the start
+            self.identity = f"{self._base}@{self.pinned_version}"
+        concepts = pins.get("concepts")
+        self._pinned_concepts = ([str(c) for c in concepts]
+                                 if isinstance(concepts, list) and concepts else None)
 
     async def _stub(self) -> service_pb2_grpc.V2Stub:
         """A stub on a channel of the running event loop (grpc.aio channels are bound to the
@@ -128,60 +181,159 @@ class ClarifaiAdapter(Adapter):
         return service_pb2_grpc.V2Stub(self._channel)
 
     def _authorization(self) -> tuple[tuple[str, str], ...]:
-        """The request metadata; ConfigError (nothing sent) without a usable key."""
-        key = self._key.reveal()
-        if not key.isascii():
-            raise ConfigError("the Clarifai key holds characters that cannot be sent in a "
-                              "gRPC header (ASCII only); check CLARIFAI_PAT or --key-file")
-        return (("authorization", f"Key {key}"),)
+        """The request metadata; ConfigError (nothing sent) without a usable key (one line
+        of printable ASCII: `barapi.keys.check_key`)."""
+        return (("authorization", f"Key {self._key.reveal()}"),)
 
     async def check(self, timeout: float = 10.0) -> None:
-        """The key is there, and the endpoint connects (no prediction is sent); ConfigError
-        otherwise."""
-        self._authorization()
-        await self._stub()
-        assert self._channel is not None
-        try:
-            await asyncio.wait_for(self._channel.channel_ready(), timeout)
-            await self._discover_labels()
-        except (asyncio.TimeoutError, grpc.aio.AioRpcError) as exc:
-            raise ConfigError(f"cannot connect to Clarifai at {self._target} within {timeout:g} s "
-                              f"to read model {self.model!r} ({type(exc).__name__}); check "
-                              f"--endpoint and the network") from None
-        finally:
-            await self.aclose()
+        """Free preflight (no prediction is sent): the key is usable, the endpoint connects,
+        and the model's concepts and version are read (`_read_model`). ConfigError otherwise."""
+        with self._key.guard():
+            self._authorization()
+            await self._stub()
+            assert self._channel is not None
+            try:
+                try:
+                    await asyncio.wait_for(self._channel.channel_ready(), timeout)
+                except (asyncio.TimeoutError, grpc.aio.AioRpcError) as exc:
+                    raise ConfigError(f"cannot connect to Clarifai at {self._target} within "
+                                      f"{timeout:g} s to read model {self.model!r} "
+                                      f"({type(exc).__name__}); check --endpoint and the "
+                                      f"network") from None
+                await self._read_model()
+            finally:
+                await self.aclose()
 
-    async def _discover_labels(self) -> None:
-        """The model's concepts from GetModelOutputInfo (a free model call, no prediction);
-        `--labels` given are checked against them. Raises ConfigError."""
+    async def _model_info(self, version: str) -> tuple[Any, str, str]:
+        """GetModelOutputInfo of `version` ("" = latest), a free call: (response, "", "") when
+        it succeeded, else (None, what the server answered, its kind: "connect" when the
+        server could not be reached, "key" for a refused key or account, "model" for a model
+        or version that does not exist, "other" for anything else — UNIMPLEMENTED,
+        PERMISSION_DENIED, a key without the Models:Get scope)."""
         request = service_pb2.GetModelRequest(user_app_id=self._ids, model_id=self.model,
-                                              version_id=self._version)
-        response = await (await self._stub()).GetModelOutputInfo(
-            request, metadata=self._authorization(), timeout=self.timeout)
-        if response.status.code != SUCCESS:
-            error = classify(response.status.code, response.status.description)
-            raise ConfigError(f"model {self.model!r}: {error}")
-        if not self._version and response.model.model_version.id:
-            self.identity = f"{self._base}@{response.model.model_version.id}"
-        names = [c.name for c in response.model.output_info.data.concepts]
-        if not names:
-            if not self.given:
-                raise ConfigError(f"Clarifai model {self.model!r} lists no concepts; name the "
-                                  f"ones it returns with --labels")
+                                              version_id=version)
+        try:
+            response = await (await self._stub()).GetModelOutputInfo(
+                request, metadata=self._authorization(), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            said = f"gRPC {code.name}: {exc.details() or 'no details'}"
+            kind = ("connect" if code in (grpc.StatusCode.UNAVAILABLE,
+                                          grpc.StatusCode.DEADLINE_EXCEEDED)
+                    else "key" if code == grpc.StatusCode.UNAUTHENTICATED else "other")
+            return None, said, kind
+        code = response.status.code
+        if code != SUCCESS:
+            said = (f"status {code} ({status_name(code)}): "
+                    f"{response.status.description or 'no description'}")
+            kind = ("key" if code in FATAL - {SCOPES} else
+                    "model" if code // 1000 == 21 and code not in TRANSIENT else "other")
+            return None, said, kind
+        return response, "", ""
+
+    async def _read_model(self) -> None:
+        """The model's version and concepts from GetModelOutputInfo; the columns are bound to
+        concept ids (`_bind`). A pinned version the service no longer serves is refused with
+        the version it serves now. When the call fails, `--labels` (or the concepts a run
+        folder pinned) let the run go on with a note; otherwise ConfigError says what the
+        server answered."""
+        wanted = self._wanted_version()
+        response, said, kind = await self._model_info(wanted)
+        if response is None and kind == "model" and wanted and wanted == self.pinned_version:
+            latest, _, _ = await self._model_info("")
+            now = latest.model.model_version.id if latest is not None else ""
+            if now and now != wanted:
+                raise ConfigError(self.version_changed(wanted, now, gone=said))
+        if response is None:
+            self._without_model_info(said, kind)
             return
-        if self.given is None:
-            self.labels = names
-            return
-        unknown = [name for name in self.given if name not in names]
-        if unknown:
-            raise ConfigError(f"--labels: {', '.join(map(repr, unknown))} "
-                              f"{'is' if len(unknown) == 1 else 'are'} not among the concepts of "
-                              f"{self.model!r}: {', '.join(names)}")
-        self.labels = list(self.given)
-        if len(self.given) < len(names):
-            self.label_note = (f"using {len(self.given)} of the {len(names)} concepts of "
-                               f"{self.model!r} ({', '.join(self.given)}); the others, "
-                               f"{', '.join(n for n in names if n not in self.given)}, are ignored")
+        self.found_version(response.model.model_version.id)
+        if self.version:
+            self.identity = f"{self._base}@{self.version}"
+        concepts = [(c.id, c.name or c.id) for c in response.model.output_info.data.concepts]
+        if not concepts:
+            if not (self.given or self._pinned_concepts):
+                raise ConfigError(f"{self.who} lists no concepts; name the ones it returns "
+                                  f"with --labels")
+            if self._pinned_concepts:  # as many columns; their names come with the first answer
+                self.labels = list(self._pinned_concepts)
+            return  # bound at the first answer
+        self._bind(concepts, f"the concepts of {self.model!r}", ConfigError, self.given)
+
+    def _without_model_info(self, said: str, kind: str) -> None:
+        """The model-info call failed: ConfigError with the server's words, unless the
+        columns are known without it (`--labels`, a run folder's concepts): then a note."""
+        asked = f"{self.who} at {self._target}: the model-info call (free) was answered {said}"
+        if kind == "connect":
+            raise ConfigError(f"cannot connect to Clarifai at {self._target} to read model "
+                              f"{self.model!r} ({said}); check --endpoint and the network")
+        if kind == "key":
+            raise ConfigError(f"{asked}; check the key (CLARIFAI_PAT or --key-file) and the "
+                              f"account")
+        if kind == "model":
+            raise ConfigError(f"{asked}; check --model (MODEL[@VERSION] or "
+                              f"USER/APP/MODEL[@VERSION])")
+        if not (self.given or self._pinned_concepts):
+            raise ConfigError(f"{asked}; pass --labels with the names or ids of the concepts "
+                              f"it returns to go on without it")
+        if self._pinned_concepts:  # as many columns; their names come with the first answer
+            self.labels = list(self._pinned_concepts)
+            columns = f"the concept ids this run was pinned to ({', '.join(self.labels)})"
+        else:
+            columns = (f"the concepts {', '.join(self.given or [])} (--labels), bound to concept "
+                       f"ids at the first answer")
+        self.label_note = (f"{asked}; going on without it with {columns}; the model version is "
+                           f"read from the answers")
+
+    def _bind(self, concepts: list[tuple[str, str]], where: str,
+              error: Callable[[str], BarapiError], wanted: list[str] | None) -> None:
+        """Bind the columns to concept ids among `concepts` [(id, name)]: the ids a run folder
+        pinned, else the `wanted` labels (`--labels`, by id or name), else all of them.
+        `error(message)` is raised for a label or a pinned id that is not there."""
+        names = dict(concepts)
+        shown = ", ".join(n if n == c else f"{n} (id {c})" for c, n in concepts)
+        if self._pinned_concepts:
+            lost = [c for c in self._pinned_concepts if c not in names]
+            if lost:
+                raise error(f"{self.who}: concept id(s) {', '.join(lost)}, which this run was "
+                            f"trained on, are no longer among {where}: {shown}")
+            chosen = list(self._pinned_concepts)
+        elif wanted:
+            chosen = []
+            for label in wanted:
+                same = [c for c, n in concepts if n == label]
+                if label in names:
+                    chosen.append(label)
+                elif len(same) == 1:
+                    chosen.append(same[0])
+                elif same:
+                    raise error(f"--labels: {label!r} names {len(same)} of {where} "
+                                f"({', '.join(same)}); give its id")
+                else:
+                    unknown = [n for n in wanted if n not in names
+                               and all(name != n for _, name in concepts)]
+                    raise error(f"--labels: {', '.join(map(repr, unknown))} "
+                                f"{'is' if len(unknown) == 1 else 'are'} not among {where}: "
+                                f"{shown}")
+            if len(set(chosen)) < len(chosen):
+                twice = next(c for c in chosen if chosen.count(c) > 1)
+                raise error(f"--labels: concept {names[twice]!r} (id {twice}) is named twice")
+            if self.given and len(chosen) < len(concepts) and self.label_note is None:
+                self.label_note = (f"using {len(chosen)} of the {len(concepts)} concepts of "
+                                   f"{self.model!r} ({', '.join(names[c] for c in chosen)}); "
+                                   f"the others, {', '.join(n for c, n in concepts if c not in chosen)}, "
+                                   f"are ignored")
+        else:
+            chosen = [c for c, _ in concepts]
+        self._use(chosen, [names[c] for c in chosen])
+
+    def _use(self, ids: list[str], labels: list[str]) -> None:
+        """Columns: concept `ids`, shown as `labels`."""
+        changed = self._concepts != ids
+        self._concepts, self.labels = list(ids), list(labels)
+        self._index = {c: i for i, c in enumerate(ids)}
+        if changed:
+            self.pins_changed()
 
     async def _connected(self) -> None:
         """Wait briefly for the channel: a request that cannot connect provably never left."""
@@ -193,12 +345,16 @@ class ClarifaiAdapter(Adapter):
                                  billed=False) from None
 
     async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
-        if not self.labels:
-            raise ConfigError(f"Clarifai model {self.model!r}: its concepts are not known yet "
-                              f"(pass --labels, or let barapi read them: Session.check())")
+        with self._key.guard():
+            return await self._predict(images)
+
+    async def _predict(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        if not self.labels and self._concepts is None:
+            raise ConfigError(f"{self.who}: its concepts are not known yet (pass --labels, or "
+                              f"let barapi read them: Session.check())")
         metadata = self._authorization()
         request = service_pb2.PostModelOutputsRequest(
-            user_app_id=self._ids, model_id=self.model, version_id=self._version,
+            user_app_id=self._ids, model_id=self.model, version_id=self._wanted_version(),
             inputs=[resources_pb2.Input(data=resources_pb2.Data(
                 image=resources_pb2.Image(base64=encode_png(im)))) for im in images])
         stub = await self._stub()
@@ -225,13 +381,8 @@ class ClarifaiAdapter(Adapter):
         if len(response.outputs) != len(images):  # cannot be parsed: billed, asked again
             raise TransientError(f"Clarifai answered {len(response.outputs)} outputs for "
                                  f"{len(images)} images")
-        probs = np.zeros((len(images), len(self.labels)), dtype=np.float32)
+        probs = self._read(response.outputs, images)
         ok = np.array([o.status.code == SUCCESS for o in response.outputs])
-        for row, output in zip(probs, response.outputs, strict=True):
-            for concept in output.data.concepts:
-                column = self._index.get(concept.name)
-                if column is not None:
-                    row[column] = concept.value
         if not ok.all():  # MIXED_STATUS or FAILURE: the answered inputs are billed, no others
             reasons = ["" if o.status.code == SUCCESS else
                        f"{o.status.code} ({status_name(o.status.code)}) "
@@ -239,6 +390,36 @@ class ClarifaiAdapter(Adapter):
             failed = [f"image {i}: {r}" for i, r in enumerate(reasons) if r]
             raise PartialAnswer(f"Clarifai {status_name(code)}, failed inputs: "
                                 f"{'; '.join(failed[:5])}", probs, ok, reasons)
+        return probs
+
+    def _read(self, outputs: Any, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """(N, K) concept values of the answered `outputs`, matched by concept id; zero rows
+        for failed inputs, NaN where an answer lacks a column's concept (`IncompleteAnswers`).
+        The answers' model version must be the pinned one (FatalProviderError: billed)."""
+        answered = [o for o in outputs if o.status.code == SUCCESS]
+        for output in answered:
+            self.found_version(output.model.model_version.id,
+                               lambda message: FatalProviderError(message, billed=True))
+        if self.version:  # (told by an answer where the model info could not be read)
+            self.identity = f"{self._base}@{self.version}"
+        if self._concepts is None and answered:  # no model info: bound by the first answer
+            self._bind([(c.id, c.name or c.id) for c in answered[0].data.concepts],
+                       "the concepts of its first answer",
+                       lambda message: FatalProviderError(message, billed=True),
+                       self.given or self.labels)
+        probs = np.zeros((len(outputs), len(self.labels)), dtype=np.float32)
+        missing: dict[int, list[int]] = {}
+        for i, (row, output) in enumerate(zip(probs, outputs, strict=True)):
+            if output.status.code != SUCCESS:
+                continue
+            seen = np.zeros(len(self.labels), dtype=bool)
+            for concept in output.data.concepts:
+                column = self._index.get(concept.id)
+                if column is not None:
+                    row[column], seen[column] = concept.value, True
+            if not seen.all():
+                missing[i] = np.flatnonzero(~seen).tolist()
+        self._incomplete.settle(probs, images, missing, self.labels, self.who)
         return probs
 
     async def aclose(self) -> None:
@@ -263,7 +444,8 @@ def create(model: str = "moderation-recognition", endpoint: str | None = None,
            insecure: bool = False, labels: str | None = None, key_file: str | None = None,
            **_: Any) -> ClarifaiAdapter:
     """Entry point for ``--provider clarifai``; the key comes from CLARIFAI_PAT or `key_file`.
-    `labels` (comma-separated concept names) overrides the concepts the model lists."""
+    `labels` (comma-separated concept ids or names, see `ClarifaiAdapter`) picks some of the
+    concepts the model lists, or names them when the model cannot be read."""
     names = [n.strip() for n in labels.split(",") if n.strip()] if labels else None
     ids = parse_model(model)
     return ClarifaiAdapter(ids["model"], key=read_key("CLARIFAI_PAT", key_file, lazy=True),

@@ -273,6 +273,9 @@ def test_tags_are_learned_from_one_paid_answer_and_never_asked_again(lite0_32: A
         assert folder is not None
         assert first.adapter.labels == ["maybe", "no", "yes"]
         assert RunFolder(folder).record()["labels"] == ["maybe", "no", "yes"]
+        pinned = RunFolder(folder).record()["pinned"]  # the iteration and the tags' ids
+        assert pinned == {"version": emulator.iteration,
+                          "tags": {"maybe": "tag-2", "no": "tag-1", "yes": "tag-0"}}
         again = fresh()
 
         async def never(image: Any) -> list[str]:
@@ -305,3 +308,106 @@ def test_a_tag_the_project_lacks_stops_before_training_in_one_line(lite0_32: Any
     (folder,) = (tmp_path / "runs").iterdir()  # kept: something was paid; marked failed
     assert read_ledger(folder / "ledger.jsonl").images == 1
     assert "failed" in [r["event"] for r in RunFolder(folder).metrics()]
+
+
+# --- the provider's words: tags by id, answers that omit one, the iteration -------------------
+
+def numpy_box(seed: int = 0) -> Any:
+    """A cheap numpy black box (20 classes folded into the tags); `seed` makes another
+    iteration."""
+    from conftest import LinearSoftmaxAdapter
+
+    return LinearSoftmaxAdapter(n_sources=20, seed=seed)
+
+
+def test_answers_are_matched_by_tag_id_after_a_tag_is_renamed() -> None:
+    """Columns are bound to tag ids by the first answer (or by a run folder's pins): a tag
+    renamed later keeps its column (matched by name, it became zero in every answer)."""
+    x = images(3)
+    with AzureEmulator(numpy_box(), KEY, TAGS) as emulator:
+        first = adapter(emulator)
+        clean = asyncio.run(first.predict_proba(x))
+        emulator.faults.answer_names = {"dog": "hound"}
+        assert np.array_equal(asyncio.run(first.predict_proba(x)), clean)
+        resumed = adapter(emulator)
+        resumed.pin(first.pinned())  # as a resumed run gets them from its folder
+        assert np.array_equal(asyncio.run(resumed.predict_proba(x)), clean)
+    assert (clean > 0).all()
+
+
+def test_an_answer_lacking_a_tag_is_asked_again_then_stops_naming_it(tmp_path: Any) -> None:
+    from barapi.cache import ProbabilityCache
+    from barapi.errors import InvalidAnswer
+
+    x = images(2)
+    with AzureEmulator(numpy_box(), KEY, TAGS) as emulator:
+        svc = service(adapter(emulator))
+        svc.cache = ProbabilityCache(tmp_path)
+        asyncio.run(svc.predict_proba(x[:1]))  # a whole answer: the columns are bound
+        emulator.faults.omit_every = 1  # from now on every answer leaves a tag out
+        with pytest.raises(InvalidAnswer, match=r"answered without '(cat|dog|fish)' twice for the "
+                                                r"same image"):
+            asyncio.run(svc.predict_proba(x[1:]))
+        assert emulator.counters.billed_images == svc.budget.spent_images == 3  # asked once more
+        emulator.faults.omit_every = 0
+        asyncio.run(svc.predict_proba(x))
+        assert emulator.counters.billed_images == 4  # the incomplete answers were not cached
+
+
+def test_a_tag_the_learned_list_lacks_stops_the_run() -> None:
+    """Tags learned from one answer that left one out: a later answer holding it shows the
+    list is incomplete (it was ignored, its column missing for good)."""
+    with AzureEmulator(numpy_box(), KEY, TAGS, Faults(omit_every=1)) as emulator:
+        learner = AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=[],
+                                           endpoint=f"http://127.0.0.1:{emulator.port}")
+        svc = service(learner)
+        learned = asyncio.run(svc.discover_labels(images(1)[0]))
+        learner.use_labels(learned)
+        assert len(learned) == 2  # the first answer left one tag out
+        emulator.faults.omit_every = 0
+        with pytest.raises(FatalProviderError, match=r"which the project's tag list learned from "
+                                                     r"its first answer .* lacks"):
+            asyncio.run(svc.predict_proba(images(1, seed=1)))
+        assert svc.budget.spent_images == emulator.counters.billed_images == 2
+
+
+def test_an_iteration_moved_under_the_published_name_is_refused() -> None:
+    from barapi.emulate import box_version
+
+    old, new = box_version(numpy_box(0)), box_version(numpy_box(1))
+    with AzureEmulator(numpy_box(0), KEY, TAGS) as emulator:
+        first = adapter(emulator)
+        svc = service(first)
+        asyncio.run(svc.predict_proba(images(2)))
+        pins = first.pinned()
+        assert pins["version"] == old
+        emulator.publish(numpy_box(1))
+        refused = (rf"pinned to model version {old}.* answers with version {new}.*publish iteration "
+                   rf"{old} as 'iter1' again.*--accept-version {new}")
+        with pytest.raises(FatalProviderError, match=refused):  # mid-run
+            asyncio.run(svc.predict_proba(images(1, seed=1)))
+        resumed = adapter(emulator)
+        resumed.pin(pins)  # a resume, evaluate or predict of the run folder
+        with pytest.raises(FatalProviderError, match=refused):
+            asyncio.run(service(resumed).predict_proba(images(1, seed=2)))
+        accepted = adapter(emulator)
+        accepted.pin(pins, accept_version=new)
+        asyncio.run(service(accepted).predict_proba(images(1, seed=3)))
+        assert accepted.pinned()["version"] == new
+    assert svc.budget.spent_images == 3  # the refused answer was billed, and counted
+
+
+def test_a_server_echoing_the_key_never_puts_it_in_an_error() -> None:
+    """Error text is built from what the server says: the key is scrubbed out of it."""
+    from barapi.emulate import LoopbackHTTPServer
+
+    def echo(path: str, headers: Any, body: bytes) -> tuple[int, Any, dict[str, str]]:
+        return 401, {"error": {"code": "401", "message": f"key {headers.get('Prediction-Key')} "
+                                                         f"is not valid"}}, {}
+
+    with LoopbackHTTPServer(echo) as server:
+        a = AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=TAGS,
+                                     endpoint=f"http://127.0.0.1:{server.port}")
+        with pytest.raises(FatalProviderError) as refused:
+            asyncio.run(a.predict_proba(images(1)))
+    assert KEY not in str(refused.value) and "key ******** is not valid" in str(refused.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -392,3 +393,242 @@ def test_the_reported_model_version_is_part_of_the_cache_identity(lite0_32: Any)
 
         identities.append(with_emulator({"moderation-recognition": model}, None, body))
     assert identities[0] != identities[1]
+
+
+# --- the provider's words: concepts by id, answers that omit one, the model-info call ---------
+
+def numpy_box(seed: int = 0) -> Any:
+    """A cheap numpy black box (20 classes folded into the concepts); `seed` makes another
+    model version."""
+    from conftest import LinearSoftmaxAdapter
+
+    return LinearSoftmaxAdapter(n_sources=20, seed=seed)
+
+
+def checked_answers(faults: Faults | None, x: np.ndarray, **options: Any) -> tuple[Any, Any]:
+    """(answers, adapter) of a checked adapter to `x` from the numpy box behind `faults`."""
+    async def body(_: ClarifaiEmulator, adapter: ClarifaiAdapter) -> tuple[Any, Any]:
+        await adapter.check()
+        return await adapter.predict_proba(x), adapter
+
+    return with_emulator(numpy_box(), faults, body, **options)
+
+
+def test_concepts_are_matched_by_id_whatever_names_the_answers_carry() -> None:
+    """clarifai-python-grpc#62: an app answering in another language. Matched by name, the
+    renamed columns were zero in every paid answer."""
+    x = images(4, side=16)
+    clean, _ = checked_answers(None, x)
+    localised, adapter = checked_answers(Faults(answer_names={"gore": "sangre", "drug": "droga"}), x)
+    assert adapter.labels == ["safe", "suggestive", "explicit", "drug", "gore"]
+    assert np.array_equal(localised, clean) and (clean[:, 3:] > 0).all()
+
+
+def test_labels_name_concepts_by_id_or_by_name_and_bind_their_ids() -> None:
+    renamed = Faults(concept_names={"explicit": "nsfw", "gore": "blood"})
+    x = images(3, side=16)
+    clean, _ = checked_answers(None, x)
+    for given in (["explicit", "gore"], ["nsfw", "blood"], ["nsfw", "gore"]):
+        answers, adapter = checked_answers(renamed, x, labels=given)
+        assert adapter.labels == ["nsfw", "blood"] and adapter.pinned()["concepts"] == ["explicit",
+                                                                                        "gore"]
+        assert np.array_equal(answers, clean[:, [2, 4]])
+    from barapi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'nsfw' \(id explicit\) is named twice"):
+        checked_answers(renamed, x, labels=["nsfw", "explicit"])
+    with pytest.raises(ConfigError, match="'safe' is named twice"):
+        ClarifaiAdapter(key=Secret(KEY), labels=["safe", "safe"])
+
+
+def test_a_resume_keeps_the_concept_ids_its_run_was_pinned_to_after_a_rename() -> None:
+    """--labels named concepts by name; the app renamed one since: the run folder's pinned ids
+    keep the columns (without them the resume could only refuse the stale name)."""
+    from barapi.errors import ConfigError
+
+    x = images(3, side=16)
+    clean, _ = checked_answers(None, x)
+    _, first = checked_answers(Faults(concept_names={"explicit": "porn"}), x, labels=["porn", "gore"])
+    pins = first.pinned()
+    assert pins["concepts"] == ["explicit", "gore"] and pins["version"]
+    renamed = Faults(concept_names={"explicit": "nsfw"})
+    with pytest.raises(ConfigError, match="'porn' is not among the concepts"):
+        checked_answers(renamed, x, labels=["porn", "gore"])  # a new run: the name is gone
+
+    async def resume(_: ClarifaiEmulator, adapter: ClarifaiAdapter) -> tuple[Any, Any]:
+        adapter.pin(pins)
+        await adapter.check()
+        return await adapter.predict_proba(x), adapter
+
+    answers, resumed = with_emulator(numpy_box(), renamed, resume, labels=["porn", "gore"])
+    assert resumed.labels == ["nsfw", "gore"] and np.array_equal(answers, clean[:, [2, 4]])
+
+
+def test_an_answer_lacking_a_concept_is_asked_again_and_never_cached(tmp_path: Any) -> None:
+    """An answer that omits a concept is not a zero for it: the image is asked once more; an
+    answer that keeps omitting it stops the run naming the concept, and none is cached."""
+    from barapi.errors import InvalidAnswer
+
+    x = images(6, side=16)
+    clean, _ = checked_answers(None, x)
+
+    async def body(emulator: ClarifaiEmulator, adapter: ClarifaiAdapter) -> Any:
+        svc = service(adapter)
+        svc.cache = ProbabilityCache(tmp_path)
+        probs = await svc.predict_proba(x)  # the 4th answer omits a concept: asked again
+        assert emulator.counters.billed_images == 6 + 1 and svc.stats.invalid_answers == 1
+        assert np.array_equal(probs, clean)
+        emulator.faults.omit_every = 1  # now every answer omits its lowest-scored concept
+        y = images(2, seed=1, side=16)
+        with pytest.raises(InvalidAnswer, match=r"answered without '(safe|suggestive|explicit|"
+                                                r"drug|gore)' twice for the same image"):
+            await svc.predict_proba(y)
+        assert emulator.counters.billed_images == svc.budget.spent_images == 7 + 4  # all paid
+        emulator.faults.omit_every = 0
+        assert np.array_equal(await svc.predict_proba(x), clean)  # the valid ones were kept
+        await svc.predict_proba(y)
+        assert emulator.counters.billed_images == 11 + 2  # the incomplete ones were not
+
+    with_emulator(numpy_box(), Faults(omit_every=4), body)
+
+
+@pytest.mark.parametrize(("error", "said"), [
+    ("UNIMPLEMENTED", "gRPC UNIMPLEMENTED"), ("PERMISSION_DENIED", "gRPC PERMISSION_DENIED"),
+    (11007, "status 11007 (CONN_INSUFFICIENT_SCOPES): API key has insufficient scopes"),
+])
+def test_a_failing_model_info_call_says_what_the_server_answered(error: Any, said: str) -> None:
+    """The free model-info call is not needed with --labels: its failure is a note; without
+    them it is one line with the server's words (it was "cannot connect … check --endpoint")."""
+    from barapi.errors import ConfigError
+
+    x = images(3, side=16)
+    clean, _ = checked_answers(None, x)
+    with pytest.raises(ConfigError, match=f"{re.escape(said)}.*pass --labels") as refused:
+        checked_answers(Faults(model_info_error=error), x)
+    assert "cannot connect" not in str(refused.value)
+    answers, adapter = checked_answers(Faults(model_info_error=error), x, labels=["gore", "safe"])
+    assert adapter.label_note is not None and said in adapter.label_note
+    assert adapter.labels == ["gore", "safe"] and np.array_equal(answers, clean[:, [4, 0]])
+
+
+@pytest.mark.parametrize(("error", "said"), [
+    ("UNAUTHENTICATED", "gRPC UNAUTHENTICATED.*check the key"),
+    ("UNAVAILABLE", "cannot connect to Clarifai.*gRPC UNAVAILABLE.*check --endpoint"),
+])
+def test_a_refused_key_or_an_unreachable_server_stops_even_with_labels(error: str, said: str) -> None:
+    from barapi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=said):
+        checked_answers(Faults(model_info_error=error), images(1, side=16), labels=["safe", "gore"])
+
+
+# --- the model version a run is pinned to --------------------------------------------------------
+
+TINY_RUN = ["--provider", "clarifai", "--insecure", "--dataset", "digits", "--classes", "0,1",
+            "--canvas", "16", "--window", "8", "--resolution", "4", "--per-class", "4", "--q", "1",
+            "--epochs", "1", "--m", "1", "--batch", "4", "--patience", "0"]
+
+
+def cli(cwd: Any, *args: str, key: str = KEY) -> Any:
+    """`barapi ARGS` in this process (click's CliRunner), in `cwd`, with CLARIFAI_PAT=`key` and
+    the default answer cache inside `cwd`."""
+    import gc
+
+    from click.testing import CliRunner
+
+    from barapi.cli import main
+
+    gc.collect()  # a refused command's run folder lock goes with its traceback (a process exits)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        mp.setenv("XDG_CACHE_HOME", str(cwd / "xdg"))
+        mp.setenv("CLARIFAI_PAT", key)
+        return CliRunner().invoke(main, list(args))
+
+
+def one_line_error(result: Any) -> str:
+    """The one error line a refused command printed last (exit 2, no traceback; evaluate and
+    predict say what they may cost first)."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("barapi: error:")]
+    assert errors == lines[-1:] and "Traceback" not in result.output, result.stderr
+    return str(lines[-1])
+
+
+def test_a_run_is_pinned_to_the_model_version_it_started_with(tmp_path: Any) -> None:
+    """clarifai-javascript#38: "latest" moved between a run and its resume, which finished at
+    50% against 87.5%, silently. The version resolved at the start is pinned: asked for by id
+    while the service serves it; refused in one line, by resume, evaluate and predict, once
+    it does not; accepted knowingly with --accept-version."""
+    import json
+
+    from PIL import Image
+
+    from barapi.emulate import ClarifaiEmulatorThread, box_version
+    from barapi.run_folder import RunFolder
+
+    old_box, new_box = numpy_box(0), numpy_box(1)
+    old, new = box_version(old_box), box_version(new_box)
+    server = ClarifaiEmulatorThread(old_box, KEY)
+    endpoint = ["--endpoint", f"127.0.0.1:{server.port}"]
+    counters = server.emulator.counters
+    try:
+        first = cli(tmp_path, "run", *TINY_RUN, *endpoint, "--budget", "5", "--no-cache", "--json")
+        assert first.exit_code == 0, first.output
+        folder = tmp_path / json.loads(first.stdout)["run_dir"]
+        assert RunFolder(folder).record()["pinned"]["version"] == old
+
+        server.emulator.publish(new_box)  # "latest" moves; the old version is still served
+        assert cli(tmp_path, "evaluate", str(folder), *endpoint).exit_code == 0
+        assert counters.billed_by_version.get(new, 0) == 0  # the run kept its own version
+
+        server.emulator.publish(new_box, keep_old=False)  # the old one is gone
+        billed = counters.billed_images
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+        for args in (["run", "--resume", str(folder), *endpoint], ["evaluate", str(folder), *endpoint],
+                     ["predict", str(folder), str(tmp_path / "x.png"), *endpoint]):
+            line = one_line_error(cli(tmp_path, *args))
+            assert f"pinned to model version {old}" in line and f"answers with version {new}" in line
+            assert f"--accept-version {new}" in line and "21200" in line, line
+        assert counters.billed_images == billed  # refused before anything was sent
+
+        accepted = cli(tmp_path, "evaluate", str(folder), *endpoint, "--accept-version", new)
+        assert accepted.exit_code == 0, accepted.output
+        assert counters.billed_by_version[new] > 0
+        assert RunFolder(folder).record()["pinned"]["version"] == new
+        assert {"event": "model_version", "from": old, "to": new} in RunFolder(folder).metrics()
+        new_run = cli(tmp_path, "run", *TINY_RUN, *endpoint, "--budget", "5", "--accept-version", new)
+        assert "--accept-version: only for a run folder" in one_line_error(new_run)
+        RunFolder(folder).write_record(pinned=["not", "an", "object"])
+        assert "field 'pinned' must be an object" in one_line_error(
+            cli(tmp_path, "evaluate", str(folder), *endpoint))
+    finally:
+        server.stop()
+
+
+def test_runs_go_on_without_model_info_given_labels_and_stop_on_incomplete_answers(
+        tmp_path: Any) -> None:
+    """A run: the model-info call answered UNIMPLEMENTED (a note with --labels, one line
+    without); answers that keep leaving a concept out stop it, naming the concept (they
+    were zeros, and the run exited 0)."""
+    import json
+
+    from barapi.emulate import ClarifaiEmulatorThread
+
+    faults = Faults(model_info_error="UNIMPLEMENTED")
+    with ClarifaiEmulatorThread(numpy_box(), KEY, faults) as server:
+        endpoint = ["--endpoint", f"127.0.0.1:{server.port}", "--budget", "5", "--json"]
+        line = one_line_error(cli(tmp_path, "run", *TINY_RUN, *endpoint))
+        assert "gRPC UNIMPLEMENTED" in line and "pass --labels" in line, line
+        labelled = cli(tmp_path, "run", *TINY_RUN, *endpoint[:-1], "--labels", "safe,gore",
+                       "--no-evaluate")
+        assert labelled.exit_code == 0, labelled.output
+        assert "the model-info call (free) was answered gRPC UNIMPLEMENTED" in labelled.stderr
+        server.emulator.faults.omit_every = 1
+        billed = server.emulator.counters.billed_images
+        stopped = cli(tmp_path, "run", *TINY_RUN, *endpoint, "--labels", "safe,gore", "--no-cache")
+        assert stopped.exit_code == 3, stopped.output
+        assert re.search(r"answered without '(safe|gore)' twice for the same image", stopped.stderr)
+        assert json.loads(stopped.stdout)["billed_images"] == server.emulator.counters.billed_images \
+            - billed

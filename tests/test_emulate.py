@@ -69,3 +69,45 @@ def test_a_full_request_of_incompressible_images_is_answered() -> None:
 
     probs = with_emulator(RowwiseAdapter(), None, body)
     assert probs.shape == (128, 5) and np.isfinite(probs).all()
+
+
+def test_the_clarifai_emulator_serves_versions_by_id_and_breaks_its_words_on_demand() -> None:
+    """The raw wire: "latest" moves with `publish`, an earlier version is served when named
+    and "not found" once retired; answers carry the serving version, renamed concepts keep
+    their ids, and `omit_every` leaves the lowest-scored concept out."""
+    from clarifai_grpc.grpc.api import resources_pb2, service_pb2
+    from conftest import LinearSoftmaxAdapter
+
+    from barapi.emulate import Faults, box_version
+    from barapi.wire import encode_png
+
+    old, new = LinearSoftmaxAdapter(20, seed=0), LinearSoftmaxAdapter(20, seed=1)
+    image = encode_png(images(1, side=8)[0])
+
+    async def body(emulator: ClarifaiEmulator, adapter: ClarifaiAdapter) -> list[Any]:
+        stub, key = await adapter._stub(), (("authorization", "Key emulator-test-key"),)
+
+        async def ask(version: str = "") -> Any:
+            return await stub.PostModelOutputs(service_pb2.PostModelOutputsRequest(
+                model_id="moderation-recognition", version_id=version,
+                inputs=[resources_pb2.Input(data=resources_pb2.Data(
+                    image=resources_pb2.Image(base64=image)))]), metadata=key)
+
+        answers = [await ask()]
+        emulator.publish(new)
+        answers += [await ask(), await ask(box_version(old))]
+        emulator.publish(new, keep_old=False)
+        answers.append(await ask(box_version(old)))
+        info = await stub.GetModelOutputInfo(service_pb2.GetModelRequest(
+            model_id="moderation-recognition"), metadata=key)
+        return [*answers, info]
+
+    faults = Faults(omit_every=2, answer_names={"gore": "sangre"})
+    first, moved, named, retired, info = with_emulator(old, faults, body)
+    assert [a.outputs[0].model.model_version.id for a in (first, moved, named)] == [
+        box_version(old), box_version(new), box_version(old)]
+    assert retired.status.code == 21200 and "not found" in retired.status.description
+    assert info.model.model_version.id == box_version(new)
+    assert [c.name for c in info.model.output_info.data.concepts][-1] == "gore"  # the model's
+    assert len(first.outputs[0].data.concepts) == 5 and len(moved.outputs[0].data.concepts) == 4
+    assert {(c.id, c.name) for c in first.outputs[0].data.concepts} >= {("gore", "sangre")}
