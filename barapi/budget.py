@@ -22,6 +22,13 @@ Lines without "id" (barapi before 2026-11-30) are committed spend. A torn line (
 is counted as billed at the amount it shows. `read_ledger` also checks that "sent" ids run
 1, 2, …, n without a gap, so that lines cut from the middle are noticed; a ledger cut at the
 end or deleted is noticed by the run folder against the spend recorded beside it.
+
+Uncertain spend (billed as far as barapi knows, but the provider may not have billed it) is
+counted with its reason, grouped by kind (`reason_kind`), so that the result, `--json` and
+budget.json can say how much is uncertain and why (docs/method.md: checking it against the
+provider's bill). A ledger line that cannot be written (a full disk) raises WriteFailed:
+a request whose "sent" line could not be written is not sent; one whose outcome could not be
+written stays counted as billed, uncertain.
 """
 
 from __future__ import annotations
@@ -29,17 +36,35 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from barapi.errors import BudgetExhausted, ConfigError, LedgerDamaged, PartialAnswer, ProviderError
+from barapi.checkpoint import append_line
+from barapi.errors import (
+    BudgetExhausted,
+    ConfigError,
+    LedgerDamaged,
+    PartialAnswer,
+    ProviderError,
+    WriteFailed,
+)
 
 NANO = 1_000_000_000
 _AMOUNT = re.compile(r'"images":\s*(\d+),\s*"nanodollars":\s*(\d+)')
+_KIND_END = re.compile(r":\s| \(|;")
+TORN = "a ledger line torn by a crash or a full disk"
+IN_FLIGHT = "in flight when its process ended (or its outcome could not be written)"
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of an uncertain request's reason, for grouping: its first clause, e.g.
+    "Clarifai gRPC UNAVAILABLE" for "Clarifai gRPC UNAVAILABLE: connection reset"."""
+    first = (reason.strip().splitlines() or [""])[0]
+    kind = _KIND_END.split(first, maxsplit=1)[0].strip()
+    return (kind or "no reason given")[:80]
 
 
 def to_nano(dollars: float) -> int:
@@ -60,16 +85,40 @@ def format_dollars(amount: float | int, *, nano: bool = False) -> str:
     return f"{sign}${whole:,}.{digits.ljust(2, '0')}"
 
 
+def uncertain_note(nano: int, reasons: dict[str, int]) -> str:
+    """One clause on uncertain spend, e.g. "$0.20 of it uncertain: 10 requests (Clarifai gRPC
+    UNAVAILABLE); the provider may not have billed them (docs/method.md#uncertain-spend)";
+    "" when there is none."""
+    if not nano and not reasons:
+        return ""
+    ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    why = ", ".join(f"{n:,} request{'s' if n != 1 else ''} ({kind})" for kind, n in ranked[:3])
+    more = f" and {len(ranked) - 3} more kinds" if len(ranked) > 3 else ""
+    return (f"{format_dollars(nano, nano=True)} of it uncertain: {why or 'reason not recorded'}"
+            f"{more}; the provider may not have billed them (docs/method.md#uncertain-spend)")
+
+
 @dataclass
 class LedgerTotals:
     """What a ledger says: billed nanodollars and images (uncertain ones included), the
-    uncertain part, and the last request id."""
+    uncertain part with the number of uncertain requests (or repairs, or torn lines) per
+    reason kind, and the last request id."""
 
     spent_nano: int = 0
     images: int = 0
     uncertain_nano: int = 0
     uncertain_images: int = 0
+    uncertain_reasons: dict[str, int] = field(default_factory=dict)
     last_id: int = 0
+
+    def add_uncertain(self, images: int, nano: int, reason: str) -> None:
+        """Count `images` costing `nano` as billed and uncertain, for `reason`."""
+        self.images += images
+        self.spent_nano += nano
+        self.uncertain_images += images
+        self.uncertain_nano += nano
+        kind = reason_kind(reason)
+        self.uncertain_reasons[kind] = self.uncertain_reasons.get(kind, 0) + 1
 
 
 def read_ledger(path: Path, allow_gaps: bool = False) -> LedgerTotals:
@@ -97,10 +146,7 @@ def read_ledger(path: Path, allow_gaps: bool = False) -> LedgerTotals:
         except ValueError:  # torn by a crash: billed at the amount it shows
             found = _AMOUNT.search(line)
             if found:
-                totals.uncertain_images += int(found[1])
-                totals.uncertain_nano += int(found[2])
-                totals.images += int(found[1])
-                totals.spent_nano += int(found[2])
+                totals.add_uncertain(int(found[1]), int(found[2]), TORN)
             continue
         try:
             if "outcome" in entry:
@@ -112,10 +158,11 @@ def read_ledger(path: Path, allow_gaps: bool = False) -> LedgerTotals:
             else:  # a committed line of the old format, or a repair
                 accepted = max(accepted, int(entry.get("accept_gaps_to", 0)))
                 if entry.get("uncertain"):
-                    totals.uncertain_images += int(entry["images"])
-                    totals.uncertain_nano += int(entry["nanodollars"])
-                totals.images += int(entry["images"])
-                totals.spent_nano += int(entry["nanodollars"])
+                    totals.add_uncertain(int(entry["images"]), int(entry["nanodollars"]),
+                                         str(entry.get("repair", "")))
+                else:
+                    totals.images += int(entry["images"])
+                    totals.spent_nano += int(entry["nanodollars"])
         except (KeyError, TypeError, ValueError) as exc:
             raise LedgerDamaged(f"{path}: line {number} is not a ledger entry ({type(exc).__name__}: "
                                 f"{exc}); restore the ledger from a backup") from None
@@ -134,8 +181,9 @@ def read_ledger(path: Path, allow_gaps: bool = False) -> LedgerTotals:
             images = int(outcome[ident]["images"])  # type: ignore[call-overload]
             cost = int(outcome[ident]["nanodollars"])  # type: ignore[call-overload]
         elif result != "answered":  # unknown, or in flight when the process died
-            totals.uncertain_images += images
-            totals.uncertain_nano += cost
+            reason = outcome[ident].get("reason", "") if ident in outcome else IN_FLIGHT
+            totals.add_uncertain(images, cost, str(reason))
+            continue
         totals.images += images
         totals.spent_nano += cost
     return totals
@@ -168,6 +216,8 @@ class Budget:
     spent_images: int = 0
     uncertain_images: int = 0
     uncertain_nano: int = 0
+    uncertain_reasons: dict[str, int] = field(default_factory=dict)
+    """Uncertain requests (repairs, torn lines) per reason kind (`reason_kind`)."""
     _last_id: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
@@ -187,6 +237,7 @@ class Budget:
         self.ledger = ledger
         self.spent_nano, self.spent_images = totals.spent_nano, totals.images
         self.uncertain_nano, self.uncertain_images = totals.uncertain_nano, totals.uncertain_images
+        self.uncertain_reasons = dict(totals.uncertain_reasons)
         self._last_id = totals.last_id
         if ledger.exists() and ledger.stat().st_size and not ledger.read_bytes().endswith(b"\n"):
             self._append({}, terminate_only=True)  # a torn last line stays on its own line
@@ -230,16 +281,18 @@ class Budget:
         return Ticket(images, cost)
 
     def send(self, ticket: Ticket) -> None:
-        """The request is about to leave: count it as billed, durably, before it does."""
+        """The request is about to leave: count it as billed, durably, before it does.
+        Raises WriteFailed (the request must not leave; its reservation stays to be
+        released) when its ledger line cannot be written."""
         if ticket.sent:
             return
+        self._append({"images": ticket.images, "nanodollars": ticket.cost,
+                      "id": self._last_id + 1, "sent": round(time.time(), 3)}, sync=True)
         self._last_id += 1
         ticket.id, ticket.sent = self._last_id, True
         self.reserved_nano -= ticket.cost
         self.spent_nano += ticket.cost
         self.spent_images += ticket.images
-        self._append({"images": ticket.images, "nanodollars": ticket.cost, "id": ticket.id,
-                      "sent": round(time.time(), 3)}, sync=True)
 
     def release(self, ticket: Ticket) -> None:
         """Give back a reservation that was never sent."""
@@ -255,41 +308,51 @@ class Budget:
         entry: dict[str, object] = {"id": ticket.id, "outcome": outcome}
         if outcome == "refused":
             paid_images = 0
+        paid = self.cost_nano(paid_images or 0)
+        if outcome == "partial":
+            entry.update(images=paid_images, nanodollars=paid)
+        elif outcome == "unknown":
+            entry["reason"] = reason[:200]
+        try:
+            self._append(entry)
+        except WriteFailed:  # as the ledger reads now: in flight, billed, uncertain
+            self._count_uncertain(ticket.images, ticket.cost, IN_FLIGHT)
+            raise
         if outcome in ("partial", "refused"):
-            paid = self.cost_nano(paid_images or 0)
             self.spent_nano -= ticket.cost - paid
             self.spent_images -= ticket.images - (paid_images or 0)
-            if outcome == "partial":
-                entry.update(images=paid_images, nanodollars=paid)
         elif outcome == "unknown":
-            self.uncertain_images += ticket.images
-            self.uncertain_nano += ticket.cost
-            entry["reason"] = reason[:200]
-        self._append(entry)
+            self._count_uncertain(ticket.images, ticket.cost, reason)
+
+    def _count_uncertain(self, images: int, nano: int, reason: str) -> None:
+        self.uncertain_images += images
+        self.uncertain_nano += nano
+        kind = reason_kind(reason)
+        self.uncertain_reasons[kind] = self.uncertain_reasons.get(kind, 0) + 1
+
+    @property
+    def uncertain_requests(self) -> int:
+        """Uncertain requests (and repairs, torn lines) counted so far."""
+        return sum(self.uncertain_reasons.values())
 
     def add_uncertain(self, images: int, nano: int, reason: str, accept_gaps_to: int = 0) -> None:
         """Record spend known from elsewhere (a repair): billed, uncertain. `accept_gaps_to`:
-        request ids up to this one may be missing from the ledger from now on."""
-        self.spent_nano += nano
-        self.spent_images += images
-        self.uncertain_images += images
-        self.uncertain_nano += nano
+        request ids up to this one may be missing from the ledger from now on. Raises
+        WriteFailed when the ledger cannot be written (nothing is counted then)."""
         self._append({"images": images, "nanodollars": nano, "repair": reason,
                       "uncertain": True, "accept_gaps_to": accept_gaps_to,
                       "time": round(time.time(), 3)}, sync=True)
+        self.spent_nano += nano
+        self.spent_images += images
+        self._count_uncertain(images, nano, reason)
 
     def _append(self, entry: dict[str, object], sync: bool = False,
                 terminate_only: bool = False) -> None:
+        """Append one line, all of it or none (WriteFailed naming the ledger otherwise)."""
         if self.ledger is None:
             return
         data = b"\n" if terminate_only else (json.dumps(entry) + "\n").encode()
-        fd = os.open(self.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, data)
-            if sync or terminate_only:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(self.ledger, data, sync=sync or terminate_only)
 
     @contextlib.asynccontextmanager
     async def reservation(self, images: int) -> AsyncIterator[Ticket]:

@@ -10,12 +10,20 @@
     program.png     the learned program on the canvas
     curves.png      training loss and validation accuracy
     summary.json    final numbers
+
+Every record of spend in the folder is a witness the ledger must not be below (DESIGN.md,
+money invariant 2): budget.json, the checkpoint's ledger totals, the dollars of every
+metrics.jsonl record and summary.json. A ledger that records less stops the run (see
+`RunFolder.budget`), even when every other record is gone but one. Every file is written
+through barapi.checkpoint's safe writes: a full disk raises WriteFailed, and
+`RunFolder.write_failure` turns it into the one line that says what is kept and how to go on.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import platform
 import shutil
@@ -24,12 +32,66 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO, Any
 
-from barapi.budget import Budget, format_dollars, read_ledger
+from barapi.budget import NANO, Budget, format_dollars, read_ledger
+from barapi.checkpoint import append_line, replace_atomically
 from barapi.config import RunConfig, one_line
-from barapi.errors import ConfigError, LedgerDamaged, RunFolderBusy
+from barapi.errors import ConfigError, LedgerDamaged, RunFolderBusy, WriteFailed
+from barapi.ratelimit import UNLIMITED_START, recovered_rate
 
 PACKAGES = ("barapi", "numpy", "torch", "efficientnet-lite-pytorch", "scikit-learn", "pillow",
             "diskcache", "tenacity", "clarifai-grpc", "azure-cognitiveservices-vision-customvision")
+
+
+RECORD_FIELDS: dict[str, tuple[str, bool]] = {
+    "limit": ("amount", True), "spent_nanodollars": ("count", False),
+    "billed_images": ("count", False), "uncertain_images": ("count", False),
+    "uncertain_nanodollars": ("count", False), "uncertain_requests": ("count", False),
+    "uncertain_reasons": ("reasons", False), "wall_seconds": ("amount", False),
+    "requests_per_second": ("amount", True), "rate_saved_at": ("amount", True),
+    "throttled_requests": ("count", False), "labels": ("labels", False)}
+"""budget.json's fields: (kind, may be null). Kinds: "amount" a finite number ≥ 0, "count"
+an integer ≥ 0, "labels" a list of strings, "reasons" an object of counts."""
+_KIND_TEXT = {"amount": "a finite number ≥ 0", "count": "an integer ≥ 0",
+              "labels": "a list of strings", "reasons": "an object of reason: count"}
+
+
+def _fits(kind: str, value: Any) -> bool:
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if kind == "count":
+        return count(value)
+    if kind == "amount":
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and value >= 0)
+    if kind == "labels":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, dict) and all(count(v) for v in value.values())
+
+
+def check_record(path: Path, data: Any) -> dict[str, Any]:
+    """budget.json's content, checked: a JSON object whose known fields have their kind
+    (RECORD_FIELDS). Raises LedgerDamaged naming the file and the field otherwise."""
+    advice = ("restore it from a backup, or delete it to keep only the ledger's figures (the "
+              "run's budget is then given again with --budget)")
+    if not isinstance(data, dict):
+        raise LedgerDamaged(f"{path}: expected a JSON object such as {{\"limit\": 20.0, "
+                            f"\"spent_nanodollars\": 0, ...}}, found {type(data).__name__}; "
+                            f"{advice}")
+    for name, (kind, nullable) in RECORD_FIELDS.items():
+        value = data.get(name)
+        if name in data and not (value is None and nullable) and not _fits(kind, value):
+            raise LedgerDamaged(f"{path}: field {name!r} must be {_KIND_TEXT[kind]}"
+                                f"{' or null' if nullable else ''}, found {value!r:.60}; {advice}")
+    return data
+
+
+def dollars_nano(value: Any) -> int | None:
+    """A record's dollars (a finite number ≥ 0) in nanodollars; None for anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value) and value >= 0:
+        return round(value * NANO)
+    return None
 
 
 def package_versions() -> dict[str, str]:
@@ -99,9 +161,15 @@ class RunFolder:
         path = new_folder(base, f"runs folder {root}: cannot create a run folder in it")
         folder = cls(path)
         folder.created = True
-        folder.lock()
-        folder.write_json("config.json", {"config": config.model_dump(), "session": session,
-                                          "versions": package_versions()})
+        try:
+            folder.lock()
+            folder.write_json("config.json", {"config": config.model_dump(), "session": session,
+                                              "versions": package_versions()})
+        except (ConfigError, WriteFailed) as exc:  # nothing was paid: no half-made folder
+            folder.discard()
+            reason = exc.reason if isinstance(exc, WriteFailed) else str(exc)
+            raise ConfigError(f"runs folder {root}: cannot create a run folder in it "
+                              f"({reason}); nothing was sent") from None
         return folder
 
     def lock(self) -> None:
@@ -125,26 +193,61 @@ class RunFolder:
         return self.path / "budget.json"
 
     def record(self) -> dict[str, Any]:
-        """budget.json: {"limit": dollars or null, "spent_nanodollars", "billed_images",
-        "wall_seconds", "requests_per_second"} (empty before the first write)."""
+        """budget.json (empty before the first write): {"limit": dollars or null,
+        "spent_nanodollars", "billed_images", "uncertain_nanodollars", "uncertain_images",
+        "uncertain_requests", "uncertain_reasons": {reason: requests}, "wall_seconds",
+        "requests_per_second" (learned) and "rate_saved_at" (Unix time), ...}. Raises
+        LedgerDamaged when it is unreadable or not of that shape (see `check_record`)."""
         if not self.record_path.exists():
             return {}
         try:
-            data: dict[str, Any] = json.loads(self.record_path.read_text())
+            data = json.loads(self.record_path.read_text())
         except (OSError, ValueError) as exc:
-            raise LedgerDamaged(f"{self.record_path}: unreadable ({exc}); restore it from a "
-                                f"backup or delete it to keep only the ledger's figures") from exc
-        return data
+            raise LedgerDamaged(f"{self.record_path}: unreadable ({one_line(exc)}); restore it "
+                                f"from a backup or delete it to keep only the ledger's "
+                                f"figures") from exc
+        return check_record(self.record_path, data)
 
     def write_record(self, **fields: Any) -> None:
-        """Update budget.json atomically (temp file, fsync, rename)."""
-        data = {**self.record(), **fields}
-        tmp = self.record_path.with_name(".budget.json.tmp")
-        with tmp.open("w") as handle:
-            handle.write(json.dumps(data, indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.record_path)
+        """Update budget.json atomically (temp file, fsync, rename); WriteFailed if it
+        cannot be written (the old one stays)."""
+        text = json.dumps({**self.record(), **fields}, indent=2) + "\n"
+        replace_atomically(self.record_path, lambda handle: handle.write(text.encode()))
+
+    def record_spend(self, budget: Budget, **fields: Any) -> None:
+        """Write `budget`'s spend into budget.json (with `fields`): its totals as the ledger
+        has them, uncertain spend with its reasons included."""
+        self.write_record(spent_nanodollars=budget.spent_nano, billed_images=budget.spent_images,
+                          uncertain_nanodollars=budget.uncertain_nano,
+                          uncertain_images=budget.uncertain_images,
+                          uncertain_requests=budget.uncertain_requests,
+                          uncertain_reasons=dict(budget.uncertain_reasons), **fields)
+
+    def learned_rate(self, ceiling: float) -> float | None:
+        """The request rate (per second) a resumed use starts at: the rate learned from the
+        provider's throttling, recovered towards `ceiling` (the card's) for the time since it
+        was saved (`ratelimit.recovered_rate`); None when none was learned."""
+        record = self.record()
+        rate = record.get("requests_per_second")
+        if not rate:
+            return None
+        saved = record.get("rate_saved_at")
+        if saved is None:  # saved before the field: budget.json's time is the latest save
+            saved = self.record_path.stat().st_mtime
+        top = ceiling or max(rate, UNLIMITED_START)  # a card without a limit: see Pacer
+        return recovered_rate(rate, top, time.time() - saved)
+
+    def write_failure(self, exc: WriteFailed, budget: Budget) -> WriteFailed:
+        """The one line for a file of this folder that could not be written during a run:
+        what, why, that the spend so far stays counted, and the command that continues."""
+        path = Path(str(exc.path))
+        name = path.name if path.parent == self.path else str(path)
+        return WriteFailed(exc.path, exc.reason, (
+            f"{self.path}: could not write {name} ({exc.reason}); the "
+            f"{format_dollars(budget.spent_nano, nano=True)} spent so far stays counted in its "
+            f"ledger (a request whose outcome could not be written counts as billed) and the "
+            f"last checkpoint is intact. Free some space, then continue with: barapi run "
+            f"--resume {self.path}"))
 
     def budget(self, price_per_1000: float, limit: float | None) -> Budget:
         """The run's Budget on its ledger, after checking the ledger against the spend
@@ -160,29 +263,53 @@ class RunFolder:
                 f"difference as spent; nothing is sent until then")
         return budget
 
-    def recorded_spend(self) -> tuple[int, str]:
-        """The largest spend recorded outside the ledger (nanodollars) and where."""
-        best, where = 0, "nothing"
-        record = self.record().get("spent_nanodollars")
-        if record is not None:
-            best, where = int(record), "budget.json"
+    def witnesses(self) -> list[tuple[int, int, str]]:
+        """Every record of spend outside the ledger: (nanodollars, billed images or 0, where)
+        from budget.json, the checkpoint's ledger totals, metrics.jsonl (each record's
+        dollars) and summary.json. Unreadable records raise LedgerDamaged / ConfigError."""
+        found: list[tuple[int, int, str]] = []
+        def count(value: Any) -> int:
+            return int(value) if _fits("count", value) else 0
+
+        record = self.record()
+        if "spent_nanodollars" in record:
+            found.append((count(record["spent_nanodollars"]), count(record.get("billed_images")),
+                          "budget.json"))
         if self.checkpoint.exists():
             from barapi.checkpoint import load_checkpoint
 
-            _, meta = load_checkpoint(self.checkpoint)
-            spent = int(meta.get("ledger", {}).get("spent_nanodollars", 0))
-            if spent > best:
-                best, where = spent, "checkpoint.npz"
-        return best, where
+            ledger = load_checkpoint(self.checkpoint)[1].get("ledger")
+            if isinstance(ledger, dict):
+                found.append((count(ledger.get("spent_nanodollars")),
+                              count(ledger.get("billed_images")), "checkpoint.npz"))
+        dollars = [d for r in self.metrics() if (d := dollars_nano(r.get("dollars"))) is not None]
+        if dollars:
+            found.append((max(dollars), 0, "metrics.jsonl"))
+        summary = self.path / "summary.json"
+        if summary.exists():
+            try:
+                data = json.loads(summary.read_text())
+            except (OSError, ValueError):
+                data = None
+            if isinstance(data, dict) and (spent := dollars_nano(data.get("dollars"))) is not None:
+                found.append((spent, count(data.get("billed_images")), "summary.json"))
+        return found
+
+    def recorded_spend(self) -> tuple[int, str]:
+        """The largest spend recorded outside the ledger (nanodollars) and where (see
+        `witnesses`); (0, "nothing") when there is none."""
+        return max(((spent, where) for spent, _, where in self.witnesses()),
+                   key=lambda pair: pair[0], default=(0, "nothing"))
 
     def repair_ledger(self) -> int:
         """Make the ledger agree with the spend recorded beside it: missing lines are
         accepted, and the difference is appended as billed, uncertain spend (never less than
-        either record). Returns the nanodollars added."""
+        any record). Returns the nanodollars added."""
         totals = read_ledger(self.ledger, allow_gaps=True)
-        recorded, _ = self.recorded_spend()
+        witnesses = self.witnesses()
+        recorded = max((spent for spent, _, _ in witnesses), default=0)
         missing = max(0, recorded - totals.spent_nano)
-        images = max(0, int(self.record().get("billed_images", 0)) - totals.images)
+        images = max(0, max((n for _, n, _ in witnesses), default=0) - totals.images)
         budget = Budget()
         budget.ledger = self.ledger
         budget.add_uncertain(images if missing else 0, missing,
@@ -229,22 +356,36 @@ class RunFolder:
         return self.path / "metrics.jsonl"
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
-        (self.path / name).write_text(json.dumps(payload, indent=2) + "\n")
+        """Write NAME in the folder atomically; WriteFailed if it cannot be written."""
+        text = json.dumps(payload, indent=2) + "\n"
+        replace_atomically(self.path / name, lambda handle: handle.write(text.encode()))
 
     def read_json(self, name: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.path / name).read_text())
         return data
 
     def log(self, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        """Append one record to metrics.jsonl, whole or not at all (WriteFailed)."""
+        append_line(self.metrics_path, (json.dumps(record) + "\n").encode())
 
     def metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl's records; lines that are not a JSON object (torn by a crash or a
+        full disk) are skipped."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+        records = []
+        for line in self.metrics_path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
 
     def truncate_metrics(self, step: int) -> None:
-        """Drop records after `step` (written after the last checkpoint of a crashed run)."""
-        kept = [r for r in self.metrics() if r.get("step", 0) <= step]
-        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        """Drop records after `step` (written after the last checkpoint of a crashed run);
+        atomically, so that a full disk leaves the file as it was."""
+        kept = "".join(json.dumps(r) + "\n" for r in self.metrics()
+                       if not isinstance(r.get("step", 0), (int, float)) or r.get("step", 0) <= step)
+        replace_atomically(self.metrics_path, lambda handle: handle.write(kept.encode()))

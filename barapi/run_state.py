@@ -1,16 +1,27 @@
 """The state of one training run: what a checkpoint holds, so that a resumed run continues
-exactly where the interrupted one stopped (optimiser moments are the trainer's to add)."""
+exactly where the interrupted one stopped (optimiser moments are the trainer's to add).
+
+`load_state` is the one way a checkpoint is read back for use (resume, evaluate, predict):
+it refuses, with one line naming the file, a checkpoint made by another configuration or for
+another black box, and one holding NaN or infinite values — before any request is built
+from it.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from barapi.head import OutputHead, head_arrays, head_from_arrays
+from barapi.checkpoint import load_checkpoint
+from barapi.config import CONNECTION_FIELDS, RunConfig
+from barapi.errors import ConfigError
+from barapi.head import LinearHead, OutputHead, head_arrays, head_from_arrays
 
 FloatArray = NDArray[np.float32]
 _ARRAYS = ("weights", "best_weights", "head", "best_head")
@@ -80,3 +91,74 @@ class RunState:
         return cls(weights=arrays["weights"], best_weights=arrays["best_weights"],
                    head=head_from_arrays(arrays, "head.", n_sources),
                    best_head=head_from_arrays(arrays, "best_head.", n_sources), **values)
+
+    def non_finite(self) -> str | None:
+        """The first part of the state holding NaN or ±inf ("the program W", "the output
+        head", "the best program", "the best output head"), None when all are finite."""
+        parts = {"the program W": [self.weights], "the output head": head_values(self.head),
+                 "the best program": [self.best_weights],
+                 "the best output head": head_values(self.best_head)}
+        return next((name for name, values in parts.items()
+                     if not all(np.isfinite(v).all() for v in values)), None)
+
+
+def head_values(head: OutputHead) -> list[NDArray[Any]]:
+    """The real-valued parameters of a head (a label map has none)."""
+    if isinstance(head, LinearHead):
+        return [head.weights, head.bias, head.mean, head.scale, np.array(head.l2)]
+    return []
+
+
+def config_fingerprint(config: RunConfig) -> dict[str, Any]:
+    """What a checkpoint records of the configuration that made it (JSON values): every
+    field but how the black box is reached (CONNECTION_FIELDS)."""
+    dumped = {k: v for k, v in config.model_dump().items() if k not in CONNECTION_FIELDS}
+    fingerprint: dict[str, Any] = json.loads(json.dumps(dumped))
+    return fingerprint
+
+
+def load_state(path: Path, config: RunConfig, n_sources: int | None = None
+               ) -> tuple[RunState, dict[str, NDArray[Any]], dict[str, Any]]:
+    """(state, arrays, meta) of the checkpoint at `path`, checked against the run's `config`
+    and, when known, the black box's `n_sources` outputs. Raises ConfigError naming the file
+    when it was made by another configuration (a field differs, or W's shape), for a black
+    box with another number of outputs, is not a run state, or holds NaN or ±inf."""
+    arrays, meta = load_checkpoint(path)
+    advice = "restore this run's own checkpoint, or delete it to train the run again from step 0"
+    made_by = meta.get("config")
+    if isinstance(made_by, dict):
+        ours = config_fingerprint(config)
+        changed = [k for k in sorted(set(ours) | set(made_by)) if ours.get(k) != made_by.get(k)]
+        if changed:
+            name = changed[0]
+            raise ConfigError(f"{path}: made by another configuration ({name} is "
+                              f"{made_by.get(name)!r} there, {ours.get(name)!r} in this run's "
+                              f"config.json); {advice}")
+    try:
+        state = RunState.from_checkpoint(arrays, meta)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ConfigError(f"{path}: not a barapi run state ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:120]}); {advice}") from None
+    shape = (3, config.program_resolution, config.program_resolution)
+    for name in ("weights", "best_weights"):
+        found = getattr(state, name).shape
+        if found != shape:
+            raise ConfigError(f"{path}: made by another configuration (program W of shape "
+                              f"{found}, this run's is {shape}: --resolution "
+                              f"{config.program_resolution}); {advice}")
+    for head in (state.head, state.best_head):
+        if head.n_classes != len(state.classes):
+            raise ConfigError(f"{path}: damaged (a head for {head.n_classes} classes, "
+                              f"{len(state.classes)} class names); {advice}")
+        if head.n_sources != state.n_sources:
+            raise ConfigError(f"{path}: damaged (a head on {head.n_sources} outputs, made for "
+                              f"a black box of {state.n_sources}); {advice}")
+    if n_sources is not None and state.n_sources != n_sources:
+        raise ConfigError(f"{path}: made with a black box of {state.n_sources} outputs, this "
+                          f"one has {n_sources}; {advice}")
+    bad = next((k for k, v in arrays.items()
+                if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()), None)
+    if bad is not None:
+        raise ConfigError(f"{path}: holds NaN or infinite values (in {bad!r}): nothing is sent "
+                          f"from it; {advice}")
+    return state, arrays, meta

@@ -18,10 +18,10 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from barapi.checkpoint import load_checkpoint, save_checkpoint
+from barapi.checkpoint import save_checkpoint
 from barapi.config import RunConfig
 from barapi.data import Split
-from barapi.errors import BudgetExhausted, ConfigError, FatalProviderError
+from barapi.errors import BudgetExhausted, ConfigError, FatalProviderError, ProgramDiverged
 from barapi.estimate import EVAL_CHUNK, total_steps
 from barapi.head import REFIT_MAX_SOURCES, AnswerWindow, LinearHead, OutputHead
 from barapi.labelmap import LabelMap, check_fits, frequency_map, random_map
@@ -30,7 +30,7 @@ from barapi.optim import Optimizer
 from barapi.program import Canvas, Program
 from barapi.query import QueryService
 from barapi.run_folder import RunFolder
-from barapi.run_state import RunState
+from barapi.run_state import RunState, config_fingerprint, load_state
 from barapi.zo import PriorGuided, ZOEstimator, prgf_lambda
 
 FloatArray = NDArray[np.float32]
@@ -247,16 +247,15 @@ class Trainer:
         return self.wall_offset + time.monotonic() - self._started
 
     def save_record(self) -> None:
-        """The run folder's budget.json: spend and billed images as the ledger has them,
-        wall time and the rate the limiter has learned."""
+        """The run folder's budget.json: spend, billed and uncertain images as the ledger has
+        them, wall time and the rate the limiter has learned (with when)."""
         if self.folder is None:
             return
         budget, limiter = self.service.budget, self.service.limiter
-        self.folder.write_record(limit=budget.limit, spent_nanodollars=budget.spent_nano,
-                                 billed_images=budget.spent_images,
-                                 uncertain_images=budget.uncertain_images,
+        self.folder.record_spend(budget, limit=budget.limit,
                                  wall_seconds=round(self.wall_seconds(), 3),
                                  requests_per_second=limiter.rate or None,
+                                 rate_saved_at=round(time.time(), 3),
                                  throttled_requests=limiter.throttles)
 
     @property
@@ -269,6 +268,9 @@ class Trainer:
         return 0 if c.method == "zero-shot" else total_steps(c, len(self.task.split.train.labels))
 
     def _log(self, record: dict[str, Any]) -> None:
+        """Write one metrics record; each carries the run's spend so far ("dollars", uncertain
+        included): a witness the ledger is checked against on every open."""
+        record.setdefault("dollars", self.service.budget.spent)
         if self.folder is not None:
             self.folder.log(record)
         if self.on_record is not None:
@@ -289,6 +291,7 @@ class Trainer:
         if self.answers is not None:
             arrays.update(self.answers.arrays())
         meta["rng"] = {"seed": self.config.seed, "next_step": state.step}
+        meta["config"] = config_fingerprint(self.config)
         meta["stats"] = vars(self.service.stats).copy()
         budget = self.service.budget
         meta["ledger"] = {"spent_nanodollars": budget.spent_nano, "billed_images": budget.spent_images}
@@ -296,31 +299,58 @@ class Trainer:
         self.save_record()
 
     def _restore(self, optimizers: dict[str, Optimizer]) -> RunState | None:
+        """The run's state from its checkpoint (None without one), checked before anything
+        is built from it (see `run_state.load_state`): ConfigError naming the file when it
+        belongs to another configuration or black box, or holds NaN or ±inf."""
         if self.folder is None or not self.folder.checkpoint.exists():
             return None
-        arrays, meta = load_checkpoint(self.folder.checkpoint)
-        for name, optimizer in optimizers.items():
-            prefix = f"{name}."
-            optimizer.state = {"t": meta.pop(f"{name}_t"),
-                               **{k[len(prefix):]: v for k, v in arrays.items()
-                                  if k.startswith(prefix)}}
-        if self.surrogate is not None:
-            self.surrogate.load(arrays)
-        self._choose_head_training()
-        if self.answers is not None:
-            self.answers.load(arrays)
-        stats = meta.pop("stats")
-        meta.pop("rng", None)
-        meta.pop("ledger", None)
-        for key, value in stats.items():
-            setattr(self.service.stats, key, value)
-        n_sources = meta["n_sources"]
-        if n_sources != self.service.adapter.n_sources:
-            raise ConfigError(f"{self.folder.path}: checkpoint was made with a black box of "
-                              f"{n_sources} outputs, this one has "
-                              f"{self.service.adapter.n_sources}")
-        self.folder.truncate_metrics(meta["step"])
-        return RunState.from_checkpoint(arrays, meta)
+        path = self.folder.checkpoint
+        state, arrays, meta = load_state(path, self.config, self.service.adapter.n_sources)
+        if list(state.classes) != list(self.task.split.train.classes):
+            raise ConfigError(f"{path}: made for the classes {state.classes}, this run's split "
+                              f"has {list(self.task.split.train.classes)}; restore this run's "
+                              f"own checkpoint, or delete it to train the run again")
+        moved: dict[str, NDArray[Any]] = {"opt": state.weights}
+        if isinstance(state.head, LinearHead):
+            moved["head_opt"] = state.head.parameters
+        try:
+            for name, optimizer in optimizers.items():
+                prefix = f"{name}."
+                optimizer.state = {"t": int(meta[f"{name}_t"]),
+                                   **{k[len(prefix):]: v for k, v in arrays.items()
+                                      if k.startswith(prefix)}}
+                for key, value in optimizer.state.items():
+                    if isinstance(value, np.ndarray) and value.shape != moved[name].shape:
+                        raise ValueError(f"{name}.{key} has shape {value.shape}")
+            if self.surrogate is not None:
+                self.surrogate.load(arrays)
+            self._choose_head_training()
+            if self.answers is not None:
+                self.answers.load(arrays)
+            stats = dict(meta["stats"])
+            for key, value in stats.items():
+                setattr(self.service.stats, key, int(value))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ConfigError(f"{path}: does not fit this run ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:120]}); restore this run's own "
+                              f"checkpoint, or delete it to train the run again") from None
+        self.folder.truncate_metrics(state.step)
+        return state
+
+    def _check_finite(self, state: RunState, step: int) -> None:
+        """Raise ProgramDiverged, before any request is built from them, when the program or
+        the head became NaN or ±inf at `step`."""
+        part = state.non_finite()
+        if part is None:
+            return
+        c = self.config
+        cause = (f"--head-lr {c.head_lr:g} too large?" if "head" in part
+                 else f"learning rate {c.lr:g} too large?")
+        where = (f"; the last finite checkpoint of {self.folder.path} (step {step - 1}) and "
+                 f"every answer paid for are kept" if self.folder is not None else "")
+        raise ProgramDiverged(f"{part} became non-finite (NaN or infinite) at step {step} "
+                              f"({cause}); nothing was sent from it{where}. Start a new run "
+                              f"with a smaller step size")
 
     def _choose_head_training(self) -> None:
         """Refit the linear head after every step (an answer window) where the config asks
@@ -497,13 +527,15 @@ class Trainer:
                 loss, grad, probs = await gradient(state.weights, state.head,
                                                    task.windows["train"][batch], labels, step)
                 lr = optimizer.step_size()
-                state.weights = optimizer.step(state.weights, grad)
-                if self.answers is not None:
-                    self.answers.add(probs, labels)
-                    assert isinstance(state.head, LinearHead)
-                    state.head = self.answers.refit(state.head, task.gamma, task.weights)
-                elif "head_opt" in optimizers:
-                    self._update_head(state, optimizers["head_opt"], probs, labels)
+                with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+                    state.weights = optimizer.step(state.weights, grad)
+                    if self.answers is not None:
+                        self.answers.add(probs, labels)
+                        assert isinstance(state.head, LinearHead)
+                        state.head = self.answers.refit(state.head, task.gamma, task.weights)
+                    elif "head_opt" in optimizers:
+                        self._update_head(state, optimizers["head_opt"], probs, labels)
+                self._check_finite(state, step + 1)
                 state.step = step + 1
                 self._log({"event": "step", "step": step + 1, "epoch": epoch, "loss": loss,
                            "lr": lr, "queries": self.service.stats.images,

@@ -178,3 +178,99 @@ def test_budget_is_never_exceeded_under_concurrency(sizes: list[int], failures: 
     asyncio.run(main())
     assert peak <= round(limit * 1e9)
     assert budget.spent <= limit + 1e-12 and budget.reserved_nano == 0
+
+
+def test_uncertain_spend_is_counted_with_its_reason_and_read_back(tmp_path: Path) -> None:
+    """Issue 29 item 13: how much is uncertain, and why, survives the ledger."""
+    from barapi.budget import IN_FLIGHT, reason_kind, uncertain_note
+
+    ledger = tmp_path / "ledger.jsonl"
+    budget = Budget(price_per_1000=1000.0, limit=100.0, ledger=ledger)
+
+    async def unavailable() -> None:
+        with pytest.raises(TransientError):
+            async with budget.reservation(2) as ticket:
+                budget.send(ticket)
+                raise TransientError("Clarifai gRPC UNAVAILABLE: emulated outage")
+
+    for _ in range(3):
+        asyncio.run(unavailable())
+    budget.send(budget.reserve(1))  # in flight when the process ends
+    assert budget.uncertain_reasons == {"Clarifai gRPC UNAVAILABLE": 3}
+    again = Budget(price_per_1000=1000.0, ledger=ledger)
+    assert again.uncertain_nano == 7 * 10**9 and again.uncertain_images == 7
+    assert again.uncertain_reasons == {"Clarifai gRPC UNAVAILABLE": 3, reason_kind(IN_FLIGHT): 1}
+    assert again.uncertain_requests == 4
+    note = uncertain_note(again.uncertain_nano, again.uncertain_reasons)
+    assert note.startswith("$7.00 of it uncertain: 3 requests (Clarifai gRPC UNAVAILABLE), "
+                           "1 request (in flight when its process ended)")
+    assert "may not have billed" in note and "docs/method.md" in note
+    assert uncertain_note(0, {}) == ""
+
+
+def full_disk(monkeypatch: pytest.MonkeyPatch, after_bytes: int = 0) -> list[int]:
+    """From now on, os.write in barapi's safe writes writes at most `after_bytes` bytes in
+    all, then fails as a full disk does (ENOSPC). Returns the list of bytes written."""
+    import errno
+
+    import barapi.checkpoint as safe
+
+    real, written = os.write, [0]
+
+    def write(fd: int, data: bytes) -> int:
+        room = after_bytes - written[0]
+        if room <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        done = real(fd, data[:room])
+        written[0] += done
+        return done
+
+    monkeypatch.setattr(safe.os, "write", write)
+    return written
+
+
+def test_a_full_disk_at_the_sent_line_sends_nothing_and_leaves_no_torn_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 29 item 10: the request whose ledger line cannot be written never leaves, and
+    the ledger stays exact (a partly written line is cut back)."""
+    from barapi.errors import WriteFailed
+
+    ledger = tmp_path / "ledger.jsonl"
+    budget = Budget(price_per_1000=1000.0, limit=100.0, ledger=ledger)
+    budget.settle(budget.reserve(3), "answered")
+    before = ledger.read_bytes()
+    full_disk(monkeypatch, after_bytes=20)  # half a line fits
+    left = []
+
+    async def request() -> None:
+        async with budget.reservation(5) as ticket:
+            budget.send(ticket)
+            left.append(ticket)  # the request would leave here
+
+    with pytest.raises(WriteFailed, match=f"{ledger}: cannot write \\(No space left on device\\)"):
+        asyncio.run(request())
+    assert not left and ledger.read_bytes() == before
+    assert budget.spent_nano == 3 * 10**9 and budget.reserved_nano == 0
+    assert read_ledger(ledger).spent_nano == 3 * 10**9
+
+
+def test_a_full_disk_at_the_outcome_line_keeps_the_request_billed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 29 item 10: a request that left and whose outcome cannot be written stays
+    counted as billed (uncertain), in memory as in the ledger read back."""
+    from barapi.errors import WriteFailed
+
+    ledger = tmp_path / "ledger.jsonl"
+    budget = Budget(price_per_1000=1000.0, limit=100.0, ledger=ledger)
+
+    async def request() -> None:
+        async with budget.reservation(5) as ticket:
+            budget.send(ticket)
+            full_disk(monkeypatch)  # the answer came back; now the disk is full
+            raise TransientError("Clarifai gRPC UNAVAILABLE: lost", billed=False)
+
+    with pytest.raises(WriteFailed):
+        asyncio.run(request())
+    back = read_ledger(ledger)
+    assert budget.spent_nano == back.spent_nano == 5 * 10**9
+    assert budget.uncertain_nano == back.uncertain_nano == 5 * 10**9

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +265,96 @@ def test_a_run_stopped_in_its_first_validation_validates_step_0_on_resume(tmp_pa
     assert resumed.best_val_accuracy == whole.best_val_accuracy
     assert resumed.test_accuracy == whole.test_accuracy
     np.testing.assert_array_equal(resumed.weights, whole.weights)
+
+
+def test_a_program_that_becomes_non_finite_stops_before_the_next_request(tmp_path: Path) -> None:
+    """Issue 29 item 8: `--lr 1e308` makes W infinite at step 1; the run stops there with
+    one line naming the cause, and nothing is sent from that program."""
+    from barapi.errors import ProgramDiverged
+
+    adapter = LinearSoftmaxAdapter()
+    session = api.prepare(tiny_config(lr=1e308, optimizer="sgd"), adapter=adapter,
+                          runs_root=tmp_path)
+    split = session.trainer.task.split
+    assert split.test is not None
+    with pytest.raises(ProgramDiverged, match=r"^the program W became non-finite \(NaN or "
+                                              r"infinite\) at step 1 \(learning rate 1e\+308 too "
+                                              r"large\?\); nothing was sent from it"):
+        session.run()
+    c = session.config
+    before_step_1 = len(split.train.labels) + len(split.test.labels) + len(split.val.labels)
+    assert sum(adapter.calls) == before_step_1 + c.batch * (c.q + 1)  # step 1's own queries
+    (folder,) = tmp_path.iterdir()
+    _, meta = load_checkpoint(folder / "checkpoint.npz")
+    assert meta["step"] == 0  # the last finite checkpoint is kept, nothing replaced it
+    assert "step" not in [r["event"] for r in api.RunFolder.open(folder, lock=False).metrics()]
+
+
+def finished_run(root: Path, **overrides: object) -> Path:
+    """A short run (2 steps) in a folder under `root`."""
+    result = api.train(tiny_config(epochs=2, max_steps=2, **overrides),
+                       adapter=LinearSoftmaxAdapter(), runs_root=root)
+    assert result.run_dir is not None
+    return result.run_dir
+
+
+def test_a_checkpoint_holding_nan_is_refused_before_any_request(tmp_path: Path) -> None:
+    """Issue 29 item 8: a checkpoint holding NaN is refused by resume, evaluate and predict
+    (one line naming the file), before a request is built from it."""
+    from barapi.checkpoint import save_checkpoint
+
+    folder = finished_run(tmp_path)
+    arrays, meta = load_checkpoint(folder / "checkpoint.npz")
+    for key in ("best_weights", "head.linear_weights"):
+        damaged = dict(arrays)
+        damaged[key] = damaged[key].copy()
+        damaged[key].flat[0] = np.nan
+        save_checkpoint(folder / "checkpoint.npz", damaged, meta)
+        adapter = LinearSoftmaxAdapter()
+        with pytest.raises(ConfigError, match=f"^{folder}/checkpoint.npz: holds NaN or infinite "
+                                              f"values \\(in '{key}'\\): nothing is sent"):
+            api.prepare(tiny_config(epochs=2), adapter=adapter, resume=folder).run()
+        assert adapter.calls == []
+        with pytest.raises(ConfigError, match="holds NaN"):
+            api.load_run(folder)
+
+
+@pytest.mark.parametrize(("other", "expected"), [
+    ({"resolution": 8}, r"made by another configuration \(resolution is 8 there, 4 in this "
+                        r"run's config\.json\)"),
+    ({"lr": 0.5}, r"made by another configuration \(lr is 0\.5 there, 0\.05 in this run's"),
+    ({"classes": "0,1"}, r"made by another configuration \(classes is '0,1' there, None"),
+])
+def test_a_checkpoint_from_another_config_is_one_line_naming_it(
+        tmp_path: Path, other: dict[str, object], expected: str) -> None:
+    """Issue 29 item 9: a checkpoint copied from another run is refused by resume and
+    evaluate with one line naming the file and what differs; nothing is sent."""
+    mine = finished_run(tmp_path / "mine")
+    theirs = finished_run(tmp_path / "theirs", **other)
+    shutil.copy(theirs / "checkpoint.npz", mine / "checkpoint.npz")
+    adapter = LinearSoftmaxAdapter()
+    with pytest.raises(ConfigError, match=f"^{mine}/checkpoint.npz: {expected}"):
+        api.prepare(tiny_config(epochs=2), adapter=adapter, resume=mine).run()
+    assert adapter.calls == []
+    with pytest.raises(ConfigError, match=expected):
+        api.load_run(mine)
+
+
+def test_a_checkpoint_from_before_the_config_record_is_checked_by_its_shapes(
+        tmp_path: Path) -> None:
+    """Checkpoints written before they recorded their configuration are still checked: W's
+    shape against --resolution, the classes against the split."""
+    from barapi.checkpoint import save_checkpoint
+
+    mine = finished_run(tmp_path / "mine")
+    for other, expected in (({"resolution": 8}, r"program W of shape \(3, 8, 8\), this run's "
+                                                 r"is \(3, 4, 4\)"),
+                            ({"classes": "0,1"}, r"made for the classes \['0', '1'\]")):
+        theirs = finished_run(tmp_path / str(other), **other)
+        arrays, meta = load_checkpoint(theirs / "checkpoint.npz")
+        del meta["config"]
+        save_checkpoint(mine / "checkpoint.npz", arrays, meta)
+        adapter = LinearSoftmaxAdapter()
+        with pytest.raises(ConfigError, match=expected):
+            api.prepare(tiny_config(epochs=2), adapter=adapter, resume=mine).run()
+        assert adapter.calls == []
