@@ -365,3 +365,57 @@ def test_every_committed_honest_run_is_still_a_cell() -> None:
     runs = json.loads((RESULTS / "honest.json").read_text())["runs"]
     keys = {c.key for c in suite.cells(["honest"], list(suite.REPORT_SEEDS), False)}
     assert runs and not [r["method"] for r in runs if r["key"] not in keys]
+
+
+def test_money_soak_quick_covers_a_poisoned_and_damaged_cache_the_providers_words_and_a_moved_version(
+        tmp_path: Path) -> None:
+    """Issue 29: each new kind of the money soak once or twice, pinned (the soak draws them at
+    random): a poisoned cache (planted code never runs, tampered rows never served), a
+    damaged cache.db ($0, CacheUnusable), answers missing a concept or tag, renamed concepts
+    or tags (columns still filled), and a model version moved between stop and resume."""
+    import asyncio
+    import random
+
+    from barapi.emulate import Faults
+    from benchmarks import money_soak
+    from benchmarks.loopback import NumpyModel
+
+    model = NumpyModel()
+    runs = {
+        "poisoned clarifai": ("poisoned", "clarifai", Faults(), 0.3),
+        "poisoned azure": ("poisoned", "azure", Faults(), 0.05),
+        "damaged clarifai": ("corrupt", "clarifai", Faults(), 0.3),
+        "damaged azure": ("corrupt", "azure", Faults(), 0.05),
+        "omitting clarifai": ("clean", "clarifai", Faults(omit_every=2), 0.3),
+        "omitting azure": ("poisoned", "azure", Faults(omit_every=3), 0.2),
+        "renamed clarifai": ("poisoned", "clarifai", Faults(answer_names={"gore": "sangre"},
+                                                            concept_names={"explicit": "nsfw"}), 1.0),
+        "renamed azure": ("clean", "azure", Faults(answer_names={"negative": "négatif"}), 0.2),
+    }
+    got = {}
+    for n, (name, (state, provider, faults, budget)) in enumerate(runs.items()):
+        folder = tmp_path / f"s{n}"
+        folder.mkdir()
+        got[name] = asyncio.run(money_soak.service_run(random.Random(n), folder, model, state,
+                                                       faults, provider, budget))
+    for n, keep_old in enumerate([False, True]):
+        folder = tmp_path / f"c{n}"
+        folder.mkdir()
+        got[f"version keep_old={keep_old}"] = money_soak.cli_run(random.Random(n), folder, "version",
+                                                                 keep_old=keep_old)
+    for name, outcome in got.items():
+        assert not outcome.failed, (name, outcome)
+    for name in ("poisoned clarifai", "poisoned azure"):
+        extra = got[name].extra
+        assert extra["planted"]["code"] and extra["bad_entries"] and got[name].server_billed
+    for name in ("damaged clarifai", "damaged azure"):
+        assert got[name].ended == "CacheUnusable" and got[name].server_billed == 0
+    for name in ("omitting clarifai", "omitting azure"):
+        assert got[name].extra["invalid_answers"] > 0, got[name]
+    for name in ("renamed clarifai", "renamed azure"):
+        assert got[name].ended == "done" and got[name].server_billed, got[name]
+    assert got["version keep_old=False"].extra["refusals"] == 1
+    assert got["version keep_old=True"].extra["unpinned_billed"] == 0
+    table = money_soak.summarize(list(got.values()))
+    assert {row["kind"] for row in table} == {"service", "version"}
+    assert sum(row["poisoned"] for row in table) == 4 and sum(row["markers"] for row in table) == 0
