@@ -37,6 +37,7 @@ import torch
 from numpy.typing import NDArray
 
 from barapi.adapters.local import LocalAdapter, _efficientnet_lite, imagenet_labels
+from barapi.config import NUDENET_SIDE
 from barapi.errors import ConfigError
 
 MODERATION = ("safe", "suggestive", "explicit", "drug", "gore")
@@ -98,8 +99,9 @@ NO_SIGNAL = 0.001
 either. An assumption, not a measurement: the order of magnitude a moderation service shows
 for a concept absent from an ordinary picture. Being constant, these columns carry no
 information about the image, which is the truth about this box."""
-NUDENET_SIZE = 320
-"""Side NudeNet's 320n detector was trained and exported at (its metadata "imgsz")."""
+NUDENET_SIZE = NUDENET_SIDE
+"""Side NudeNet's 320n detector was trained and exported at (its metadata "imgsz"), 320 px;
+the run configuration records it (`barapi.config.NUDENET_SIDE`)."""
 NUDENET_FILE = "320n.onnx"
 ONNX2TORCH = "onnx2torch>=1.5,<1.6"
 """Installed with ``pip install --no-deps`` (see `onnx2torch_convert`); tested with 1.5.15."""
@@ -362,6 +364,9 @@ def create_box(name: str, *, device: str = "auto", input_size: int | None = None
     """Entry point for ``--provider local --model NAME`` with NAME in `BOXES`."""
     family, view = split_box(name)
     if family == "nudenet":
+        if input_size not in (None, 0, NUDENET_SIZE):  # never run at a size it was not asked
+            raise ConfigError(f"input_size: {name} runs at {NUDENET_SIZE} px (the size its "
+                              f"detector was exported at), not {input_size}; omit --input-size")
         return NudeNetBox(view, device=device, max_batch=max_batch)
     return imagenet_box(name, device=device, input_size=input_size, max_batch=max_batch)
 

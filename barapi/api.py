@@ -21,10 +21,10 @@ from barapi.adapters.registry import create_adapter
 from barapi.budget import NANO, Budget, to_nano
 from barapi.cache import ProbabilityCache, check_writable
 from barapi.cards import Card, build_card, load_card
-from barapi.checkpoint import load_checkpoint
-from barapi.config import RunConfig, make_config, with_connection
+from barapi.checkpoint import writing
+from barapi.config import RunConfig, check_budget_dollars, make_config, with_connection
 from barapi.data import Split, load_dataset, select_classes, stratified_split
-from barapi.errors import ConfigError
+from barapi.errors import ConfigError, WriteFailed
 from barapi.estimate import Phase, reach
 from barapi.estimate import estimate as estimate_cost
 from barapi.head import OutputHead
@@ -35,7 +35,7 @@ from barapi.query import QueryService
 from barapi.ratelimit import RateLimiter
 from barapi.report import save_curves_png, save_program_png
 from barapi.run_folder import RunFolder
-from barapi.run_state import RunState
+from barapi.run_state import load_state
 from barapi.trainer import RunResult, Trainer, evaluate, query_program, run_sync
 from barapi.wire import worst_case_png_bytes
 
@@ -70,9 +70,15 @@ def card_for(adapter: Adapter, card_file: Path | None = None,
 def default_cache(card: Card, use_cache: bool | None = None,
                   cache_dir: Path | None = None) -> ProbabilityCache | None:
     """The shared answer cache, on by default for priced providers only (a $0 local model
-    is cheaper to ask again than to store 1,000 floats per image)."""
-    on = card.price_per_1000 > 0 if use_cache is None else use_cache
-    return ProbabilityCache(cache_dir) if on else None
+    is cheaper to ask again than to store 1,000 floats per image). Checked before anything
+    is paid: a damaged cache raises CacheUnusable on a priced card, and is turned off with
+    one warning on a free one (see `ProbabilityCache.preflight`)."""
+    priced = card.price_per_1000 > 0
+    if not (priced if use_cache is None else use_cache):
+        return None
+    cache = ProbabilityCache(cache_dir, priced=priced)
+    cache.preflight()
+    return cache
 
 
 def make_service(adapter: Adapter, budget: float | Budget | None = None,
@@ -171,6 +177,8 @@ class Session:
             self.trainer.folder = self.folder
         elif self.folder is not None:
             self.folder.write_record(limit=self.service.budget.limit)
+        if self.folder is not None:  # the model version and ids checked on every resume
+            keep_pins(self.folder, self.adapter)
 
     def check(self) -> None:
         """Free preflight: the black box can be reached, and its labels are known (see
@@ -187,9 +195,17 @@ class Session:
         billed (a bad key, an unknown model) is removed; otherwise it is kept, and the
         failure is logged in it."""
         self.check()
-        self.start()
         try:
+            try:
+                self.start()
+            except WriteFailed as exc:
+                self._failed(str(exc))  # a new folder with nothing paid is removed
+                raise
             return self._run(progress)
+        except WriteFailed as exc:  # a full disk: one line, what is kept, how to go on
+            raise (self.folder.write_failure(exc, self.service.budget) if self.folder is not None
+                   else WriteFailed(exc.path, exc.reason, f"{exc}; nothing was sent and no run "
+                                                          f"folder was kept")) from None
         finally:
             if self.folder is not None:
                 self.folder.unlock()
@@ -216,6 +232,8 @@ class Session:
             raise ProviderRefused(f"{result.stopped} (nothing was billed; no run folder was kept)")
         result.extra.update(queries=stats.images, billed_images=budget.spent_images,
                             uncertain_images=budget.uncertain_images,
+                            uncertain_dollars=budget.uncertain_nano / NANO,
+                            uncertain_reasons=dict(budget.uncertain_reasons),
                             cached_images=stats.cached_images, dollars=budget.spent,
                             dollars_left=budget.left,
                             wall_seconds=self.trainer.wall_seconds())
@@ -223,9 +241,11 @@ class Session:
             self.trainer.save_record()
             if self.folder.checkpoint.exists():
                 task = self.trainer.task
-                save_program_png(self.folder.path / "program.png", task.program, result.weights,
-                                 task.windows["val"][0])
-                save_curves_png(self.folder.path / "curves.png", self.folder.metrics())
+                with writing(self.folder.path / "program.png"):
+                    save_program_png(self.folder.path / "program.png", task.program,
+                                     result.weights, task.windows["val"][0])
+                with writing(self.folder.path / "curves.png"):
+                    save_curves_png(self.folder.path / "curves.png", self.folder.metrics())
         return result
 
     def _failed(self, reason: str) -> None:
@@ -238,8 +258,47 @@ class Session:
             folder.discard()
             self.folder = self.trainer.folder = None
             return
-        folder.log({"event": "failed", "reason": reason[:500]})
-        self.trainer.save_record()
+        try:  # best effort: a full disk may refuse these too, and the ledger is the truth
+            folder.log({"event": "failed", "reason": reason[:500]})
+            self.trainer.save_record()
+        except WriteFailed:
+            pass
+
+
+def keep_pins(folder: RunFolder, adapter: Adapter) -> None:
+    """Record in `folder` (budget.json, "pinned") what `adapter` is pinned to — the model
+    version the service reported, the ids its columns are bound to — and keep doing so when
+    an answer tells more (`Adapter.on_pinned`). A version other than the recorded one (accepted
+    with --accept-version) is logged as a "model_version" event."""
+    def record() -> None:
+        pins = adapter.pinned()
+        before = folder.record().get("pinned") or {}
+        if not pins or pins == before:
+            return
+        if before.get("version") and pins.get("version") != before["version"]:
+            folder.log({"event": "model_version", "from": before["version"],
+                        "to": pins.get("version")})
+        folder.write_record(pinned=pins)
+
+    adapter.on_pinned = record
+    record()
+
+
+def pin_adapter(adapter: Adapter, folder: RunFolder | None, accept_version: str | None) -> None:
+    """Hold `adapter` to what the run `folder` pinned at its start (see `Adapter.pin`);
+    `accept_version`: a model version the user accepts knowingly instead (ConfigError
+    without a run folder)."""
+    if folder is None:
+        if accept_version:
+            raise ConfigError("--accept-version: only for a run folder (run --resume, evaluate, "
+                              "predict): a new run pins the version the service serves")
+        return
+    pins = folder.record().get("pinned") or {}
+    if not isinstance(pins, dict) or not isinstance(pins.get("version", ""), str):
+        raise ConfigError(f"{folder.record_path}: field 'pinned' must be an object such as "
+                          f"{{\"version\": \"...\"}}; restore it from a backup, or delete the "
+                          f"field to pin the version the service serves now")
+    adapter.pin(pins, accept_version or None)
 
 
 class ProviderRefused(ConfigError):
@@ -269,7 +328,8 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
             cache_dir: Path | None = None, use_cache: bool | None = None,
             start: bool = True, sends: bool = True, run_name: str | None = None,
             budget_factory: Callable[[float, float | None, RunFolder | None], Budget] | None = None,
-            connection: dict[str, Any] | None = None) -> Session:
+            connection: dict[str, Any] | None = None,
+            accept_version: str | None = None) -> Session:
     """Validate and assemble a run of `config` (or of the run folder `resume`).
 
     Every check on the input (data, model, geometry, label map, card) happens here, before a
@@ -283,6 +343,8 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
     Budget: one that also spends from the sweep's wallet). `connection`: with `resume`, new values
     of `config.CONNECTION_FIELDS` (endpoint, insecure, key_file, device) for this session; the
     run folder keeps its own config. Raises ConfigError for any other field in `connection`.
+    A resumed run is held to the model version it was pinned to (`Adapter.pin`): another is
+    refused, unless it is `accept_version` (accepted knowingly; then pinned instead).
     """
     resumed = RunFolder.open(Path(resume)) if resume is not None else None
     record: dict[str, Any] = {}
@@ -291,12 +353,13 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
         record = resumed.record()
         if budget is None:  # a resume keeps the run's budget unless a new total is given
             budget = record.get("limit")
-    if budget is not None:
-        to_nano(budget)  # ConfigError for NaN, inf, negative
+    if budget is not None:  # ConfigError for NaN, inf, negative, a bool, above MAX_BUDGET
+        check_budget_dollars(budget, "budget")
     if runs_root is not None:
         check_writable(Path(runs_root), "runs folder")
     split = split or load_split(config)
     adapter = adapter or open_adapter(config)
+    pin_adapter(adapter, resumed, accept_version)  # the version (and ids) it was trained against
     if record.get("labels") and adapter.paid_labels:  # learned by the run before: never again
         adapter.use_labels(list(record["labels"]))
     if config.head == "map" and adapter.n_sources:  # (unknown until `check` for some APIs)
@@ -319,7 +382,8 @@ def prepare(config: RunConfig, *, adapter: Adapter | None = None, split: Split |
     else:
         ledger_budget = Budget(card.price_per_1000, budget)
     service = make_service(adapter, ledger_budget, cache=cache, card=card,
-                           rate=record.get("requests_per_second"), require_budget=sends)
+                           rate=resumed.learned_rate(card.requests_per_second)
+                           if resumed is not None else None, require_budget=sends)
     trainer.service, trainer.folder = service, resumed
     session = Session(config, adapter, card, service, trainer, resumed,
                       Path(runs_root) if runs_root is not None else None, run_name)
@@ -345,6 +409,8 @@ def run_summary(result: RunResult) -> dict[str, Any]:
         "best_step": result.extra.get("best_step"), "queries": result.extra["queries"],
         "billed_images": result.extra["billed_images"],
         "uncertain_images": result.extra.get("uncertain_images", 0),
+        "uncertain_dollars": result.extra.get("uncertain_dollars", 0.0),
+        "uncertain_reasons": result.extra.get("uncertain_reasons", {}),
         "dollars": result.extra["dollars"], "dollars_left": result.extra.get("dollars_left"),
         "wall_seconds": round(result.extra.get("wall_seconds", 0.0), 1),
         "run_dir": str(result.run_dir) if result.run_dir else None,
@@ -389,22 +455,25 @@ def load_run_folder(folder: RunFolder) -> FittedProgram:
     if not folder.checkpoint.exists():
         raise ConfigError(f"{path}: run has no checkpoint yet")
     config = folder.config()
-    state = RunState.from_checkpoint(*load_checkpoint(folder.checkpoint))
+    state, _, _ = load_state(folder.checkpoint, config)
     return FittedProgram(config, state.best_weights, state.best_head, state.classes)
 
 
 def run_service(path: Path | str, budget: float | None = None,
-                connection: dict[str, Any] | None = None
+                connection: dict[str, Any] | None = None, accept_version: str | None = None
                 ) -> tuple[FittedProgram, QueryService, RunFolder]:
     """A finished run's program, and a query service with the run's card, cache and ledger:
     evaluations and predictions are paid like the run's own queries, recorded in its ledger
     and cached alike. `budget`: the most this use may spend, in dollars; default: what is
     left of the run's budget. `connection`: new values of `config.CONNECTION_FIELDS` for
-    this use (ConfigError for any other field). The run folder is locked until the process
-    ends or `folder.unlock()`."""
+    this use (ConfigError for any other field). The black box is held to the model version
+    the run was pinned to, or to `accept_version` (then pinned instead; see `Adapter.pin`).
+    The run folder is locked until the process ends or `folder.unlock()`."""
     folder = RunFolder.open(Path(path))
     fitted = load_run_folder(folder)
     adapter = open_adapter(with_connection(fitted.config, connection or {}))
+    pin_adapter(adapter, folder, accept_version)
+    keep_pins(folder, adapter)
     card, cache = run_settings(folder, adapter)
     check_card(card, fitted.config.canvas)
     stored = folder.record().get("limit")
@@ -415,5 +484,5 @@ def run_service(path: Path | str, budget: float | None = None,
         limit = stored
     ledger.limit = limit
     service = make_service(adapter, ledger, cache=cache, card=card,
-                           rate=folder.record().get("requests_per_second"))
+                           rate=folder.learned_rate(card.requests_per_second))
     return fitted, service, folder

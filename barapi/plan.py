@@ -129,11 +129,11 @@ def plan_run(config: RunConfig, n_train: int, n_val: int, n_test: int, n_classes
     floor = min(n_test, MIN_TEST_PER_CLASS * n_classes)
     least = 1 if config.method == "bar" else 0
     if cost(val_for(floor), floor, least) > limit:
-        need = cost(val_for(floor), floor, least) / NANO
+        cents = -(-cost(val_for(floor), floor, least) // (NANO // 100))  # rounded up: enough
         raise ConfigError(f"--budget ${budget:g} cannot pay for label mapping, "
                           f"{'one training step and ' if least else ''}a test of {floor} images "
                           f"({MIN_TEST_PER_CLASS} per class); the smallest such run costs "
-                          f"${need:.2f}")
+                          f"${cents // 100:,}.{cents % 100:02d} (rounded up to the cent)")
     if config.method != "bar":  # nothing to train: the largest measurement that fits
         test = _largest(floor, n_test, lambda t: cost(val_for(t), t, 0) <= limit) or floor
         return Plan(shaped(val_for(test), test, 0), phases_of(val_for(test), test, 0),

@@ -414,7 +414,59 @@ REPAIR_ROWS = [
         lambda c: [c.damaged("ledger.jsonl", '{"id": "x", "images": "many"}\n')], r"ledger"),
 ]
 
-ROWS = [*RUN_ROWS, *ESTIMATE_ROWS, *EVALUATE_ROWS, *PREDICT_ROWS, *REPAIR_ROWS]
+def fifo(c: Ctx, name: str) -> str:
+    import os
+
+    path = c.root / name
+    os.mkfifo(path)
+    return str(path)
+
+
+# Issue 29, items 6, 7, 9 and 14: empty text, money settings, files that are not files, a step
+# that cannot be held or paid, a NudeNet box's input size.
+ISSUE_29_ROWS = [
+    Row("classes empty (an unset shell variable)", "run", ["--classes", ""],
+        r"^barapi: error: classes: empty"),
+    Row("classes with an empty name", "run", ["--classes", "0,,1"], r"classes: an empty name"),
+    Row("model empty", "run", ["--model", ""], r"model: empty"),
+    Row("labels a name twice", "run", lambda c: [*clarifai(c), "--labels", "safe,safe"],
+        r"labels: 'safe' given more than once"),
+    Row("runs-dir empty", "run", ["--runs-dir", ""], r"runs-dir.*empty"),
+    Row("budget 1e308", "run", ["--budget", "1e308"], r"budget.*10,000,000"),
+    Row("card-set name=x", "run", ["--card-set", "name=x"], r"--card-set: name: .*cannot be overridden"),
+    Row("card-set price true", "run", ["--card-set", "price_per_1000=true"],
+        r"price_per_1000: .*got True"),
+    Row("card-set price 1e-7 (rounds to $0 an image)", "run",
+        ["--card-set", "price_per_1000=0.0000001"], r"price_per_1000: 1e-07 is above 0"),
+    Row("card-set price 1e300", "run", ["--card-set", "price_per_1000=1e300"], r"price_per_1000"),
+    Row("card-set rate 1e-9", "run", ["--card-set", "requests_per_second=1e-9"],
+        r"requests_per_second: 1e-09"),
+    Row("card-file /dev/zero", "run", ["--card-file", "/dev/zero"],
+        r"card file /dev/zero: is a character device"),
+    Row("card-file /dev/urandom", "run", ["--card-file", "/dev/urandom"], r"/dev/urandom"),
+    Row("card-file a FIFO", "run", lambda c: ["--card-file", fifo(c, "card.toml")],
+        r"card\.toml: is a FIFO"),
+    Row("card-file price 0 on a paid provider", "run",
+        lambda c: [*clarifai(c), *BUDGET, "--card-file", c.file("card.toml", "price_per_1000 = 0\n")],
+        r"price_per_1000 = 0.*free = true", priced=False),
+    Row("q 100000 (a step of 2 million images)", "run", ["--q", "100000"], r"\bq: one training step"),
+    Row("dataset empty .npz", "run",
+        lambda c: ["--dataset", c.npz("e.npz", X=np.zeros((0, 8, 8)), y=np.zeros(0))],
+        r"e\.npz: X holds no samples"),
+    Row("dataset a FIFO .npz", "run", lambda c: ["--dataset", fifo(c, "d.npz")], r"d\.npz: is a FIFO"),
+    Row("nudenet box with input-size 64", "run", ["--model", "nudenet-nsfw", "--input-size", "64"],
+        r"input_size: nudenet-nsfw runs at 320 px"),
+    Row("resume card-set name=x", "run",
+        lambda c: ["--resume", str(c.run_copy()), "--card-set", "name=x"], r"\bname\b",
+        priced=False, tiny=False),
+    Row("estimate card-set price true", "estimate", ["--card-set", "price_per_1000=true"],
+        r"price_per_1000"),
+    Row("estimate classes empty", "estimate", ["--classes", ""], r"classes: empty"),
+    Row("evaluate budget 1e308", "evaluate", lambda c: [str(c.run_copy()), "--budget", "1e308"],
+        r"budget"),
+]
+
+ROWS = [*RUN_ROWS, *ESTIMATE_ROWS, *EVALUATE_ROWS, *PREDICT_ROWS, *REPAIR_ROWS, *ISSUE_29_ROWS]
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -591,3 +643,18 @@ def test_the_table_is_large_enough() -> None:
     assert {r.command for r in ROWS} == {"run", "estimate", "evaluate", "predict",
                                          "repair-ledger"}
     assert len({r.id for r in ROWS}) == len(ROWS)
+
+
+@pytest.mark.timeout(400)
+def test_a_representative_subset_of_the_bad_input_table_as_real_processes(tmp_path: Path) -> None:
+    """benchmarks/bad_inputs.py's QUICK cases, through the same code as the full table: each a
+    real `python -m barapi` process with a timeout. Every one must end with one error line
+    naming the culprit, exit non-zero, no traceback, no hang, $0 spent, no folder left."""
+    from benchmarks.bad_inputs import CASES, QUICK, failures, run_cases
+
+    cases = [c for c in CASES if c.id in QUICK]
+    assert len(cases) == len(QUICK) >= 15
+    rows = run_cases(cases, jobs=2, timeout=90, root=tmp_path)
+    wrong = {r["id"]: (failures(r), r.get("error"), r.get("stderr_tail", "")[-500:])
+             for r in rows if failures(r) or r.get("names_it") is False}
+    assert not wrong, wrong

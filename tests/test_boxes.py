@@ -250,7 +250,7 @@ def test_nudenet_gradients_flow_and_ar_runs(nudenet_views: dict[str, Any], tmp_p
     box.probabilities(x)[:, 0].sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     config = tiny_config(model="nudenet-nsfw", method="ar", classes="0,1", per_class=3, epochs=1,
-                         batch=6)
+                         batch=6, input_size=None)  # a NudeNet box runs (and records) 320 px
     result = api.train(config, adapter=box, runs_root=tmp_path)
     assert result.steps > 0 and 0 <= result.test_accuracy <= 1
 

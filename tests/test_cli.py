@@ -249,3 +249,16 @@ def test_a_run_folder_may_reach_its_provider_at_a_new_endpoint(tmp_path: Path) -
         second.stop()
     saved = json.loads((folder / "config.json").read_text())["config"]
     assert saved["endpoint"] == first.endpoint  # the run folder keeps its own settings
+
+
+def test_a_damaged_answer_cache_stops_a_priced_run_with_one_line_and_nothing_spent(
+        tmp_path: Path) -> None:
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "cache.db").write_bytes(b"\xff" * 8192)
+    out = barapi("run", *PRICED, "--budget", "2000", "--yes", cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [
+        "barapi: error: answer cache cache: cannot read it (DatabaseError: file is not a "
+        "database); stopped before paying for answers it may hold: repair or move the folder, "
+        "choose another --cache-dir, or run with --no-cache"]
+    assert not (tmp_path / "runs").exists()

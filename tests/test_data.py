@@ -163,3 +163,92 @@ def test_select_classes_makes_a_smaller_task() -> None:
     assert len(data.labels) == 179 + 182
     with pytest.raises(ConfigError, match="no class named '11'"):
         select_classes(load_dataset("digits"), ["1", "11"])
+
+
+# --- issue 29, item 9: arrays without samples, files that are not files, one float rule ----
+
+@pytest.mark.parametrize(("x", "y", "message"), [
+    (np.zeros((0, 8, 8)), np.zeros(0), r"X holds no samples \(shape \(0, 8, 8\)\)"),
+    (np.zeros((4, 0, 8)), np.arange(4) % 2, r"X's samples are empty \(0×8 px\)"),
+    (np.array(5.0), np.arange(4) % 2, "X is a single value"),
+    (np.zeros((4, 5, 5)), np.array(1), "y is a single value"),
+])
+def test_arrays_without_samples_are_named_not_a_traceback(tmp_path: Path, x: np.ndarray,
+                                                          y: np.ndarray, message: str) -> None:
+    """An empty .npz raised numpy's "zero-size array to reduction operation" traceback."""
+    np.savez(tmp_path / "empty.npz", X=x, y=y)
+    with pytest.raises(ConfigError, match=rf"empty\.npz: {message}"):
+        load_dataset(str(tmp_path / "empty.npz"))
+
+
+@pytest.mark.timeout(20)  # the old code blocked forever on the FIFO, or read /dev/zero forever
+@pytest.mark.parametrize("name", ["data.npz", "data.csv", "X.npy", "a/x.png", "list.csv row"])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_a_fifo_or_a_device_in_a_dataset_is_refused_never_read(tmp_path: Path, name: str,
+                                                              kind: str) -> None:
+    import os
+
+    def place(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "fifo":
+            os.mkfifo(path)
+        else:
+            path.symlink_to(kind)
+
+    target = tmp_path / name.removesuffix(" row")
+    if name == "X.npy":  # a folder of X.npy (the culprit) and y.npy
+        place(tmp_path / "X.npy")
+        np.save(tmp_path / "y.npy", np.arange(4) % 2)
+        spec, culprit = tmp_path, "X.npy"
+    elif name == "a/x.png":  # one image of a class folder
+        for cls in "ab":
+            for i in range(3):
+                write_png(tmp_path / cls / f"{i}.png", 10)
+        place(target)
+        spec, culprit = tmp_path, "x.png"
+    elif name == "list.csv row":  # an image a CSV names
+        place(tmp_path / "img.png")
+        target.write_text("path,label\nimg.png,a\n")
+        spec, culprit = target, r"list\.csv, line 2: image file \S+"  # the path, resolved
+    else:
+        place(target)
+        spec, culprit = target, name
+    what = "a FIFO" if kind == "fifo" else "a character device"
+    with pytest.raises(ConfigError, match=rf"{culprit}: is {what}"):
+        load_dataset(str(spec))
+
+
+def float_tiffs(tmp_path: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    """The samples of `x` as 32-bit float TIFFs in class folders (class `y`)."""
+    for i, (sample, label) in enumerate(zip(x, y, strict=True)):
+        path = tmp_path / "tiffs" / str(label) / f"{i:03d}.tif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sample.astype(np.float32), mode="F").save(path)
+    return tmp_path / "tiffs"
+
+
+@pytest.mark.parametrize("low, high", [(-3.0, 40.0), (0.0, 1.0), (0.2, 0.6)])
+def test_the_same_arrays_as_npz_and_as_float_tiffs_give_the_same_images(
+        tmp_path: Path, low: float, high: float) -> None:
+    """Float TIFFs were stretched by each image's own min/max: a dataset whose classes differ
+    in brightness scored 100% as .npz and 0% as TIFF (libvips#618). One rule per dataset."""
+    rng = np.random.default_rng(0)
+    y = np.arange(8) % 2
+    x = rng.uniform(low, low + (high - low) / 2, (8, 6, 6)) + y[:, None, None] * (high - low) / 2
+    x = x.astype(np.float32)
+    np.savez(tmp_path / "x.npz", X=x, y=y)
+    from_npz = load_dataset(str(tmp_path / "x.npz"))
+    from_tiff = load_dataset(str(float_tiffs(tmp_path, x, y)))
+    assert from_tiff.classes == from_npz.classes == ["0", "1"]
+    order = np.argsort(y, kind="stable")  # the folder loader reads class by class
+    assert np.array_equal(from_tiff.images, from_npz.images[order])
+    bright = from_tiff.images[from_tiff.labels == 1].mean()
+    assert bright > from_tiff.images[from_tiff.labels == 0].mean() + 40  # the classes differ
+
+
+def test_float_samples_in_0_1_are_scaled_by_255_not_stretched(tmp_path: Path) -> None:
+    x = np.full((4, 3, 3), 0.5, np.float32)
+    x[1::2] = 0.25
+    np.savez(tmp_path / "x.npz", X=x, y=np.arange(4) % 2)
+    images = load_dataset(str(tmp_path / "x.npz")).images
+    assert sorted(set(images.ravel().tolist())) == [64, 128]

@@ -4,6 +4,7 @@ steps, so that a run ends inside it with its test accuracy measured."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,21 @@ def test_a_budget_too_small_for_a_measured_run_is_one_line() -> None:
     config = make_config(q=10)
     with pytest.raises(ConfigError, match=r"smallest such run costs \$"):
         plan_run(config, 200, 100, 200, 2, load_card("clarifai-moderation"), 0.1)
+
+
+def test_the_smallest_budget_named_is_rounded_up_and_pays_for_the_run() -> None:
+    """Issue 29, item 7: "$0.401 cannot pay; the smallest costs $0.40" (rounded down). The
+    named budget must be one the user can pass: rounded up to the cent, and enough."""
+    config = make_config(q=10)
+    card = load_card("clarifai-moderation", price_per_1000=1.0009)  # costs of odd nanodollars
+    with pytest.raises(ConfigError) as info:
+        plan_run(config, 200, 100, 200, 2, card, 0.1)
+    named = float(re.search(r"smallest such run costs \$([\d,.]+) \(rounded up to the cent\)",
+                            str(info.value))[1].replace(",", ""))
+    plan = plan_run(config, 200, 100, 200, 2, card, named)  # passes: no error
+    assert plan.dollars <= named
+    with pytest.raises(ConfigError):
+        plan_run(config, 200, 100, 200, 2, card, round(named - 0.01, 2))  # a cent less does not
 
 
 def test_a_priced_run_on_a_tight_budget_ends_inside_it_with_its_test_accuracy(

@@ -181,3 +181,49 @@ def test_without_ray_the_sweep_says_which_extra_in_one_line(
     assert out.exit_code == 2, out.output
     assert "pip install -e '.[sweep]'" in out.output and len(out.output.strip().splitlines()) == 1
     assert not (tmp_path / "sweeps").exists()
+
+
+# --- issue 29, item 9: an empty spec, a spec that is not a small text file, card fields ------
+
+@pytest.mark.parametrize("text", ["", "# a comment only\n", "[run]\n[grid]\n", "[sweep]\nsamples = 2\n",
+                                  "[card]\nrequests_per_second = 3\n"])
+def test_a_spec_without_run_settings_is_an_error_not_the_default_job(tmp_path: Path,
+                                                                     text: str) -> None:
+    """An empty spec started the default 6-epoch job."""
+    path = spec_file(tmp_path, text)
+    with pytest.raises(ConfigError, match=r": no run settings: \[run\], \[grid\] and \[random\]"):
+        read_spec(path)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[run]\nq = 1\n[card]\nname = "x"\n', "[card] name: a card's name cannot be overridden"),
+    ("[run]\nq = 1\n[card]\nprice_per_1000 = true\n", "[card] price_per_1000: Input should be a "
+                                                       "valid number, got True"),
+    ("[run]\nq = 1\n[card]\nprice_per_1000 = 1e-7\n", "[card] price_per_1000: 1e-07 is above 0"),
+    ("[run]\nq = 1\n[card]\nrequests_per_second = 1e-9\n", "[card] requests_per_second: 1e-09"),
+    ('[run]\nclasses = ""\n', "[run] classes: empty"),
+    ("[run]\nq = 100000\n", "[run] q: one training step would query"),
+])
+def test_card_and_run_fields_follow_the_run_and_card_rules(tmp_path: Path, text: str,
+                                                           message: str) -> None:
+    path = spec_file(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        read_spec(path)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value), info.value
+
+
+@pytest.mark.timeout(20)  # the old code read a FIFO forever
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "binary"])
+def test_a_spec_that_is_not_a_small_text_file_is_refused_unread(tmp_path: Path,
+                                                                kind: str) -> None:
+    import os
+
+    path = tmp_path / "spec.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "binary":
+        path.write_bytes(b"[run]\x00\x00")
+    else:
+        path = Path(kind)
+    with pytest.raises(ConfigError, match=rf"^sweep spec {path}: "):
+        read_spec(path)

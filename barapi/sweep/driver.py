@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from barapi.budget import NANO, read_ledger, to_nano
+from barapi.budget import NANO, format_dollars, read_ledger, to_nano
+from barapi.config import check_budget_dollars
 from barapi.errors import ConfigError, LedgerDamaged
+from barapi.files import read_small_text
 from barapi.run_folder import lock_folder, new_folder
 from barapi.sweep.spec import SweepSpec, Trial, parse_spec, read_spec
 from barapi.sweep.trial import SweepContext, read_summary, run_trial, trial_folder
@@ -96,7 +98,19 @@ class SweepFolder:
             self._lock = None
 
     def read(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.path / "sweep.json").read_text())
+        """sweep.json; ConfigError (one line) when it is unreadable, not a JSON object, or its
+        budget is not an amount of dollars."""
+        path = self.path / "sweep.json"
+        try:
+            data = json.loads(read_small_text(path, "sweep file", 16 << 20))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not readable ({' '.join(str(exc).split())}); restore "
+                              f"it from a backup") from None
+        if not isinstance(data, dict) or not isinstance(data.get("spec"), dict) \
+                or not isinstance(data.get("id"), str):
+            raise ConfigError(f"{path}: not a barapi sweep record (an object with its id, spec "
+                              f"and budget); restore it from a backup")
+        check_budget_dollars(data.get("budget"), f"{path}: budget")
         return data
 
     def write(self, data: dict[str, Any]) -> None:
@@ -106,7 +120,7 @@ class SweepFolder:
 
     def spec(self) -> SweepSpec:
         data = self.read()
-        return parse_spec(data["spec"], Path(data["spec_file"]))
+        return parse_spec(data["spec"], Path(str(data.get("spec_file", self.path / "sweep.json"))))
 
     @property
     def wallet_path(self) -> Path:
@@ -123,25 +137,43 @@ def _lease_nano(spec: SweepSpec, budget: float) -> int:
     return to_nano(budget) // LEASES_PER_BUDGET
 
 
-def preflight(spec: SweepSpec) -> None:
+def preflight(spec: SweepSpec, budget: float) -> None:
     """Check what a trial would check before anything is created: the first trial's data,
-    black box and card (`api.prepare` without a run folder or a query)."""
+    black box and card (`api.prepare` without a run folder or a query), and that `budget`
+    dollars pay for at least its first phase (label mapping, or one request) on a priced
+    card: a sweep that can pay for nothing is refused, not started."""
     from barapi import api
 
     trial = spec.trials()[0]
     cache_dir = Path(spec.options.cache_dir) if spec.options.cache_dir else None
     try:
         config, adapter = trial.plan(build=True)
-        api.prepare(config, adapter=adapter, card_fields=spec.card, cache_dir=cache_dir,
-                    use_cache=False, start=False, sends=False)
+        session = api.prepare(config, adapter=adapter, card_fields=spec.card,
+                              cache_dir=cache_dir, use_cache=False, start=False, sends=False)
     except ConfigError as exc:
         raise ConfigError(f"{spec.path}: trial {trial.name}: {exc}") from exc
+    card = session.card
+    if card.price_per_1000 > 0:
+        first = session.estimate()[0]
+        images = first.images or 1
+        need = session.service.budget.cost_nano(images)
+        if need > to_nano(budget):
+            raise ConfigError(
+                f"--budget {format_dollars(budget)}: the sweep's trials pay {card.name}'s "
+                f"{format_dollars(card.price_per_1000)} per 1,000 images, and its first trial's "
+                f"{first.name if first.images else 'first request'} alone ({images:,} images) "
+                f"costs {format_dollars(need, nano=True)}; give a budget that pays for the "
+                f"trials")
 
 
 def _start_ray(address: str | None, ray_init: dict[str, Any] | None) -> bool:
     """Start Ray in this process, or join the cluster at `address`; True if this call
-    started or joined it (and so must shut it down)."""
+    started or joined it (and so must stop it: `_stop_ray`). Ray started here is watched
+    (`barapi.sweep.reaper`): its processes end with this one, even after a kill -9. Raises
+    ConfigError (one line) when the cluster cannot be joined or Ray cannot start."""
     import ray
+
+    from barapi.sweep.reaper import Watcher, session_folder
 
     if ray.is_initialized():
         return False
@@ -149,13 +181,58 @@ def _start_ray(address: str | None, ray_init: dict[str, Any] | None) -> bool:
                                "configure_logging": True, "logging_level": "warning"}
     options.update(ray_init or {})
     if address:
-        options = {k: v for k, v in options.items()
-                   if k not in ("num_cpus", "num_gpus", "object_store_memory", "include_dashboard",
-                                "_temp_dir")}
-        ray.init(address=address, **options)
-    else:
-        ray.init(**options)
+        _check_reachable(address)
+    try:
+        if address:
+            options = {k: v for k, v in options.items()
+                       if k not in ("num_cpus", "num_gpus", "object_store_memory",
+                                    "include_dashboard", "_temp_dir")}
+            ray.init(address=address, **options)
+        else:
+            _WATCHERS.append(Watcher())  # first: it must outlive this process
+            ray.init(**options)
+            _WATCHERS[-1].watch(session_folder() or "")
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError, OSError) as exc:
+        _stop_ray()
+        what = f"--address {address}: cannot join the Ray cluster" if address else \
+            "cannot start Ray in this process"
+        raise ConfigError(f"{what} ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:300]})") from None
     return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """ConfigError unless the Ray cluster at `address` (HOST:PORT, or ray://HOST:PORT; "auto"
+    is left to Ray) accepts a TCP connection within `timeout` s: Ray itself would retry for
+    minutes."""
+    import socket
+
+    text = address.removeprefix("ray://")
+    if address == "auto":
+        return
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--address {address}: expected auto or HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"--address {address}: cannot reach a Ray cluster there "
+                          f"({exc.strerror or type(exc).__name__}); is `ray start --head` "
+                          f"running on it?") from None
+
+
+def _stop_ray() -> None:
+    """Shut down the Ray this process started or joined, and end what it left (its
+    watcher ends any process of it still running)."""
+    import ray
+
+    ray.shutdown()
+    while _WATCHERS:
+        _WATCHERS.pop().stop()
+
+
+_WATCHERS: list[Any] = []
+"""The watchers (`barapi.sweep.reaper.Watcher`) of the Ray this process started."""
 
 
 def run_sweep(spec: SweepSpec | Path | str | None = None, budget: float | None = None, *,
@@ -175,12 +252,13 @@ def run_sweep(spec: SweepSpec | Path | str | None = None, budget: float | None =
 
     if importlib.util.find_spec("ray") is None:
         raise ModuleNotFoundError("No module named 'ray'", name="ray")
+    folder: SweepFolder | None = None
     if resume is not None:
         folder = SweepFolder.open(Path(resume))
         try:
             stored = folder.read()
             spec = folder.spec()
-            budget = float(stored["budget"]) if budget is None else budget
+            budget = float(stored["budget"]) if budget is None else check_budget_dollars(budget)
         except BaseException:
             folder.unlock()
             raise
@@ -191,20 +269,31 @@ def run_sweep(spec: SweepSpec | Path | str | None = None, budget: float | None =
         if budget is None:
             raise ConfigError("give the sweep's budget in dollars (--budget; budget= in Python): "
                               "all trials together spend at most that")
-        to_nano(budget)
-        preflight(spec)
-        folder = SweepFolder.create(Path(sweeps_dir), spec, budget)
+        budget = check_budget_dollars(budget)
+        preflight(spec, budget)
     assert budget is not None and isinstance(spec, SweepSpec)
+    # Tune warns on every forced snapshot of its state (the snapshots are what a resume
+    # after kill -9 reads): keep it quiet
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
-        return _drive(folder, spec, budget, resume is not None, address, max_concurrent,
-                      progress, ray_init)
+        started = _start_ray(address, ray_init)  # before a new folder: a bad address leaves none
+        try:
+            if folder is None:
+                folder = SweepFolder.create(Path(sweeps_dir), spec, budget)
+            return _drive(folder, spec, budget, resume is not None, address, max_concurrent,
+                          progress)
+        finally:
+            if started:
+                _stop_ray()
     finally:
-        folder.unlock()
+        if folder is not None:
+            folder.unlock()
 
 
 def _drive(folder: SweepFolder, spec: SweepSpec, budget: float, resumed: bool,
-           address: str | None, max_concurrent: int | None, progress: bool,
-           ray_init: dict[str, Any] | None) -> SweepResult:
+           address: str | None, max_concurrent: int | None, progress: bool) -> SweepResult:
+    """The sweep in `folder` on the Ray this process started or joined: the wallet, the
+    limiters, the trials (Tune), then the results."""
     from barapi.sweep.ledger import start_wallet
     from barapi.sweep.limiter import start_limiters
 
@@ -219,25 +308,17 @@ def _drive(folder: SweepFolder, spec: SweepSpec, budget: float, resumed: bool,
                        limiter=f"barapi-limiter-{ident}", namespace=NAMESPACE,
                        card=spec.card, cache_dir=spec.options.cache_dir,
                        use_cache=spec.options.cache, lease_nano=_lease_nano(spec, budget))
-    # Tune warns on every forced snapshot of its state (the snapshots are what a resume
-    # after kill -9 reads): keep it quiet
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    started = _start_ray(address, ray_init)
     import ray
 
-    try:
-        # (the handle is kept: a non-detached actor ends when its owner's handles do)
-        wallet = start_wallet(folder.wallet_path, to_nano(budget), ctx.wallet, NAMESPACE)
-        limiters = start_limiters(ctx.limiter, NAMESPACE)
-        errors = _fit(folder, spec, trials, ctx, resumed, max_concurrent, progress)
-        totals = ray.get(wallet.totals.remote())
-        data["limiters"] = ray.get(limiters.state.remote())
-        folder.write(data)
-        for handle in (wallet, limiters):
-            ray.kill(handle)
-    finally:
-        if started:
-            ray.shutdown()
+    # (the handle is kept: a non-detached actor ends when its owner's handles do)
+    wallet = start_wallet(folder.wallet_path, to_nano(budget), ctx.wallet, NAMESPACE)
+    limiters = start_limiters(ctx.limiter, NAMESPACE)
+    errors = _fit(folder, spec, trials, ctx, resumed, max_concurrent, progress)
+    totals = ray.get(wallet.totals.remote())
+    data["limiters"] = ray.get(limiters.state.remote())
+    folder.write(data)
+    for handle in (wallet, limiters):
+        ray.kill(handle)
     return write_results(folder.path, trials, budget, totals["committed"] / NANO, errors)
 
 

@@ -44,9 +44,10 @@ from typing import Any
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from barapi.cards import Card
+from barapi.cards import OVERRIDABLE, Card
 from barapi.config import RunConfig, make_config, one_line
 from barapi.errors import ConfigError
+from barapi.files import read_small_text
 
 TABLES = ("run", "grid", "random", "card", "sweep")
 RUN_EXTRAS = ("preset",)
@@ -178,9 +179,10 @@ def _absolute(path: Path, values: dict[str, Any]) -> dict[str, Any]:
 def parse_spec(data: dict[str, Any], path: Path) -> SweepSpec:
     """A SweepSpec from the TOML tables in `data` (`path` names the file in errors).
 
-    Raises ConfigError naming the file, table and field: an unknown table or field, a value
-    of the wrong type, an empty list, a field both in [grid] and [random], or trial settings
-    that `barapi run` would refuse (checked for every trial)."""
+    Raises ConfigError naming the file, table and field: no run setting at all (an empty
+    spec is not "the default run"), an unknown table or field, a value of the wrong type, an
+    empty list, a field both in [grid] and [random], or trial settings that `barapi run`
+    would refuse (checked for every trial)."""
     unknown = sorted(set(data) - set(TABLES))
     if unknown:
         raise ConfigError(f"{path}: unknown table [{unknown[0]}] (expected: {', '.join(TABLES)})")
@@ -212,15 +214,18 @@ def parse_spec(data: dict[str, Any], path: Path) -> SweepSpec:
     both = sorted(set(tables["grid"]) & set(tables["random"]))
     if both:
         raise _fail(path, "random", f"{both[0]}: also in [grid]; vary a field in one table only")
-    card_fields = set(Card.model_fields) - {"name", "sources"}
+    card_fields = [name for name in OVERRIDABLE if name != "sources"]
     for key in tables["card"]:
         if key not in card_fields:
-            raise _fail(path, "card", f"{key}: not a card field (expected one of "
-                        f"{', '.join(sorted(card_fields))})")
+            why = "a card's name cannot be overridden" if key == "name" else "not a card field"
+            raise _fail(path, "card", f"{key}: {why} (expected one of {', '.join(card_fields)})")
     try:
         Card(name="check", **tables["card"])
     except ValidationError as exc:
         raise _fail(path, "card", one_line(exc)) from exc
+    if not any(tables[t] for t in ("run", "grid", "random")):
+        raise ConfigError(f"{path}: no run settings: [run], [grid] and [random] are all "
+                          f"missing or empty (an empty spec is a mistake, not the default run)")
     if options.cache_dir is not None and not Path(options.cache_dir).is_absolute():
         options = options.model_copy(  # trials run in other folders
             update={"cache_dir": str((path.parent / options.cache_dir).resolve())})
@@ -269,10 +274,9 @@ def read_spec(path: Path | str) -> SweepSpec:
     """The spec in the TOML file at `path`; raises ConfigError (one line) when it is missing,
     not TOML, or has a bad field (see `parse_spec`)."""
     path = Path(path)
+    text = read_small_text(path, "sweep spec")  # a FIFO, a device, binary: refused, not read
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the sweep spec ({exc.strerror})") from exc
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not a TOML file ({one_line(exc)})") from exc
     return parse_spec(data, path)
