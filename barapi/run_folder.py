@@ -36,6 +36,7 @@ from barapi.budget import NANO, Budget, format_dollars, read_ledger
 from barapi.checkpoint import append_line, replace_atomically
 from barapi.config import RunConfig, one_line
 from barapi.errors import ConfigError, LedgerDamaged, RunFolderBusy, WriteFailed
+from barapi.files import check_regular
 from barapi.ratelimit import UNLIMITED_START, recovered_rate
 
 PACKAGES = ("barapi", "numpy", "torch", "efficientnet-lite-pytorch", "scikit-learn", "pillow",
@@ -139,6 +140,12 @@ def lock_folder(folder: Path, rule: str) -> IO[str]:
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
+
+
+RECORDS = ("config.json", "metrics.jsonl", "checkpoint.npz", "ledger.jsonl", "budget.json",
+           ".lock", "summary.json")
+"""The files of a run folder that barapi reads back: each, where present, must be a regular
+file (checked by `RunFolder.open` before anything is read)."""
 
 
 class RunFolder:
@@ -323,6 +330,10 @@ class RunFolder:
             raise ConfigError(f"{path}: no such run folder")
         if not (Path(path) / "config.json").is_file():
             raise ConfigError(f"{path}: not a barapi run folder (no config.json)")
+        for name in RECORDS:  # a FIFO or device in a record's place would block or never end
+            record = Path(path) / name
+            if os.path.lexists(record):
+                check_regular(record, "run folder file")
         folder = cls(Path(path))
         try:
             folder.config()
