@@ -37,7 +37,6 @@ import torch
 from numpy.typing import NDArray
 
 from barapi.adapters.local import LocalAdapter, _efficientnet_lite, imagenet_labels
-from barapi.config import NUDENET_SIDE
 from barapi.errors import ConfigError
 
 MODERATION = ("safe", "suggestive", "explicit", "drug", "gore")
@@ -99,9 +98,10 @@ NO_SIGNAL = 0.001
 either. An assumption, not a measurement: the order of magnitude a moderation service shows
 for a concept absent from an ordinary picture. Being constant, these columns carry no
 information about the image, which is the truth about this box."""
-NUDENET_SIZE = NUDENET_SIDE
-"""Side NudeNet's 320n detector was trained and exported at (its metadata "imgsz"), 320 px;
-the run configuration records it (`barapi.config.NUDENET_SIDE`)."""
+NUDENET_SIZE = 320
+"""Side NudeNet's 320n detector was trained and exported at (its metadata "imgsz"). The run
+configuration records it as `barapi.config.NUDENET_SIDE` (adapters import nothing above them;
+tests/test_boxes.py checks that the two agree)."""
 NUDENET_FILE = "320n.onnx"
 ONNX2TORCH = "onnx2torch>=1.5,<1.6"
 """Installed with ``pip install --no-deps`` (see `onnx2torch_convert`); tested with 1.5.15."""

@@ -137,6 +137,12 @@ def test_bar_never_differentiates_an_imagenet_box(monkeypatch: pytest.MonkeyPatc
     assert tripwire.calls > 0 and result.steps > 0
 
 
+def test_the_configs_nudenet_side_is_the_boxes() -> None:
+    from barapi.config import NUDENET_SIDE
+
+    assert boxes.NUDENET_SIZE == NUDENET_SIDE
+
+
 def test_emulators_default_to_the_semantic_box_and_name_the_easy_one() -> None:
     from barapi.cli import emulate_azure, emulate_clarifai
 
