@@ -156,22 +156,11 @@ def test_answers_are_stored_as_float32_records_and_decoded_strictly(tmp_path: Pa
 
 
 def damage_cache_db(folder: Path, where: str) -> None:
-    """Fill a cache, then overwrite its file's header or its key index's root page."""
-    import sqlite3
+    """Fill a cache, then overwrite its file's header or its key index's root page (the money
+    soak's own damage, so that both break cache.db the same way)."""
+    from benchmarks.money_soak import damage
 
-    cache = ProbabilityCache(folder)
-    asyncio.run(cache.set_many([f"k{i}" for i in range(300)], np.full((300, 20), 0.05, np.float32)))
-    cache.close()
-    database = folder / "cache.db"
-    with sqlite3.connect(database) as con:
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        (root,), (size,) = (con.execute("SELECT rootpage FROM sqlite_master WHERE name = "
-                                        "'Cache_key_raw'").fetchone(),
-                            con.execute("PRAGMA page_size").fetchone())
-    data = bytearray(database.read_bytes())
-    start = 0 if where == "header" else (root - 1) * size
-    data[start:start + size] = b"\xff" * size
-    database.write_bytes(bytes(data))
+    asyncio.run(damage(folder, where))
 
 
 @pytest.mark.parametrize("where", ["header", "index page"])
