@@ -12,25 +12,10 @@ import pytest
 
 from barapi.errors import ConfigError
 from barapi.sweep import run_sweep
+from benchmarks.bad_inputs import SPEC  # the bad-input table's tiny priced sweep
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.timeout(120)
-
-SPEC = """[run]
-classes = "0,1"
-canvas = 32
-window = 16
-input_size = 32
-resolution = 4
-per_class = 5
-q = 1
-epochs = 1
-m = 2
-device = "cpu"
-patience = 0
-[card]
-price_per_1000 = 1000
-"""
 
 
 def spec(tmp_path: Path) -> Path:
