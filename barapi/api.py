@@ -30,6 +30,7 @@ from barapi.estimate import estimate as estimate_cost
 from barapi.head import OutputHead
 from barapi.labelmap import check_fits
 from barapi.plan import Plan, plan_run
+from barapi.prepare import InputFormat
 from barapi.program import Canvas, Program
 from barapi.query import QueryService
 from barapi.ratelimit import RateLimiter
@@ -170,7 +171,8 @@ class Session:
             self.folder = RunFolder.create(
                 self.runs_root, self.config, self.run_name, card=self.card.model_dump(),
                 cache={"enabled": cache is not None,
-                       "dir": str(cache.directory.resolve()) if cache is not None else None})
+                       "dir": str(cache.directory.resolve()) if cache is not None else None},
+                input=InputFormat.of(self.trainer.task.split.train).to_json())
             self.folder.write_record(limit=self.service.budget.limit, spent_nanodollars=0,
                                      billed_images=0, wall_seconds=0.0)
             self.service.budget.attach(self.folder.ledger)
@@ -230,7 +232,9 @@ class Session:
                 and self.folder is not None and self.folder.created:
             self._failed(result.stopped)
             raise ProviderRefused(f"{result.stopped} (nothing was billed; no run folder was kept)")
-        result.extra.update(queries=stats.images, billed_images=budget.spent_images,
+        test = self.trainer.task.split.test
+        result.extra.update(test_images=len(test.labels) if test is not None else 0,
+                            queries=stats.images, billed_images=budget.spent_images,
                             uncertain_images=budget.uncertain_images,
                             uncertain_dollars=budget.uncertain_nano / NANO,
                             uncertain_reasons=dict(budget.uncertain_reasons),
@@ -404,6 +408,7 @@ def run_summary(result: RunResult) -> dict[str, Any]:
         "test_accuracy": result.test_accuracy,
         "zero_shot_test_accuracy": result.zero_shot_accuracy,
         "probe_test_accuracy": result.probe_accuracy,
+        "test_images": result.extra.get("test_images"),
         "early_stop": result.extra.get("early_stop", False),
         "best_val_accuracy": result.best_val_accuracy, "steps": result.steps,
         "best_step": result.extra.get("best_step"), "queries": result.extra["queries"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import sys
 import types
@@ -17,10 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import click
+import cloup
 import numpy as np
 
-from barapi.config import CONNECTION_FIELDS, PRESETS, RunConfig, make_config
+from barapi.config import (
+    CONNECTION_FIELDS,
+    DEFAULT_JOB,
+    PRESETS,
+    TASK_FIELDS,
+    RunConfig,
+    make_config,
+)
 from barapi.errors import BarapiError, ProviderError
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 FULL = "full"
 EXTRAS = {"grpc": "cloud", "clarifai_grpc": "cloud", "torch": "local",
@@ -29,15 +40,19 @@ EXTRAS = {"grpc": "cloud", "clarifai_grpc": "cloud", "torch": "local",
 """Optional packages and the extra of barapi that installs them."""
 
 
-def _option_for(name: str, field: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _option_for(name: str, field: Any) -> Decorator:
     annotation = field.annotation
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     base = args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) else annotation
     flag = "--" + name.replace("_", "-")
-    help_text = f"{field.description} [default: {field.default if field.default is not None else 'auto'}]"
+    default = field.default if field.default is not None else "auto"
+    job = PRESETS[DEFAULT_JOB].get(name)
+    help_text = f"{field.description} [default: {default}{f'; the default job: {job}' if job else ''}]"
     if name == "resolution":
-        return click.option(flag, name, type=str, default=None,
-                            help=f"{help_text}; 'full' = the canvas size")
+        return click.option(flag, name, type=str, default=None, metavar="K|full",
+                            help="program side k: W is 3×k×k, upsampled to the canvas; 'full' = "
+                                 "the canvas's side (the paper's full-resolution program) "
+                                 f"[default: {field.default}]")
     if base is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
     if typing.get_origin(base) is typing.Literal:
@@ -46,11 +61,39 @@ def _option_for(name: str, field: Any) -> Callable[[Callable[..., Any]], Callabl
     return click.option(flag, name, type=base, default=None, help=help_text)
 
 
-def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    for name, field in reversed(list(RunConfig.model_fields.items())):
-        command = _option_for(name, field)(command)
-    return click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
-                        help="start from a named preset (paper: the paper's exact settings)")(command)
+TASK, BOX, METHOD, OUTPUT = "Task and data", "Black box and money", "Method", "Output"
+GROUPS: dict[str, tuple[str, ...]] = {
+    TASK: ("dataset", "classes", "val_fraction", "test_fraction", "val_size", "test_size",
+           "per_class", "rebalance", "seed"),
+    BOX: ("provider", "model", "endpoint", "insecure", "labels", "key_file", "device", "weights",
+          "input_size"),
+    METHOD: ("method", "canvas", "window", "window_top", "window_left", "resolution", "head",
+             "head_l2", "head_lr", "head_refit", "mapping", "m", "loss", "gamma", "q", "beta",
+             "directions", "two_sided", "surrogate", "b", "optimizer", "lr", "decay", "batch",
+             "epochs", "max_steps", "eval_every", "patience", "evaluate"),
+}
+"""`run`'s and `estimate`'s options grouped by what a user decides (a test checks that every
+RunConfig field is in exactly one group)."""
+
+
+def grouped_options(extra: dict[str, list[Decorator]]) -> Decorator:
+    """Every RunConfig field as an option, in cloup option groups (`GROUPS`), with the
+    command's own options `extra` added to the group named by its key."""
+    named = ", ".join("--" + f.replace("_", "-") for f in TASK_FIELDS)
+    preset = click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+                          help="start from a named preset (paper: the paper's exact settings; "
+                               f"{DEFAULT_JOB}: the default job's task and black box, used when "
+                               f"none of {named} is given)")
+    fields = RunConfig.model_fields
+
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for title in reversed([TASK, BOX, METHOD, OUTPUT]):
+            options = [_option_for(n, fields[n]) for n in GROUPS.get(title, ())]
+            options = ([preset] if title == TASK else []) + options + extra.get(title, [])
+            if options:
+                command = cloup.option_group(title, *options)(command)
+        return command
+    return apply
 
 
 accept_version_option = click.option(
@@ -72,17 +115,20 @@ def given_connection(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in CONNECTION_FIELDS and v is not None}
 
 
-def card_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    command = click.option(
-        "--card-file", type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path), default=None,
-        callback=check_card_file,
-        help="TOML file overriding fields of the provider's price/limit card (any field but "
-             "name; a priced provider's price_per_1000 = 0 needs free = true beside it)")(command)
-    return click.option("--card-set", multiple=True, metavar="FIELD=VALUE",
-                        help="override one card field, e.g. price_per_1000=1.5 (repeatable; "
-                             "numbers must be numbers; price 0 or at least 0.00005 per 1,000, "
-                             "requests_per_second 0 = no limit or at least 0.01; a priced "
-                             "provider's price_per_1000=0 needs free=true as well)")(command)
+def card_options() -> list[Decorator]:
+    """--card-file and --card-set: the provider's price/limit card, overridden."""
+    return [
+        click.option("--card-file", type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path),
+                     default=None, callback=check_card_file,
+                     help="TOML file overriding fields of the provider's price/limit card (any "
+                          "field but name; a priced provider's price_per_1000 = 0 needs free = "
+                          "true beside it)"),
+        click.option("--card-set", multiple=True, metavar="FIELD=VALUE",
+                     help="override one card field, e.g. price_per_1000=1.5 (repeatable; numbers "
+                          "must be numbers; price 0 or at least 0.00005 per 1,000, "
+                          "requests_per_second 0 = no limit or at least 0.01; a priced "
+                          "provider's price_per_1000=0 needs free=true as well)"),
+    ]
 
 
 def card_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -113,8 +159,22 @@ def check_card_file(ctx: click.Context, param: click.Parameter, value: Path | No
     return value
 
 
-def config_from(preset: str | None, options: dict[str, Any]) -> RunConfig:
+DEFAULT_JOB_NOTE = ("barapi: the default job (--preset demo): a two-output NSFW-like box (local "
+                    "imagenet-nsfw) reprogrammed for MNIST 0 vs 1; name --dataset, --model or "
+                    "--provider for your own task")
+
+
+def is_default_job(preset: str | None, options: dict[str, Any]) -> bool:
+    """No preset and none of `TASK_FIELDS` given: the default job."""
+    return preset is None and not any(options.get(f) is not None for f in TASK_FIELDS)
+
+
+def config_from(preset: str | None, options: dict[str, Any], new_run: bool = True) -> RunConfig:
+    """The RunConfig of the command line's options. A new run that names neither a preset nor
+    any of `TASK_FIELDS` is the default job (`config.DEFAULT_JOB`)."""
     given = {k: v for k, v in options.items() if v is not None and k in RunConfig.model_fields}
+    if new_run and is_default_job(preset, options):
+        preset = DEFAULT_JOB
     if "resolution" in given:
         value = given["resolution"]
         if value == FULL:
@@ -182,7 +242,7 @@ def budget_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[...
     return click.option("--budget", type=float, default=None, callback=check_budget, help=help_text)
 
 
-class CLIGroup(click.Group):
+class CLIGroup(cloup.Group):
     """Turns barapi's own errors into one line on stderr and exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -194,24 +254,52 @@ class CLIGroup(click.Group):
             extra = EXTRAS.get((exc.name or "").split(".")[0])
             if extra is None:
                 raise
-            fail(f"this needs the optional package {exc.name}: pip install -e '.[{extra}]' "
-                 f"(or pip install 'barapi[{extra}]')")
-        except KeyboardInterrupt:
-            click.echo("barapi: interrupted (a stopped run continues with "
-                       "`barapi run --resume RUN_DIR`)", err=True)
+            from barapi.adapters.base import install_hint
+
+            fail(f"this needs the optional package {exc.name}: {install_hint(extra)}")
+        except KeyboardInterrupt:  # `run` names its own folder; here nothing was started
+            click.echo("barapi: interrupted", err=True)
             sys.exit(130)
 
 
 @click.group(cls=CLIGroup)
 @click.version_option(package_name="barapi")
-def main() -> None:
-    """Reprogram a black-box classifier (a prediction API or a local model) for a new task."""
+@click.option("-v", "--verbose", count=True, help="more detail on stderr (-v: each retry too)")
+@click.option("-q", "--quiet", count=True, help="no progress lines (warnings and errors only)")
+def main(verbose: int, quiet: int) -> None:
+    """Reprogram a black-box classifier (a prediction API or a local model) for a new task.
+
+    Progress goes to stderr: a line every few seconds through Python's logging (a bar on a
+    terminal); results go to stdout."""
+    from barapi.progress import setup_logging
+
+    setup_logging(verbose - quiet)
 
 
 def _summary(result: Any) -> dict[str, Any]:
     from barapi.api import run_summary
 
     return run_summary(result)
+
+
+def model_name(config: RunConfig, adapter: Any) -> str:
+    """The model a run queries, as the user would name it: --model, else the provider's
+    default (a Clarifai model id; a local model's name in its identity)."""
+    return config.model or getattr(adapter, "model", None) or adapter.identity.split("/")[1]
+
+
+def lift_words(result: Any, config: RunConfig) -> str:
+    """One line saying what the program added over the linear probe (the same black box's
+    answers to the unprogrammed images, one query each), or "" where no probe applies."""
+    program, probe = result.test_accuracy, result.probe_accuracy
+    if config.method == "zero-shot" or not (math.isfinite(program) and math.isfinite(probe)):
+        return ""
+    points = 100 * (program - probe)
+    if points >= 1:
+        return (f"the program added {points:.1f} points over the black box's plain answers "
+                f"(the linear probe)\n")
+    return ("the program added nothing over the black box's plain answers (the linear probe): "
+            "on this task `--method zero-shot` costs one query per image and does as well\n")
 
 
 def _print_estimate(phases: list[Any], card: Any, patience: int = 0, rate: float | None = None) -> None:
@@ -224,7 +312,8 @@ def _print_estimate(phases: list[Any], card: Any, patience: int = 0, rate: float
                f"{' as learned from the provider' if rate and rate != card.requests_per_second else ''}):",
                err=True)
     if patience:
-        click.echo(f"  (at most: --patience {patience} may stop training earlier)", err=True)
+        click.echo(f"  (at most: --patience {patience} stops training early only once a program "
+                   f"has beaten the unprogrammed start; until then every epoch runs)", err=True)
     for p in phases:
         seconds = p.requests / limit if limit else None
         wall = (f"{f'{seconds / 60:.1f} min':>10} at the rate limit" if seconds is not None
@@ -257,12 +346,14 @@ def _print_plan(plan: Any, session: Any, limit: float) -> None:
 
 
 @main.command()
-@config_options
-@card_options
-@click.option("--train-size", type=click.IntRange(min=1), default=None,
-              help="price a training split of this many images instead of the dataset's")
-@budget_option("dollars: also show the plan this budget pays for (test accuracy included)")
-@click.option("--json", "as_json", is_flag=True)
+@grouped_options({
+    BOX: [*card_options(),
+          budget_option("dollars: also show the plan this budget pays for (test accuracy "
+                        "included)"),
+          click.option("--train-size", type=click.IntRange(min=1), default=None,
+                       help="price a training split of this many images instead of the "
+                            "dataset's")],
+    OUTPUT: [click.option("--json", "as_json", is_flag=True)]})
 def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
              train_size: int | None, budget: float | None, as_json: bool,
              **options: Any) -> None:
@@ -271,6 +362,8 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
     from barapi import api
     from barapi.estimate import as_dicts
 
+    if is_default_job(preset, options) and not as_json:
+        click.echo(DEFAULT_JOB_NOTE, err=True)
     session = api.prepare(config_from(preset, options), card_file=card_file,
                           card_fields=card_overrides(card_set), use_cache=False, start=False,
                           sends=False)
@@ -292,29 +385,42 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
 
 
 @main.command()
-@config_options
-@card_options
-@click.option("--resume", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path),
-              default=None, help="continue the run in this folder with its own settings "
-              "(config options other than --endpoint, --insecure, --key-file and --device "
-              "are refused)")
-@click.option("--runs-dir", type=NonEmptyPath(file_okay=False, path_type=Path), default=Path("runs"),
-              show_default=True, help="where run folders are created")
-@budget_option("hard limit in dollars for the whole run folder (earlier spend included); "
-               "needed for a priced provider; a resume keeps the run's own unless given")
-@click.option("--yes", is_flag=True, help="start even when the estimate exceeds --budget")
-@click.option("--cache-dir", type=NonEmptyPath(file_okay=False, path_type=Path), default=None,
-              help="answer cache (default: ~/.cache/barapi; shared between runs)")
-@click.option("--cache/--no-cache", "use_cache", default=None,
-              help="cache paid answers (default: on for priced providers, off for $0 ones)")
-@click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary")
-@click.option("--progress/--no-progress", default=None, help="progress bar (default: on a tty)")
-@accept_version_option
+@grouped_options({
+    BOX: [budget_option("hard limit in dollars for the whole run folder (earlier spend "
+                        "included); needed for a priced provider; a resume keeps the run's own "
+                        "unless given"),
+          click.option("--yes", is_flag=True, help="start even when the estimate exceeds --budget"),
+          *card_options(),
+          click.option("--cache-dir", type=NonEmptyPath(file_okay=False, path_type=Path),
+                       default=None, help="answer cache (default: ~/.cache/barapi; shared "
+                                          "between runs)"),
+          click.option("--cache/--no-cache", "use_cache", default=None,
+                       help="cache paid answers (default: on for priced providers, off for $0 "
+                            "ones)"),
+          accept_version_option],
+    OUTPUT: [click.option("--runs-dir", type=NonEmptyPath(file_okay=False, path_type=Path),
+                          default=Path("runs"), show_default=True,
+                          help="where run folders are created"),
+             click.option("--resume", type=NonEmptyPath(exists=True, file_okay=False,
+                                                         path_type=Path),
+                          default=None, help="continue the run in this folder with its own "
+                          "settings (options other than --endpoint, --insecure, --key-file, "
+                          "--device, --budget and --accept-version are refused)"),
+             click.option("--json", "as_json", is_flag=True,
+                          help="print a machine-readable summary on stdout"),
+             click.option("--progress/--no-progress", default=True,
+                          help="progress on stderr: a bar on a terminal, else a line every few "
+                               "seconds (--no-progress: neither; -q keeps the bar off too)")]})
 def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
         resume: Path | None, runs_dir: Path, budget: float | None, yes: bool,
-        cache_dir: Path | None, use_cache: bool | None, as_json: bool, progress: bool | None,
+        cache_dir: Path | None, use_cache: bool | None, as_json: bool, progress: bool,
         accept_version: str | None, **options: Any) -> None:
-    """Reprogram the black box (default: local EfficientNet-Lite0 on scikit-learn digits)."""
+    """Reprogram the black box for the task.
+
+    Without an option naming the task or the black box, the default job (--preset demo):
+    a local two-output moderation-like box (EfficientNet-Lite0 with ImageNet's classes summed
+    into nsfw/sfw, like a real NSFW API) reprogrammed for handwritten digits 0 vs 1; no
+    credentials, a few minutes on 2 CPU cores."""
     from barapi import api
     from barapi.budget import format_dollars, uncertain_note
 
@@ -327,7 +433,9 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
             fail(f"--{refused[0].replace('_', '-')}: a resumed run keeps the settings in "
                  f"{resume / 'config.json'}; with --resume only {flags} may be given")
         connection = given_connection(options)
-    config = config_from(preset, options)
+    config = config_from(preset, options, new_run=resume is None)
+    if resume is None and is_default_job(preset, options) and not as_json:
+        click.echo(DEFAULT_JOB_NOTE, err=True)
     session = api.prepare(config, runs_root=runs_dir, resume=resume, budget=budget,
                           card_file=card_file, card_fields=card_overrides(card_set),
                           cache_dir=cache_dir, use_cache=use_cache, start=False,
@@ -361,12 +469,22 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
     if not as_json:
         what = ("zero-shot (no program)" if config.method == "zero-shot" else
                 f"program {config.program_resolution}², q={config.q}, {config.epochs} epoch(s)")
-        click.echo(f"barapi: {config.method} on {config.dataset} through {config.provider}/"
-                   f"{config.model or 'default'}, canvas {config.canvas}, {what} → "
-                   f"{session.folder.path if session.folder else ''}", err=True)
-    show = progress if progress is not None else sys.stderr.isatty()
+        classes = f" (classes {config.classes})" if config.classes else ""
+        click.echo(f"barapi: {config.method} on {config.dataset}{classes} through "
+                   f"{config.provider}/{model_name(config, session.adapter)}, canvas "
+                   f"{config.canvas}, {what} → {session.folder.path if session.folder else ''}",
+                   err=True)
+    talking = progress and logging.getLogger("barapi").isEnabledFor(logging.INFO)
+    if not progress:
+        session.trainer.lines = lambda record: None
     try:
-        result = session.run(progress=show)
+        result = session.run(progress=talking and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        folder = session.folder
+        click.echo("barapi: interrupted" + (
+            f"; what was paid for is kept in {folder.path}: continue with barapi run --resume "
+            f"{folder.path}" if folder is not None and folder.path.exists() else ""), err=True)
+        sys.exit(130)
     except ProviderError as exc:  # retries ran out: say what was spent, and how much is uncertain
         spend, folder = session.service.budget, session.folder
         if folder is None or not spend.spent_images:
@@ -394,11 +512,14 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
         uncertain = (f" ({summary['uncertain_images']:,} of them uncertain)"
                      if summary["uncertain_images"] else "")
         note = uncertain_note(spend.uncertain_nano, spend.uncertain_reasons)
+        paid = (f" · {summary['billed_images']:,} billed images{uncertain} · "
+                f"{format_dollars(summary['dollars'])}{f', {note}' if note else ''}"
+                if session.card.price_per_1000 else " · $0 (a free black box)")
         click.echo(f"test accuracy {percent(result.test_accuracy)} (zero-shot mapping "
-                   f"{percent(result.zero_shot_accuracy)}{probe} on the same split){patience}{best}"
-                   f" · {summary['queries']:,} queries · {summary['billed_images']:,} billed images"
-                   f"{uncertain} · {format_dollars(summary['dollars'])}{f', {note}' if note else ''}"
-                   f" · {summary['wall_seconds']:.0f} s\nrun folder: {result.run_dir}")
+                   f"{percent(result.zero_shot_accuracy)}{probe} on the same "
+                   f"{summary['test_images']:,} test images){patience}{best}"
+                   f" · {summary['queries']:,} queries{paid} · {summary['wall_seconds']:.0f} s\n"
+                   f"{lift_words(result, config)}run folder: {result.run_dir}")
     if result.stopped:
         left = session.service.budget.left
         click.echo(f"stopped early: {result.stopped}\ncontinue with: barapi run --resume "
@@ -480,12 +601,31 @@ def evaluate(run_dir: Path, part: str, budget: float | None, as_json: bool,
 @connection_options
 def predict(run_dir: Path, images: tuple[Path, ...], budget: float | None, as_json: bool,
             **connection: Any) -> None:
-    """Predict target classes of IMAGES with a run's learned program."""
-    from barapi.data import read_image
+    """Predict target classes of IMAGES (image files: PNG, JPEG, TIFF, BMP, …) with a run's
+    learned program.
 
-    samples = [read_image(p, str(p)) for p in images]
+    Each image is prepared as training prepared the dataset's images: read the same way,
+    turned grey if the dataset's samples were grey, resized to their size (e.g. 8×8 px for the
+    built-in digits, 28×28 for MNIST; recorded in the run folder), then embedded in the
+    program's canvas. Give images of the task's kind (a digit for a digits run), any size."""
+    from barapi.data import read_image
+    from barapi.prepare import InputFormat
+    from barapi.run_folder import RunFolder
+
+    record = RunFolder.open(run_dir, lock=False)
+    form = InputFormat.of_run(record.session(), str(record.path / "config.json"))
+    scale = form.scale if form is not None else None
+    samples = [read_image(p, str(p), scale) for p in images]
+    if form is not None:
+        samples = [form.prepare(sample) for sample in samples]
+    elif not as_json:
+        click.echo(f"barapi: {run_dir} predates recorded input formats: each image is resized "
+                   f"straight to the program's window, not first to the training images' size",
+                   err=True)
     fitted, service, folder = _paid_use(run_dir, budget, len(samples), "prediction", as_json,
                                         connection)
+    if form is not None and not as_json:
+        click.echo(f"images prepared as the training images were ({form.describe()})", err=True)
     canvas = fitted.program.canvas
     windows = np.concatenate([canvas.embed(sample[None]) for sample in samples])
     try:

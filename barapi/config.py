@@ -21,7 +21,17 @@ PRESETS: dict[str, dict[str, Any]] = {
               "two_sided": False, "beta": 0.01, "q": 10, "optimizer": "sgd", "lr": 0.05,
               "decay": 0.9, "mapping": "frequency", "loss": "focal", "gamma": 2.0, "m": 10,
               "head": "map", "patience": 0, "epochs": 6},
+    # The default job (`barapi run` naming no task and no black box): a two-output box like a
+    # real NSFW API (EfficientNet-Lite0's ImageNet classes summed into nsfw/sfw), for which
+    # the linear probe on its answers is weak, reprogrammed for MNIST 0 vs 1 with one output
+    # per class; 300 test images. Measured: docs/results.md, "The default job".
+    "demo": {"model": "imagenet-nsfw", "dataset": "mnist5k", "classes": "0,1", "m": 1,
+             "test_fraction": 0.3},
 }
+DEFAULT_JOB = "demo"
+"""The preset `barapi run` and `barapi estimate` use when none of `TASK_FIELDS` is given."""
+TASK_FIELDS = ("provider", "model", "endpoint", "labels", "weights", "dataset", "classes")
+"""Options naming the task or the black box: any of them given, the default job is not used."""
 
 
 CONNECTION_FIELDS = ("endpoint", "insecure", "key_file", "device")
@@ -99,7 +109,8 @@ class RunConfig(BaseModel):
     window_top: int | None = Field(None, description="window row (default centred)")
     window_left: int | None = Field(None, description="window column (default centred)")
     resolution: int | None = Field(
-        8, description="program side k: W is 3×k×k, upsampled to the canvas; omit for full")
+        8, description="program side k: W is 3×k×k, upsampled to the canvas (None: the "
+        "canvas's side, a full-resolution program as in the paper)")
     method: Literal["bar", "ar", "zero-shot"] = Field(
         "bar", description="bar: black-box ZO; ar: white-box autograd (local only); "
         "zero-shot: no program, the head alone (label map, or the linear probe)")

@@ -64,13 +64,17 @@ class Dataset:
     labels: NDArray[np.int64]
     classes: list[str]
     name: str
+    float_scale: FloatScale | None = None
+    """The rule that turned the dataset's floating-point samples into 0..255 (None: it had
+    none); `predict` scales a new floating-point image by it (`barapi.prepare`)."""
 
     @property
     def n_classes(self) -> int:
         return len(self.classes)
 
     def subset(self, index: NDArray[np.int64]) -> Dataset:
-        return Dataset(self.images[index], self.labels[index], self.classes, self.name)
+        return Dataset(self.images[index], self.labels[index], self.classes, self.name,
+                       self.float_scale)
 
 
 @dataclass(frozen=True)
@@ -156,17 +160,23 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def read_image(path: Path, source: str) -> NDArray[np.uint8]:
+def read_image(path: Path, source: str, scale: FloatScale | None = None) -> NDArray[np.uint8]:
     """An image file read alone (as `predict` reads one) as (h, w, 3) uint8 RGB: `decode_image`,
-    float samples scaled by the image's own `FloatScale`."""
-    return _finish([decode_image(path, source)])[0]
+    float samples scaled by `scale` (the training dataset's), else by the image's own."""
+    return _finish([decode_image(path, source)], scale)[0]
 
 
-def _finish(decoded: list[NDArray[np.generic]]) -> list[NDArray[np.uint8]]:
-    """Decoded images as (h, w, 3) uint8: the float ones (h, w) by one `FloatScale` of them
-    all (one rule per dataset), the others as they are."""
-    floats = [d for d in decoded if d.dtype != np.uint8]
-    scale = FloatScale.of([f.astype(np.float64) for f in floats]) if floats else FloatScale()
+def float_scale(decoded: list[NDArray[np.generic]]) -> FloatScale | None:
+    """The one `FloatScale` of a dataset's decoded float images (None: there is none)."""
+    floats = [d.astype(np.float64) for d in decoded if d.dtype != np.uint8]
+    return FloatScale.of(floats) if floats else None
+
+
+def _finish(decoded: list[NDArray[np.generic]],
+            scale: FloatScale | None = None) -> list[NDArray[np.uint8]]:
+    """Decoded images as (h, w, 3) uint8: the float ones (h, w) by `scale`, else one
+    `FloatScale` of them all (one rule per dataset), the others as they are."""
+    scale = scale or float_scale(decoded) or FloatScale()
     return [d.astype(np.uint8, copy=False) if d.dtype == np.uint8
             else _grey_rgb(scale.apply(d.astype(np.float64))) for d in decoded]
 
@@ -334,7 +344,8 @@ def load_folder(root: Path) -> Dataset:
     if not images:
         raise ConfigError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     labels, classes = encode_labels(raw, str(root))
-    return Dataset(_stack(images, paths, str(root)), labels, classes, root.name)
+    return Dataset(_stack(images, paths, str(root)), labels, classes, root.name,
+                   float_scale(images))
 
 
 def load_csv(path: Path) -> Dataset:
@@ -365,7 +376,8 @@ def load_csv(path: Path) -> Dataset:
     if not images:
         raise ConfigError(f"{path}: no rows of path,label found")
     labels, classes = encode_labels(raw, str(path))
-    return Dataset(_stack(images, paths, str(path)), labels, classes, path.stem)
+    return Dataset(_stack(images, paths, str(path)), labels, classes, path.stem,
+                   float_scale(images))
 
 
 def load_arrays(x: NDArray[np.generic], y: NDArray[np.generic], source: str, name: str) -> Dataset:
@@ -377,7 +389,10 @@ def load_arrays(x: NDArray[np.generic], y: NDArray[np.generic], source: str, nam
     if len(x) != len(y):
         raise ConfigError(f"{source}: X has {len(x)} samples but y has {len(y)} labels")
     labels, classes = encode_labels(y, source)
-    return Dataset(to_rgb_uint8(x, source), labels, classes, name)
+    images = to_rgb_uint8(x, source)
+    numbers = np.asarray(x)
+    scale = (FloatScale.of([numbers.astype(np.float64)]) if numbers.dtype != np.uint8 else None)
+    return Dataset(images, labels, classes, name, scale)
 
 
 def load_npz(path: Path) -> Dataset:
@@ -486,7 +501,8 @@ def select_classes(data: Dataset, names: list[str]) -> Dataset:
     keep = np.isin(data.labels, old)
     relabel = np.zeros(data.n_classes, dtype=np.int64)
     relabel[old] = np.arange(len(old))
-    return Dataset(data.images[keep], relabel[data.labels[keep]], list(names), data.name)
+    return Dataset(data.images[keep], relabel[data.labels[keep]], list(names), data.name,
+                   data.float_scale)
 
 
 @dataclass(frozen=True)

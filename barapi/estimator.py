@@ -8,7 +8,6 @@ end in ``_``. A fitted estimator pickles without its adapter (rebuilt on first u
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from typing import Any
 
@@ -25,9 +24,11 @@ from barapi.budget import Budget
 from barapi.config import make_config
 from barapi.data import Dataset, Split, to_rgb_uint8
 from barapi.errors import BudgetExhausted, ConfigError
+from barapi.progress import ProgressLines
 
 log = logging.getLogger(__name__)
-"""``barapi.estimator``: `fit` reports its progress here at INFO (see `FitProgress`)."""
+"""``barapi.estimator``: `fit` reports its progress here at INFO (`barapi.progress.ProgressLines`,
+lines starting "fit: ")."""
 
 InputScale = tuple[Any, ...]
 """A fitted scaling rule: ``("uint8",)`` or ``("affine", low, high)`` (plain Python floats)."""
@@ -123,33 +124,6 @@ def as_images(X: ArrayLike, image_shape: tuple[int, ...] | None,
     return to_rgb_uint8(x, "X")
 
 
-class FitProgress:
-    """`Trainer.on_record` hook that turns a fit's records into INFO lines on the
-    ``barapi.estimator`` logger, one per validation (by default once per epoch) and one per
-    training step at most every `every` seconds, e.g. ``fit: step 12/40 · 1,234 images ·
-    $0.0123 spent · val accuracy 85.0% · 4s``. Silent unless logging is configured, e.g.
-    ``logging.basicConfig(level=logging.INFO)``."""
-
-    def __init__(self, budget: Budget, total_steps: int, every: float = 5.0) -> None:
-        self.budget, self.total_steps, self.every = budget, total_steps, every
-        self.started = self.last = time.monotonic()
-        self.val_accuracy: float | None = None
-
-    def __call__(self, record: dict[str, Any]) -> None:
-        event, now = record.get("event"), time.monotonic()
-        if event == "val":
-            self.val_accuracy = float(record["val_accuracy"])
-        elif event != "step" or now - self.last < self.every:
-            return
-        if not log.isEnabledFor(logging.INFO):
-            return
-        self.last = now
-        val = "" if self.val_accuracy is None else f" · val accuracy {100 * self.val_accuracy:.1f}%"
-        log.info("fit: step %d/%d · %s images · $%.4f spent%s · %.0fs", record.get("step", 0),
-                 self.total_steps, f"{int(record.get('queries', 0)):,}", self.budget.spent, val,
-                 now - self.started)
-
-
 class BARClassifier(ClassifierMixin, BaseEstimator):
     """Black-box adversarial reprogramming as a scikit-learn classifier.
 
@@ -167,7 +141,7 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
     X at predict time must have ``n_features_in_`` features and no NaN or infinite values.
     Bad X (sparse, 1-D, empty, not numbers) is refused with one line, before anything is sent;
     `predict` before `fit` raises NotFittedError. `fit` logs its progress at INFO on the
-    ``barapi.estimator`` logger (`FitProgress`). scikit-learn's `check_estimator` passes
+    ``barapi.estimator`` logger (`barapi.progress.ProgressLines`). scikit-learn's `check_estimator` passes
     except the checks `expected_failed_checks` declares, each with its reason.
     """
 
@@ -241,7 +215,8 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
         """Reprogram the black box for (X, y): X as `validate_X` takes it, y (N,) class labels
         of at least 2 classes with 2 samples each. Raises ConfigError for bad X or y (nothing
         is sent), BudgetExhausted when the budget ran out before anything was learned.
-        Progress goes to the ``barapi.estimator`` logger at INFO (see `FitProgress`)."""
+        Progress goes to the ``barapi.estimator`` logger at INFO (`barapi.progress.ProgressLines`,
+        lines starting "fit: ")."""
         from barapi import api
 
         self.__dict__.pop("_adapter_dropped", None)
@@ -258,8 +233,9 @@ class BARClassifier(ClassifierMixin, BaseEstimator):
         config = self._config()
         session = api.prepare(config, adapter=self._get_adapter(),
                               split=self._split(images, labels, classes), budget=self.budget)
-        session.trainer.on_record = FitProgress(session.service.budget,
-                                                session.trainer.total_steps)
+        trainer = session.trainer
+        trainer.lines = ProgressLines(trainer.total_steps, trainer.steps_per_epoch, config.epochs,
+                                      session.service.budget.limit, logger=log, prefix="fit: ")
         result = session.run()
         self.spent_nano_ = session.service.budget.spent_nano
         if result.head is None:
@@ -395,5 +371,5 @@ def expected_failed_checks(estimator: BARClassifier) -> dict[str, str]:
     return declared
 
 
-__all__ = ["BARClassifier", "FitProgress", "as_images", "expected_failed_checks", "fit_input_scale",
+__all__ = ["BARClassifier", "as_images", "expected_failed_checks", "fit_input_scale",
            "validate_X"]

@@ -9,6 +9,7 @@ request get their own rounds (`input_attempts`, see QueryService).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from tenacity import AsyncRetrying, RetryCallState
 from barapi.errors import TransientError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+"""Each retry, at DEBUG (`barapi -v`): what failed and how long barapi waits."""
 
 
 @dataclass
@@ -72,6 +75,7 @@ class RetryPolicy:
             stop=tenacity.stop_any(OutOfAttempts(), tenacity.stop_after_delay(self.deadline)),
             sleep=self.sleep,
             after=count,
+            before_sleep=tenacity.before_sleep_log(log, logging.DEBUG),  # shown with -v
             reraise=True,
         )
         return await retrying(fn)

@@ -8,8 +8,10 @@ This module is the black-box path: it sees the model only through `QueryService`
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from barapi.checkpoint import save_checkpoint
 from barapi.config import RunConfig
@@ -28,10 +31,14 @@ from barapi.labelmap import LabelMap, check_fits, frequency_map, random_map
 from barapi.losses import batched_focal_loss, class_weights
 from barapi.optim import Optimizer
 from barapi.program import Canvas, Program
+from barapi.progress import EVERY, ProgressLines
 from barapi.query import QueryService
 from barapi.run_folder import RunFolder
 from barapi.run_state import RunState, config_fingerprint, load_state
 from barapi.zo import PriorGuided, ZOEstimator, prgf_lambda
+
+log = logging.getLogger("barapi.run")
+"""Progress lines (`barapi.progress.ProgressLines`) and the run's phases, at INFO."""
 
 FloatArray = NDArray[np.float32]
 Probabilities = NDArray[np.float32]
@@ -240,6 +247,9 @@ class Trainer:
         """Wall-clock seconds of the run's earlier parts (a resumed run)."""
         self.on_record: Callable[[dict[str, Any]], None] | None = None
         """Called with each metrics record after it is written (a sweep reports them)."""
+        self.lines: Callable[[dict[str, Any]], None] | None = None
+        """Progress lines on the ``barapi.run`` logger (default: one every few seconds, only
+        at validations when the tqdm bar is shown); the estimator sets its own."""
         self._started = time.monotonic()
 
     def wall_seconds(self) -> float:
@@ -273,6 +283,8 @@ class Trainer:
         record.setdefault("dollars", self.service.budget.spent)
         if self.folder is not None:
             self.folder.log(record)
+        if self.lines is not None:
+            self.lines(record)
         if self.on_record is not None:
             self.on_record(record)
 
@@ -414,6 +426,10 @@ class Trainer:
         if c.head == "linear":  # a label map has nothing to train
             optimizers["head_opt"] = Optimizer("adam", c.head_lr, c.decay, self.steps_per_epoch)
         self._started = time.monotonic()
+        if self.lines is None:
+            self.lines = ProgressLines(self.total_steps, self.steps_per_epoch, c.epochs,
+                                       self.service.budget.limit,
+                                       every=None if self.progress else EVERY)
         state = self._restore(optimizers)
         if state is None:
             if self.folder is not None:
@@ -443,6 +459,9 @@ class Trainer:
         test = (state.probe_test_accuracy if isinstance(state.head, LinearHead)
                 else state.zero_shot_test_accuracy)
         if c.method != "zero-shot":
+            if self.task.split.test is not None and c.evaluate:
+                log.info("testing the selected program (step %d) on %d test images",
+                         state.best_step, len(self.task.split.test.labels))
             try:
                 test = await self._test(state.best_head, state.best_weights)
             except BudgetExhausted as exc:
@@ -507,6 +526,9 @@ class Trainer:
         eval_every = c.eval_every or self.steps_per_epoch
         bar = tqdm(total=self.total_steps, initial=state.step, disable=not self.progress,
                    unit="step", dynamic_ncols=True)
+        above_bar = ExitStack()  # log lines printed above the bar, not through it
+        if self.progress:
+            above_bar.enter_context(logging_redirect_tqdm([logging.getLogger("barapi")]))
         start = time.monotonic()
 
         def validation_due(step: int) -> bool:
@@ -563,6 +585,7 @@ class Trainer:
                 self._save(state, optimizers)
         finally:
             bar.close()
+            above_bar.close()
 
 
 def run_sync(trainer: Trainer) -> RunResult:

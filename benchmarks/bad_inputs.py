@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-TINY = ["--canvas", "32", "--window", "16", "--input-size", "32", "--resolution", "4",
+TINY = ["--dataset", "digits", "--canvas", "32", "--window", "16", "--input-size", "32", "--resolution", "4",
         "--per-class", "5", "--q", "1", "--epochs", "1", "--m", "2", "--device", "cpu",
         "--patience", "0", "--classes", "0,1"]
 PRICE = ["--card-set", "price_per_1000=1000"]

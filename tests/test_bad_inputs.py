@@ -32,7 +32,7 @@ from barapi.cli import main
 
 pytestmark = pytest.mark.timeout(120)
 
-TINY = ["--canvas", "32", "--window", "16", "--input-size", "32", "--resolution", "4",
+TINY = ["--dataset", "digits", "--canvas", "32", "--window", "16", "--input-size", "32", "--resolution", "4",
         "--per-class", "5", "--q", "1", "--epochs", "1", "--m", "2", "--device", "cpu",
         "--patience", "0", "--classes", "0,1"]
 BUDGET = ["--budget", "100000", "--yes"]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from barapi.budget import format_dollars
 
-TINY = ["--canvas", "48", "--window", "24", "--input-size", "48", "--resolution", "4",
+TINY = ["--dataset", "digits", "--canvas", "48", "--window", "24", "--input-size", "48", "--resolution", "4",
         "--per-class", "10", "--q", "3", "--epochs", "1", "--m", "2", "--device", "cpu",
         "--patience", "0"]
 
@@ -55,6 +55,116 @@ def test_evaluate_and_predict(finished_run: Path, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout)
     assert answer["label"] in [str(i) for i in range(10)] and len(answer["scores"]) == 10
+
+
+def test_predict_prepares_an_image_as_training_did_whatever_its_size_or_colour(
+        finished_run: Path, tmp_path: Path) -> None:
+    """Issue 31: a training image saved at another size (8×8 digits enlarged to 64 px, as a
+    user's scan would be) or in colour gets the answer its 8×8 original gets: predict resizes
+    to the dataset's recorded sample size and colour before the canvas embeds it."""
+    from sklearn.datasets import load_digits
+
+    record = json.loads((finished_run / "config.json").read_text())["session"]["input"]
+    assert record == {"height": 8, "width": 8, "grey": True, "float_scale": None}
+    digits = load_digits()
+    originals = [np.rint(digits.images[i] * 255 / 16).astype(np.uint8) for i in range(10)]
+    paths: dict[str, list[str]] = {"8px": [], "64px": [], "64px-colour": []}
+    for i, grey in enumerate(originals):
+        im = Image.fromarray(grey)
+        for kind, saved in (("8px", im), ("64px", im.resize((64, 64), Image.Resampling.NEAREST)),
+                            ("64px-colour", im.resize((64, 64), Image.Resampling.NEAREST)
+                             .convert("RGB"))):
+            path = tmp_path / f"{i}-{kind}.png"
+            saved.save(path)
+            paths[kind].append(str(path))
+    answers = {}
+    for kind, files in paths.items():
+        out = barapi("predict", str(finished_run), *files, "--json", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        answers[kind] = [json.loads(line) for line in out.stdout.splitlines()]
+    for kind in ("64px", "64px-colour"):
+        for small, large in zip(answers["8px"], answers[kind], strict=True):
+            assert large["label"] == small["label"]
+            assert large["scores"] == pytest.approx(small["scores"], abs=1e-5)
+    out = barapi("predict", str(finished_run), paths["64px"][0], cwd=tmp_path)
+    assert "images prepared as the training images were (8×8 px, grey)" in out.stderr
+
+
+METHOD_ONLY = ["--canvas", "32", "--window", "16", "--input-size", "32", "--resolution", "4",
+               "--per-class", "10", "--q", "1", "--epochs", "2", "--device", "cpu"]
+"""Tiny method settings naming no task and no black box: the default job's task and box."""
+
+
+def test_the_default_job_is_a_few_output_box_and_it_talks_while_it_works(tmp_path: Path) -> None:
+    """Issue 31: `barapi run` naming no task and no black box runs the default job (the
+    two-output imagenet-nsfw box reprogrammed for MNIST 0 vs 1, --preset demo), prints
+    progress lines on stderr when stderr is not a terminal, and says what the program added
+    beside the linear probe; -q silences the progress lines, not the result."""
+    from barapi.config import PRESETS
+
+    out = barapi("run", *METHOD_ONLY, "--runs-dir", "runs", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith("barapi: the default job (--preset demo)")
+    assert "barapi: bar on mnist5k (classes 0,1) through local/imagenet-nsfw" in out.stderr
+    progress = [line for line in out.stderr.splitlines() if " barapi: step " in line]
+    assert progress and all(" images · $0.00 · val " in line for line in progress), out.stderr
+    result, lift = out.stdout.splitlines()[:2]
+    assert result.startswith("test accuracy ") and "linear probe " in result
+    assert "· $0 (a free black box)" in result and "billed" not in result
+    assert lift.startswith("the program added ")
+    folder = next((tmp_path / "runs").iterdir())
+    config = json.loads((folder / "config.json").read_text())["config"]
+    assert {k: config[k] for k in PRESETS["demo"]} == PRESETS["demo"]
+    assert json.loads((folder / "summary.json").read_text())["test_images"] == 300
+    assert "on the same 300 test images)" in result
+
+    quiet = barapi("-q", "run", *METHOD_ONLY, "--runs-dir", "runs", cwd=tmp_path)
+    assert quiet.returncode == 0 and " barapi: step " not in quiet.stderr
+    assert quiet.stdout.startswith("test accuracy ")
+    named = barapi("estimate", "--dataset", "digits", cwd=tmp_path)  # a task named: not the job
+    assert "training" in named.stderr and "(the default job" not in named.stderr
+    assert ("(at most: --patience 2 stops training early only once a program has beaten the "
+            "unprogrammed start; until then every epoch runs)") in named.stderr
+    assert "barapi: step 0/" in out.stderr and "testing the selected program" in out.stderr
+
+
+def test_ctrl_c_names_the_run_folder_to_resume(tmp_path: Path) -> None:
+    """Issue 31: an interrupted run says which folder to resume, not RUN_DIR."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "barapi", "run", *TINY, "--epochs", "50",
+                             "--runs-dir", "runs"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # interrupt once a step is recorded
+        logs = list((tmp_path / "runs").glob("*/metrics.jsonl"))
+        if logs and '"event": "step"' in logs[0].read_text():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    folder = next((tmp_path / "runs").iterdir())
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (f"barapi: interrupted; what was paid for is kept in "
+                                            f"runs/{folder.name}: continue with barapi run "
+                                            f"--resume runs/{folder.name}")
+
+
+def test_run_help_groups_every_option_by_what_a_user_decides() -> None:
+    """Issue 31: `run --help` in four groups; every RunConfig field in exactly one."""
+    from barapi.cli import GROUPS
+    from barapi.config import RunConfig
+
+    grouped = [name for names in GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(RunConfig.model_fields)
+    text = subprocess.run([sys.executable, "-m", "barapi", "run", "--help"], capture_output=True,
+                          text=True, timeout=60).stdout
+    titles = [line for line in text.splitlines() if line and not line.startswith(" ")
+              and line.endswith(":")]
+    assert titles == ["Task and data:", "Black box and money:", "Method:", "Output:",
+                      "Other options:"]
+    assert "omit for full" not in text and "--resolution K|full" in text
 
 
 def test_a_run_whose_program_never_beat_its_start_says_so(tmp_path: Path) -> None:
@@ -110,7 +220,7 @@ def single_class(tmp_path: Path) -> str:
     (["--model", "resnet9000"], "unknown local model 'resnet9000'"),
     (["--dataset", "nosuch"], "unknown dataset 'nosuch'"),
     (["--window", "64", "--canvas", "32"], "window 64 is larger than the canvas 32"),
-    (["--m", "200", "--head", "map"], "exceeds the black box's 1000 source labels"),
+    (["--dataset", "digits", "--m", "200", "--head", "map"], "exceeds the black box's 1000 source labels"),
     (["--q", "0"], "q must be at least 1"),
     ([bad_npz], "NaN"),
     ([corrupt_folder], "broken.png"),
@@ -172,26 +282,47 @@ def test_budget_runs_out_mid_run_then_resume_with_more(tmp_path: Path) -> None:
             in out.stderr)
 
 
-def test_a_missing_optional_package_is_one_line_naming_the_extra(tmp_path: Path) -> None:
-    code = """
+MISSING_PACKAGE_CASES = [
+    # (package made missing, command, what the line names, the extra)
+    ("grpc", ["emulate", "clarifai", "--port", "0"], "this needs the optional package grpc", "cloud"),
+    ("clarifai_grpc", ["estimate", "--provider", "clarifai"],
+     "the clarifai provider needs the optional package clarifai-grpc", "cloud"),
+    ("onnx2torch", ["run", "--model", "nudenet-nsfw", "--method", "ar", "--classes", "0,1",
+                    "--per-class", "2", "--epochs", "1", "--runs-dir", "r"],
+     "the nudenet boxes' white-box reference needs the optional package onnx2torch", "nudenet"),
+    ("efficientnet_lite_pytorch", ["estimate"],
+     "model efficientnet-lite0 needs the optional package efficientnet-lite-pytorch", "local"),
+]
+
+
+@pytest.mark.parametrize("package,args,what,extra", MISSING_PACKAGE_CASES,
+                         ids=[c[0] for c in MISSING_PACKAGE_CASES])
+def test_a_missing_optional_package_is_one_line_with_the_one_install_hint(
+        tmp_path: Path, package: str, args: list[str], what: str, extra: str) -> None:
+    """Issue 31: every "missing package" error gives the same install command for its extra
+    (`install_hint`: onnx2torch's --no-deps included), never a traceback."""
+    from barapi.adapters.base import install_hint
+
+    code = f"""
 import sys
 
-class NoGrpc:  # as on a machine where barapi was installed without its cloud extra
+class Missing:  # as on a machine where barapi was installed without the extra
     def find_spec(self, name, path=None, target=None):
-        if name == "grpc" or name.startswith("grpc."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        if name == {package!r} or name.startswith({package!r} + "."):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
         return None
 
-sys.meta_path.insert(0, NoGrpc())
+sys.meta_path.insert(0, Missing())
 from barapi.cli import main
-main(["emulate", "clarifai", "--port", "0"])
+main({args!r})
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, env={**__import__("os").environ, "CLARIFAI_PAT": "k"},
-                         timeout=120)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.strip() == ("barapi: error: this needs the optional package grpc: "
-                                  "pip install -e '.[cloud]' (or pip install 'barapi[cloud]')")
+                         timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == f"barapi: error: {what}: {install_hint(extra)}"
+    assert "--no-deps" in last if extra == "nudenet" else "--no-deps" not in last
 
 
 class EmulatorProcess:
@@ -262,3 +393,17 @@ def test_a_damaged_answer_cache_stops_a_priced_run_with_one_line_and_nothing_spe
         "database); stopped before paying for answers it may hold: repair or move the folder, "
         "choose another --cache-dir, or run with --no-cache"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_header_names_the_model_the_provider_chose_when_model_is_left_out() -> None:
+    """Issue 31: not "clarifai/default": the model the adapter queries."""
+    from types import SimpleNamespace
+
+    from barapi.cli import model_name
+    from barapi.config import make_config
+
+    clarifai = SimpleNamespace(model="moderation-recognition", identity="clarifai/x@latest")
+    assert model_name(make_config(provider="clarifai"), clarifai) == "moderation-recognition"
+    local = SimpleNamespace(identity="local/efficientnet-lite0/0123abcd@112/logits/(0.4,)/(0.2,)")
+    assert model_name(make_config(), local) == "efficientnet-lite0"
+    assert model_name(make_config(model="imagenet-nsfw"), local) == "imagenet-nsfw"

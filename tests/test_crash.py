@@ -16,7 +16,7 @@ import pytest
 
 from barapi.budget import read_ledger
 
-ARGS = ["--canvas", "32", "--window", "16", "--input-size", "32", "--resolution", "4",
+ARGS = ["--dataset", "digits", "--canvas", "32", "--window", "16", "--input-size", "32", "--resolution", "4",
         "--per-class", "20", "--q", "4", "--epochs", "3", "--m", "2", "--device", "cpu",
         "--card-set", "price_per_1000=1.0", "--budget", "10", "--progress", "--patience", "0"]
 STEP_IMAGES = 20 * 5  # minibatch × (q + 1): the most one step has in flight

@@ -22,7 +22,7 @@ from PIL import Image
 
 ROOT = Path(__file__).parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-TINY = ["--canvas", "32", "--window", "16", "--input-size", "32", "--resolution", "4",
+TINY = ["--dataset", "digits", "--canvas", "32", "--window", "16", "--input-size", "32", "--resolution", "4",
         "--per-class", "5", "--q", "1", "--epochs", "1", "--m", "2", "--device", "cpu",
         "--patience", "0"]
 PRELUDE = """
@@ -81,7 +81,7 @@ def test_the_set_up_commands_are_what_ci_runs() -> None:
     assert test_cmd == "python -m pytest -q" and "python -m pytest -q" in ci
     assert "pip install -q torch==2.13.0" in ci and f"-e '.[{test_extras}]'" in ci
     if "nudenet" in test_extras:  # its onnx2torch without torchvision, as README says
-        from barapi.adapters.boxes import ONNX2TORCH
+        from barapi.adapters.base import ONNX2TORCH
 
         readme = (ROOT / "README.md").read_text()
         assert f"pip install --no-deps '{ONNX2TORCH}'" in readme

@@ -257,5 +257,5 @@ def test_fit_reports_progress_through_logging(caplog: pytest.LogCaptureFixture) 
         est = BARClassifier(adapter=LinearSoftmaxAdapter(), **FAST).fit(x, y)
     lines = [r.getMessage() for r in caplog.records if r.name == "barapi.estimator"]
     steps = [line for line in lines if line.startswith("fit: step ")]
-    assert steps and "val accuracy" in steps[-1] and " images · $0.0000 spent" in steps[-1]
+    assert steps and " images · $0.00 · val " in steps[-1] and "(best " in steps[-1]
     assert lines[-1].startswith(f"fit done: {est.n_queries_} images")

@@ -21,7 +21,7 @@ import pytest
 from barapi.budget import read_ledger
 from barapi.run_folder import RunFolder
 
-TINY = ["--canvas", "32", "--window", "16", "--input-size", "32", "--resolution", "4",
+TINY = ["--dataset", "digits", "--canvas", "32", "--window", "16", "--input-size", "32", "--resolution", "4",
         "--per-class", "10", "--q", "2", "--epochs", "2", "--m", "2", "--device", "cpu",
         "--patience", "0", "--classes", "0,1,2"]
 PRICED = [*TINY, "--card-set", "price_per_1000=1000", "--runs-dir", "runs", "--no-cache"]

@@ -21,7 +21,7 @@ from barapi.errors import ConfigError
 from barapi.estimate import estimate, total_steps, validation_count
 from barapi.plan import MIN_TEST_PER_CLASS, plan_run
 
-TINY = ["--canvas", "32", "--window", "16", "--input-size", "32", "--resolution", "4",
+TINY = ["--dataset", "digits", "--canvas", "32", "--window", "16", "--input-size", "32", "--resolution", "4",
         "--q", "2", "--m", "2", "--device", "cpu", "--patience", "0", "--classes", "0,1",
         "--per-class", "20"]
 

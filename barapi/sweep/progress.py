@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from typing import Any
 
@@ -11,10 +11,14 @@ from ray import tune
 
 from barapi.budget import format_dollars
 
+log = logging.getLogger("barapi.sweep")
+"""The sweep's progress lines, at INFO (the command line shows them on stderr; -q hides them)."""
+
 
 class Progress(tune.Callback):
-    """One line on stderr — trials running, done, stopped and pending; dollars spent and
-    left (from the sweep's wallet) — at most every `every` seconds and at each trial's end.
+    """One INFO line on the ``barapi.sweep`` logger — trials running, done, stopped and
+    pending; dollars spent and left (from the sweep's wallet) — at most every `every` seconds
+    and at each trial's end.
     Picklable (it finds the wallet by name), so a restored sweep keeps it."""
 
     def __init__(self, wallet: str, namespace: str, total: int, every: float = 5.0) -> None:
@@ -37,9 +41,11 @@ class Progress(tune.Callback):
 
     def _show(self, trials: list[Any], force: bool = False) -> None:
         now = time.monotonic()
+        if not log.isEnabledFor(logging.INFO):
+            return
         if force or now - self._last >= self.every:
             self._last = now
-            print(self.line(trials), file=sys.stderr, flush=True)
+            log.info("%s", self.line(trials))
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         self._show(trials)
