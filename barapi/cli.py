@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import math
+import signal
 import sys
 import types
 import typing
@@ -47,7 +48,9 @@ def _option_for(name: str, field: Any) -> Decorator:
     flag = "--" + name.replace("_", "-")
     default = field.default if field.default is not None else "auto"
     job = PRESETS[DEFAULT_JOB].get(name)
-    help_text = f"{field.description} [default: {default}{f'; the default job: {job}' if job else ''}]"
+    job_note = ("" if job is None else f"; the default job, when no task option is given: {job}"
+                if name in TASK_FIELDS else f"; in the default job: {job}")
+    help_text = f"{field.description} [default: {default}{job_note}]"
     if name == "resolution":
         return click.option(flag, name, type=str, default=None, metavar="K|full",
                             help="program side k: W is 3×k×k, upsampled to the canvas; 'full' = "
@@ -288,6 +291,16 @@ def model_name(config: RunConfig, adapter: Any) -> str:
     return config.model or getattr(adapter, "model", None) or adapter.identity.split("/")[1]
 
 
+def job_line(config: RunConfig, adapter: Any) -> str:
+    """What a run does, in one line: "bar on mnist5k (classes 0,1) through
+    local/imagenet-nsfw, canvas 112, program 8², q=10, 6 epoch(s)"."""
+    what = ("zero-shot (no program)" if config.method == "zero-shot" else
+            f"program {config.program_resolution}², q={config.q}, {config.epochs} epoch(s)")
+    classes = f" (classes {config.classes})" if config.classes else ""
+    return (f"{config.method} on {config.dataset}{classes} through {config.provider}/"
+            f"{model_name(config, adapter)}, canvas {config.canvas}, {what}")
+
+
 def lift_words(result: Any, config: RunConfig) -> str:
     """One line saying what the program added over the linear probe (the same black box's
     answers to the unprogrammed images, one query each), or "" where no probe applies."""
@@ -377,6 +390,8 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
                              "epochs": plan.config.epochs, "phases": as_dicts(plan.phases)}
         click.echo(dumps(shown))
     else:
+        click.echo(f"barapi: {job_line(session.config, session.adapter)} (nothing is sent)",
+                   err=True)
         _print_estimate(phases, session.card, session.config.patience)
         if plan is not None and plan.shaped:
             _print_plan(plan, session, budget or 0.0)
@@ -467,24 +482,26 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
     session.start()
     config = session.config
     if not as_json:
-        what = ("zero-shot (no program)" if config.method == "zero-shot" else
-                f"program {config.program_resolution}², q={config.q}, {config.epochs} epoch(s)")
-        classes = f" (classes {config.classes})" if config.classes else ""
-        click.echo(f"barapi: {config.method} on {config.dataset}{classes} through "
-                   f"{config.provider}/{model_name(config, session.adapter)}, canvas "
-                   f"{config.canvas}, {what} → {session.folder.path if session.folder else ''}",
-                   err=True)
+        click.echo(f"barapi: {job_line(config, session.adapter)} → "
+                   f"{session.folder.path if session.folder else ''}", err=True)
     talking = progress and logging.getLogger("barapi").isEnabledFor(logging.INFO)
     if not progress:
         session.trainer.lines = lambda record: None
+    signals: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM (timeout, a scheduler) as Ctrl-C
+        signals.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         result = session.run(progress=talking and sys.stderr.isatty())
     except KeyboardInterrupt:
-        folder = session.folder
-        click.echo("barapi: interrupted" + (
+        folder, signum = session.folder, (signals or [signal.SIGINT])[0]
+        click.echo(("barapi: terminated" if signum == signal.SIGTERM else "barapi: interrupted") + (
             f"; what was paid for is kept in {folder.path}: continue with barapi run --resume "
             f"{folder.path}" if folder is not None and folder.path.exists() else ""), err=True)
-        sys.exit(130)
+        sys.exit(128 + signum)
     except ProviderError as exc:  # retries ran out: say what was spent, and how much is uncertain
         spend, folder = session.service.budget, session.folder
         if folder is None or not spend.spent_images:
@@ -492,6 +509,8 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
         note = uncertain_note(spend.uncertain_nano, spend.uncertain_reasons)
         fail(f"{exc}; {format_dollars(spend.spent_nano, nano=True)} spent so far"
              f"{f', {note}' if note else ''}; continue with: barapi run --resume {folder.path}")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     summary = _summary(result)
     if result.run_dir is not None:
         from barapi.checkpoint import replace_atomically

@@ -93,7 +93,8 @@ class RunConfig(BaseModel):
         112, description="local model input side in px (images are resized to it); 0 = the "
         "model's native size (224 for EfficientNet-Lite0)")
     dataset: str = Field("digits", description="digits | mnist5k | fashion-mnist | PATH "
-                         "(class folders, .csv of path,label, .npz with X and y)")
+                         "(class folders, .csv of path,label, .npz with X and y, a folder "
+                         "holding X.npy and y.npy)")
     classes: str | None = Field(None, description="keep only these classes, comma-separated "
                                 "(e.g. 0,1 for a binary task on a few-output API)")
     val_fraction: float = Field(0.1, description="share of each class held out for validation")
@@ -145,8 +146,8 @@ class RunConfig(BaseModel):
     decay: float = Field(1.0, description="step size multiplier per epoch")
     batch: int = Field(20, description="minibatch size (images per program variant)")
     epochs: int = Field(6, description="passes over the training split (at most: see patience)")
-    max_steps: int | None = Field(None, description="stop training after this many steps, "
-                                  "within the last epoch (a budget plan sets it)")
+    max_steps: int | None = Field(None, description="stop training after this many steps in "
+                                  "all, cutting the last epoch short (a budget plan sets it)")
     eval_every: int = Field(0, description="validate every N steps (0: once per epoch)")
     patience: int = Field(2, description="stop after this many validations without a better "
                           "validation accuracy or a lower validation loss, counted once the "

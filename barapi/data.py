@@ -220,6 +220,9 @@ def decode_image(path: Path, source: str) -> NDArray[np.generic]:
             f"decompression-bomb limit of {Image.MAX_IMAGE_PIXELS or 0:,} pixels); resize it to "
             f"fewer pixels and retry"
         ) from exc
+    except Image.UnidentifiedImageError as exc:  # Pillow's text names the handle, not the file
+        raise ConfigError(f"{source}: {path} is not an image file Pillow can read (expected "
+                          f"one of {', '.join(sorted(IMAGE_SUFFIXES))})") from exc
     except _CORRUPT as exc:
         raise ConfigError(f"{source}: cannot read image {path}: {_one_line(exc)}") from exc
 

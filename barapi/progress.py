@@ -73,7 +73,9 @@ class ProgressLines:
                  + (f" of {format_dollars(self.limit)}" if self.limit is not None else "")]
         if self.val_accuracy is not None:
             parts.append(f"val {self.val_accuracy:.1%} (best {(self.best_accuracy or 0):.1%})")
-        if self.first_step is not None and step > self.first_step:
+        elif self.best_accuracy is not None:  # a resumed run, before its next validation
+            parts.append(f"best val {self.best_accuracy:.1%}")
+        if self.first_step is not None and step > self.first_step and now > self.started:
             pace = (now - self.started) / (step - self.first_step)
             parts.append(f"{duration(pace * (self.total_steps - step))} left")
         return " · ".join(parts)

@@ -431,6 +431,9 @@ class Trainer:
                                        self.service.budget.limit,
                                        every=None if self.progress else EVERY)
         state = self._restore(optimizers)
+        if state is not None and state.validated_step is not None \
+                and isinstance(self.lines, ProgressLines):  # a resume's lines keep the best
+            self.lines.best_accuracy = state.best_val_accuracy
         if state is None:
             if self.folder is not None:
                 self.folder.truncate_metrics(-1)  # records of an attempt that never checkpointed

@@ -392,6 +392,9 @@ PREDICT_ROWS = [
     Row("predict a corrupt image", "predict",
         lambda c: [str(c.run_copy()), c.file("broken.png", b"\x89PNG garbage")],
         r"broken\.png"),
+    Row("predict a text file", "predict",  # not Pillow's "<_io.BufferedReader name=3>"
+        lambda c: [str(c.run_copy()), c.file("notes.txt", b"a shopping list")],
+        r"notes\.txt is not an image file Pillow can read \(expected one of \.bmp"),
     Row("predict budget nan", "predict",
         lambda c: [str(c.run_copy()), c.png("x.png"), "--budget", "nan"], r"budget"),
     Row("predict budget 0 (costs more)", "predict",

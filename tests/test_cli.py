@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -123,14 +124,19 @@ def test_the_default_job_is_a_few_output_box_and_it_talks_while_it_works(tmp_pat
     assert quiet.stdout.startswith("test accuracy ")
     named = barapi("estimate", "--dataset", "digits", cwd=tmp_path)  # a task named: not the job
     assert "training" in named.stderr and "(the default job" not in named.stderr
+    assert named.stderr.startswith("barapi: bar on digits through local/efficientnet-lite0, "
+                                   "canvas 112, program 8², q=10, 6 epoch(s) (nothing is sent)")
     assert ("(at most: --patience 2 stops training early only once a program has beaten the "
             "unprogrammed start; until then every epoch runs)") in named.stderr
     assert "barapi: step 0/" in out.stderr and "testing the selected program" in out.stderr
 
 
-def test_ctrl_c_names_the_run_folder_to_resume(tmp_path: Path) -> None:
-    """Issue 31: an interrupted run says which folder to resume, not RUN_DIR."""
-    import signal
+@pytest.mark.parametrize("signum,code,word", [(signal.SIGINT, 130, "interrupted"),
+                                              (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_a_termination_names_the_run_folder_to_resume(
+        tmp_path: Path, signum: int, code: int, word: str) -> None:
+    """Issue 31: an interrupted run (Ctrl-C; SIGTERM from `timeout` or a scheduler) says which
+    folder to resume, not RUN_DIR."""
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "barapi", "run", *TINY, "--epochs", "50",
@@ -142,11 +148,11 @@ def test_ctrl_c_names_the_run_folder_to_resume(tmp_path: Path) -> None:
         if logs and '"event": "step"' in logs[0].read_text():
             break
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     folder = next((tmp_path / "runs").iterdir())
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == (f"barapi: interrupted; what was paid for is kept in "
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1] == (f"barapi: {word}; what was paid for is kept in "
                                             f"runs/{folder.name}: continue with barapi run "
                                             f"--resume runs/{folder.name}")
 

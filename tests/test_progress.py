@@ -93,3 +93,12 @@ def test_setup_logging_sends_barapi_lines_to_stderr_at_the_chosen_level(
     assert {line.rsplit(" ", 1)[-1] for line in lines} == shown and len(lines) == len(shown)
     # not a terminal: each line starts with the time, for a log file
     assert all(line[:8].count(":") == 2 and line[8:17] == " barapi: " for line in lines)
+
+
+def test_a_resumed_run_shows_its_best_validation_before_the_next_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    lines = ProgressLines(10, 5, 2, every=0.0)
+    lines.best_accuracy = 0.875  # what Trainer.run sets from the checkpoint
+    with caplog.at_level(logging.INFO, logger="barapi.run"):
+        lines(step(7, 70))
+    assert caplog.records[0].getMessage() == "step 7/10 (epoch 2/2) · 70 images · $0.00 · best val 87.5%"
