@@ -139,9 +139,12 @@ def test_ctrl_c_or_a_termination_names_the_run_folder_to_resume(
     folder to resume, not RUN_DIR."""
     import time
 
+    def as_from_a_terminal() -> None:  # a background job of a script inherits SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen([sys.executable, "-m", "barapi", "run", *TINY, "--epochs", "50",
                              "--runs-dir", "runs"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # interrupt once a step is recorded
         logs = list((tmp_path / "runs").glob("*/metrics.jsonl"))
