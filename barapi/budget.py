@@ -33,6 +33,7 @@ written stays counted as billed, uncertain.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -373,8 +374,11 @@ class Budget:
         except ConfigError as exc:  # the request could not even be built: it never left
             self._settle_failure(ticket, "refused", None, str(exc))
             raise
-        except BaseException as exc:
-            self._settle_failure(ticket, "unknown", None, f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:  # the run was stopped (Ctrl-C, SIGTERM) or a bug: unknown
+            stopped = isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
+            reason = ("the run was interrupted with it in flight" if stopped
+                      else f"{type(exc).__name__}: {exc}".rstrip(": "))
+            self._settle_failure(ticket, "unknown", None, reason)
             raise
         self.settle(ticket, "answered")
 

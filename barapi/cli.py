@@ -419,8 +419,8 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
              click.option("--resume", type=NonEmptyPath(exists=True, file_okay=False,
                                                          path_type=Path),
                           default=None, help="continue the run in this folder with its own "
-                          "settings (options other than --endpoint, --insecure, --key-file, "
-                          "--device, --budget and --accept-version are refused)"),
+                          "settings (of the task, black-box and method options only --endpoint, "
+                          "--insecure, --key-file and --device may be given)"),
              click.option("--json", "as_json", is_flag=True,
                           help="print a machine-readable summary on stdout"),
              click.option("--progress/--no-progress", default=True,
@@ -498,9 +498,14 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
         result = session.run(progress=talking and sys.stderr.isatty())
     except KeyboardInterrupt:
         folder, signum = session.folder, (signals or [signal.SIGINT])[0]
-        click.echo(("barapi: terminated" if signum == signal.SIGTERM else "barapi: interrupted") + (
-            f"; what was paid for is kept in {folder.path}: continue with barapi run --resume "
-            f"{folder.path}" if folder is not None and folder.path.exists() else ""), err=True)
+        spend = session.service.budget
+        note = uncertain_note(spend.uncertain_nano, spend.uncertain_reasons)
+        spent = (f"; {format_dollars(spend.spent_nano, nano=True)} spent so far"
+                 f"{f', {note}' if note else ''}" if spend.spent_nano else "")
+        click.echo(("barapi: terminated" if signum == signal.SIGTERM else "barapi: interrupted")
+                   + spent + (f"; what was paid for is kept in {folder.path}: continue with "
+                              f"barapi run --resume {folder.path}"
+                              if folder is not None and folder.path.exists() else ""), err=True)
         sys.exit(128 + signum)
     except ProviderError as exc:  # retries ran out: say what was spent, and how much is uncertain
         spend, folder = session.service.budget, session.folder

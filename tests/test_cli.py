@@ -131,10 +131,11 @@ def test_the_default_job_is_a_few_output_box_and_it_talks_while_it_works(tmp_pat
     assert "barapi: step 0/" in out.stderr and "testing the selected program" in out.stderr
 
 
-@pytest.mark.parametrize("signum,code,word", [(signal.SIGINT, 130, "interrupted"),
-                                              (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize("signum,code,word,priced", [
+    (signal.SIGINT, 130, "interrupted", False), (signal.SIGTERM, 143, "terminated", False),
+    (signal.SIGINT, 130, "interrupted", True)])
 def test_ctrl_c_or_a_termination_names_the_run_folder_to_resume(
-        tmp_path: Path, signum: int, code: int, word: str) -> None:
+        tmp_path: Path, signum: int, code: int, word: str, priced: bool) -> None:
     """Issue 31: an interrupted run (Ctrl-C; SIGTERM from `timeout` or a scheduler) says which
     folder to resume, not RUN_DIR."""
     import time
@@ -142,8 +143,9 @@ def test_ctrl_c_or_a_termination_names_the_run_folder_to_resume(
     def as_from_a_terminal() -> None:  # a background job of a script inherits SIGINT ignored
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
+    price = ["--card-set", "price_per_1000=1", "--budget", "1000", "--yes"] if priced else []
     proc = subprocess.Popen([sys.executable, "-m", "barapi", "run", *TINY, "--epochs", "50",
-                             "--runs-dir", "runs"], cwd=tmp_path, stdout=subprocess.PIPE,
+                             "--runs-dir", "runs", *price], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # interrupt once a step is recorded
@@ -155,9 +157,11 @@ def test_ctrl_c_or_a_termination_names_the_run_folder_to_resume(
     _, err = proc.communicate(timeout=120)
     folder = next((tmp_path / "runs").iterdir())
     assert proc.returncode == code, err
-    assert err.strip().splitlines()[-1] == (f"barapi: {word}; what was paid for is kept in "
-                                            f"runs/{folder.name}: continue with barapi run "
-                                            f"--resume runs/{folder.name}")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"barapi: {word}; ") and last.endswith(
+        f"what was paid for is kept in runs/{folder.name}: continue with barapi run --resume "
+        f"runs/{folder.name}")
+    assert ("spent so far" in last) == priced  # a priced run says what it spent
 
 
 def test_run_help_groups_every_option_by_what_a_user_decides() -> None:

@@ -177,6 +177,8 @@ def test_each_request_is_cached_as_it_returns(tmp_path: Path) -> None:
     cache.close()  # what an interrupted run does on its way out: pending writes finish
     assert len(cache) == 20
     assert service.budget.spent == pytest.approx(30.0)  # the request in flight counts as billed
+    # and the user is told why it is uncertain in words (issue 31: not "CancelledError: ")
+    assert service.budget.uncertain_reasons == {"the run was interrupted with it in flight": 1}
 
 
 class Mixed(LinearSoftmaxAdapter):
