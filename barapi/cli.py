@@ -631,7 +631,9 @@ def predict(run_dir: Path, images: tuple[Path, ...], budget: float | None, as_js
     Each image is prepared as training prepared the dataset's images: read the same way,
     turned grey if the dataset's samples were grey, resized to their size (e.g. 8×8 px for the
     built-in digits, 28×28 for MNIST; recorded in the run folder), then embedded in the
-    program's canvas. Give images of the task's kind (a digit for a digits run), any size."""
+    program's canvas. Give images of the task's kind (a digit for a digits run), any size.
+    Prints a line per image: its path, the predicted class and its score, tab-separated
+    (--json: every class's score)."""
     from barapi.data import read_image
     from barapi.prepare import InputFormat
     from barapi.run_folder import RunFolder
