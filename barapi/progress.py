@@ -47,7 +47,7 @@ class ProgressLines:
     def __call__(self, record: dict[str, Any]) -> None:
         event, now = record.get("event"), time.monotonic()
         step = int(record.get("step", 0))
-        if self.first_step is None:  # the pace is measured from the first record on
+        if self.first_step is None and event in ("val", "step"):  # the pace: from training on
             self.first_step, self.started = (step - 1 if event == "step" else step), now
         if event == "val":
             self.val_accuracy = float(record["val_accuracy"])

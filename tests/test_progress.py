@@ -30,6 +30,8 @@ def test_lines_come_every_few_seconds_with_spend_validation_and_time_left(
     monkeypatch.setattr(progress.time, "monotonic", clock)
     lines = ProgressLines(total_steps=100, steps_per_epoch=20, epochs=5, limit=25.0, every=5.0)
     with caplog.at_level(logging.INFO, logger="barapi.run"):
+        lines({"event": "start", "step": 0})  # the labels and the probe take long: not the pace
+        clock.now += 60.0
         lines({"event": "val", "step": 0, "val_accuracy": 0.625, "queries": 40, "dollars": 0.01})
         for n in range(1, 31):  # one step a second: a line at most every 5 s
             clock.now += 1.0
