@@ -310,10 +310,12 @@ def _as_shown(im: Image.Image) -> NDArray[np.generic]:
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def _stack(decoded: list[NDArray[np.generic]], paths: list[Path], source: str) -> NDArray[np.uint8]:
+def _stack(decoded: list[NDArray[np.generic]], paths: list[Path], source: str,
+           scale: FloatScale | None) -> NDArray[np.uint8]:
     """One (N, h, w, 3) uint8 array of a dataset's decoded images (`decode_image`), their
-    float samples scaled by one rule (`_finish`); ConfigError when their sizes differ."""
-    images = _finish(decoded)
+    float samples scaled by the dataset's one rule `scale` (`float_scale`); ConfigError when
+    their sizes differ."""
+    images = _finish(decoded, scale)
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         first = images[0].shape
@@ -347,8 +349,9 @@ def load_folder(root: Path) -> Dataset:
     if not images:
         raise ConfigError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     labels, classes = encode_labels(raw, str(root))
-    return Dataset(_stack(images, paths, str(root)), labels, classes, root.name,
-                   float_scale(images))
+    scale = float_scale(images)
+    return Dataset(_stack(images, paths, str(root), scale), labels, classes,
+                   root.name, scale)
 
 
 def load_csv(path: Path) -> Dataset:
@@ -379,8 +382,9 @@ def load_csv(path: Path) -> Dataset:
     if not images:
         raise ConfigError(f"{path}: no rows of path,label found")
     labels, classes = encode_labels(raw, str(path))
-    return Dataset(_stack(images, paths, str(path)), labels, classes, path.stem,
-                   float_scale(images))
+    scale = float_scale(images)
+    return Dataset(_stack(images, paths, str(path), scale), labels, classes,
+                   path.stem, scale)
 
 
 def load_arrays(x: NDArray[np.generic], y: NDArray[np.generic], source: str, name: str) -> Dataset:

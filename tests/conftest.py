@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,3 +64,19 @@ def tiny_config(**overrides: object) -> RunConfig:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def not_a_regular_file(path: Path, kind: str) -> Path:
+    """A path that is not a regular file, of `kind`: "/dev/zero" or another device path (itself),
+    "fifo", "folder" or "link to /dev/zero" made at `path`; any other kind: `path` untouched."""
+    import os
+
+    if kind.startswith("/dev/"):
+        return Path(kind)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "link to /dev/zero":
+        path.symlink_to("/dev/zero")
+    return path

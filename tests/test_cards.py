@@ -4,10 +4,10 @@ price is set to 0 only with `free = true`."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from conftest import not_a_regular_file
 
 from barapi.cards import OVERRIDABLE, build_card, check_fields, load_card
 from barapi.errors import ConfigError
@@ -77,20 +77,14 @@ def test_a_paid_providers_price_goes_to_0_only_with_free_true(tmp_path: Path) ->
                                   "latin-1", "not toml"])
 def test_a_card_file_that_is_not_a_small_toml_file_is_refused_without_reading_it(
         tmp_path: Path, kind: str) -> None:
-    path = tmp_path / "card.toml"
-    if kind.startswith("/dev/"):
-        path = Path(kind)
-    elif kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "folder":
-        path.mkdir()
-    elif kind == "huge":
+    path = not_a_regular_file(tmp_path / "card.toml", kind)
+    if kind == "huge":
         path.write_text("# padding\n" * 10_000)
     elif kind == "binary":
         path.write_bytes(b"price_per_1000 = 1\x00")
     elif kind == "latin-1":
         path.write_bytes("# café\n".encode("latin-1"))
-    else:
+    elif kind == "not toml":
         path.write_text("price_per_1000 = = 1\n")
     with pytest.raises(ConfigError, match=rf"^card file {path}: "):
         load_card("local", path)

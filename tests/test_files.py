@@ -4,10 +4,10 @@ card or dataset files hung or exhausted memory)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from conftest import not_a_regular_file
 
 from barapi.errors import ConfigError
 from barapi.files import check_regular, open_regular, read_small_text
@@ -34,15 +34,7 @@ def test_a_regular_file_is_read(tmp_path: Path) -> None:
                                             ("link to /dev/zero", "is a character device")])
 def test_what_is_not_a_regular_file_is_refused_without_reading(tmp_path: Path, kind: str,
                                                                says: str) -> None:
-    path = tmp_path / "x"
-    if kind.startswith("/dev/"):
-        path = Path(kind)
-    elif kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "folder":
-        path.mkdir()
-    elif kind == "link to /dev/zero":
-        path.symlink_to("/dev/zero")
+    path = not_a_regular_file(tmp_path / "x", kind)
     with pytest.raises(ConfigError, match=rf"^key file {path}: {says}"):
         read_small_text(path, "key file")
     with pytest.raises(ConfigError, match=rf"^dataset {path}: {says}"):
