@@ -18,7 +18,8 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
-from barapi.adapters.base import Adapter, IncompleteAnswers, is_loopback
+from barapi.adapters.base import Adapter, IncompleteAnswers, wait_until_reachable
+from barapi.adapters.rest import endpoint_url, refusal, send
 from barapi.errors import ConfigError, FatalProviderError, TransientError
 from barapi.keys import Secret, read_key
 from barapi.wire import encode_png
@@ -44,17 +45,6 @@ def error_message(response: httpx.Response) -> str:
         raw = response.text.strip()[:200] if response.content and body is None else ""
         text = raw or response.reason_phrase or "no message"
     return f"{code or response.status_code}: {text}"
-
-
-def retry_after(response: httpx.Response) -> float | None:
-    """Retry-After in seconds (a number of seconds; an HTTP date is read as 1 s)."""
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return 1.0
 
 
 class AzureCustomVisionAdapter(Adapter):
@@ -94,16 +84,8 @@ class AzureCustomVisionAdapter(Adapter):
         self._path = (f"/customvision/v3.1/prediction/{project}/classify/iterations/{iteration}/image"
                       + ("/nostore" if nostore else ""))
         self._endpoint, self._key, self._timeout = endpoint.rstrip("/"), key, timeout
-        try:
-            url = httpx.URL(self._endpoint)
-        except httpx.InvalidURL as exc:
-            raise ConfigError(f"--endpoint {endpoint!r}: not a valid URL ({exc})") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError(f"--endpoint {endpoint!r}: expected https://RESOURCE.cognitiveservices"
-                              f".azure.com (or http://127.0.0.1:PORT for `barapi emulate azure`)")
-        if url.scheme == "http" and not is_loopback(url.host):
-            raise ConfigError(f"--endpoint {endpoint!r} would send the key in plaintext: http:// "
-                              f"(--insecure) only to a loopback address (127.0.0.1, ::1, localhost)")
+        endpoint_url(self._endpoint, False, "https://RESOURCE.cognitiveservices.azure.com (or "
+                     "http://127.0.0.1:PORT for `barapi emulate azure`)")
         self._tag_ids: list[str] | None = None  # tag ids of the columns, once bound
         self._pinned_tags: dict[str, str] = {}  # column label → tag id, as a run folder has them
         self._told: dict[str, str] = {}  # tag name → id, from the answer that told the tags
@@ -143,23 +125,8 @@ class AzureCustomVisionAdapter(Adapter):
         seconds, after checking the key; no HTTP request is sent. Raises ConfigError."""
         self._key_header()
         url = httpx.URL(self._endpoint)
-        port = url.port or (443 if url.scheme == "https" else 80)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:  # a server that is still starting (an emulator) gets `timeout` seconds
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(url.host, port),
-                                                   max(0.1, deadline - loop.time()))
-            except (OSError, asyncio.TimeoutError) as exc:
-                if loop.time() + 0.2 < deadline:
-                    await asyncio.sleep(0.2)
-                    continue
-                why = getattr(exc, "strerror", None) or type(exc).__name__
-                raise ConfigError(f"cannot connect to Azure Custom Vision at {url.host}:{port} "
-                                  f"within {timeout:g} s ({why}); check --endpoint and the "
-                                  f"network") from None
-            writer.close()
-            return
+        await wait_until_reachable(url.host, url.port or (443 if url.scheme == "https" else 80),
+                                   "Azure Custom Vision", timeout)
 
     def _http(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -203,34 +170,14 @@ class AzureCustomVisionAdapter(Adapter):
         if len(body) > MAX_IMAGE_BYTES:
             raise ConfigError(f"image of {len(body):,} bytes exceeds Azure's 4 MB limit; "
                               f"use a smaller canvas (not sent)")
-        try:
-            response = await self._http().post(
-                self._path, content=body, headers={
-                    "Prediction-Key": key,
-                    "Content-Type": "application/octet-stream"})
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            # no connection was made: the request provably never left
-            raise TransientError(f"Azure Custom Vision unreachable (not sent): "
-                                 f"{exc or type(exc).__name__}", billed=False) from None
-        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
-            raise ConfigError(f"Azure Custom Vision request could not be built (not sent): "
-                              f"{exc or type(exc).__name__}") from None
-        except httpx.TimeoutException as exc:
-            # the body may have left: it may have been processed and billed
-            raise TransientError(f"Azure Custom Vision timed out ({type(exc).__name__}) "
-                                 f"after sending") from None
-        except httpx.TransportError as exc:
-            raise TransientError(f"Azure Custom Vision connection lost after sending "
-                                 f"({type(exc).__name__}: {exc or 'no details'})") from None
-        status = response.status_code
-        if status == 200:
+        response = await send(self._http(), "POST", self._path, "Azure Custom Vision",
+                              content=body, headers={"Prediction-Key": key,
+                                                     "Content-Type": "application/octet-stream"})
+        if response.status_code == 200:
             return response
-        message = f"Azure Custom Vision {status} {error_message(response)}"
-        if status == 429:
-            raise TransientError(message, retry_after(response), billed=False, throttled=True)
-        if status >= 500:  # the body had left: may have been processed
-            raise TransientError(message, retry_after(response))
-        raise FatalProviderError(message)  # 401/403 (key, quota) and other refusals
+        # 429 throttled, 5xx billed, 401/403 (key, quota) and other refusals fatal
+        raise refusal(response, f"Azure Custom Vision {response.status_code} "
+                                f"{error_message(response)}")
 
     @staticmethod
     def _predictions(response: httpx.Response) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,84 @@ def needs(what: str, package: str, extra: str) -> ConfigError:
     return ConfigError(f"{what} needs the optional package {package}: {install_hint(extra)}")
 
 
+@dataclass(frozen=True)
+class AnswerForm:
+    """What a provider's answers leave out or round, as the adapter reports them.
+
+    An omitted score is not a zero (DESIGN: "Trust at the edges"): the adapter fills it with
+    `censored_value`, the highest value it may have had, so that a score that falls under the
+    threshold and one that stays under it read the same (a zeroth-order difference of 0, not a
+    jump to 0) and the head sees "below the threshold" as one value.
+
+    Attributes:
+        threshold: scores below it are left out of an answer (AWS Rekognition's
+            ``MinConfidence`` / 100; Google label detection's score floor), in [0, 1]; None:
+            every column is answered.
+        top: at most this many labels per answer (label detection's ``maxResults``); a label
+            left out when the answer is full is below the lowest score answered. None: no cap.
+        levels: the only values an answer takes, ascending, in [0, 1] (Google SafeSearch's
+            five likelihoods, read as the centres of five equal bins); None: continuous.
+        step: the resolution answers are rounded to (e.g. 0.01 for percentages given with two
+            decimals); None: unrounded (float32).
+    """
+
+    threshold: float | None = None
+    top: int | None = None
+    levels: tuple[float, ...] | None = None
+    step: float | None = None
+
+    @property
+    def exact(self) -> bool:
+        """True when answers omit and round nothing (the default of every adapter)."""
+        return self.threshold is None and self.top is None and self.levels is None \
+            and self.step is None
+
+    def resolution(self) -> float:
+        """The smallest change of a score an answer can show: the widest gap between levels,
+        the rounding step, or 0 when continuous. (With a threshold, a score under it shows no
+        change at all; `describe` says so.)"""
+        if self.levels is not None and len(self.levels) > 1:
+            return float(max(np.diff(np.asarray(self.levels, dtype=np.float64))))
+        return float(self.step or 0.0)
+
+    def describe(self) -> str:
+        """One line for the user: what each answer omits or rounds; "" when nothing."""
+        parts = []
+        if self.threshold is not None:
+            parts.append(f"omits every score under {self.threshold:g} (read as that threshold, "
+                         f"not as 0)")
+        if self.top is not None:
+            parts.append(f"answers at most {self.top} labels (one left out of a full answer is "
+                         f"read as the lowest score answered)")
+        if self.levels is not None:
+            parts.append(f"rounds each score to one of {len(self.levels)} levels "
+                         f"({', '.join(f'{v:g}' for v in self.levels)})")
+        elif self.step is not None:
+            parts.append(f"rounds each score to {self.step:g}")
+        return "; ".join(parts)
+
+    def censored_value(self, answered: Sequence[float]) -> float:
+        """The value of a score this answer left out, given the scores it did answer: the
+        lowest answered when the answer is full (`top` labels), else the threshold; with
+        neither, the lowest answered (0 for an empty answer)."""
+        if self.top is not None and answered and len(answered) >= self.top:
+            return float(min(answered))
+        if self.threshold is not None:
+            return float(self.threshold)
+        return float(min(answered)) if answered else 0.0
+
+    def fill(self, scores: Mapping[int, float], k: int,
+             answered: Sequence[float] | None = None) -> NDArray[np.float32]:
+        """(k,) float32 row from one answer: `scores` {column: score} for the columns it held;
+        the others get `censored_value(answered)`, `answered` being every score the answer held
+        (the adapter's columns or not; default: `scores`' values)."""
+        held = list(scores.values()) if answered is None else list(answered)
+        row = np.full(k, self.censored_value(held), dtype=np.float32)
+        for column, score in scores.items():
+            row[column] = score
+        return row
+
+
 class Adapter(ABC):
     """A classifier reachable only through its predicted probabilities.
 
@@ -57,8 +136,21 @@ class Adapter(ABC):
     card: str
     identity: str
     answers: str = "distribution"
+    form: AnswerForm = AnswerForm()
+    """What each answer omits or rounds (`AnswerForm`); exact by default."""
     label_note: str | None = None
     """Said to the user once the labels are known, e.g. that `--labels` names a subset."""
+    input_note: str | None = None
+    """Said to the user once the black box is checked: how an image is sent where the adapter
+    had to choose (e.g. an inference server's input tensor)."""
+
+    def notes(self) -> list[str]:
+        """What the user is told once the black box is checked (`check`): how images are sent,
+        which labels are used, and what each answer omits or rounds (`AnswerForm.describe`)."""
+        said = [note for note in (self.input_note, self.label_note) if note]
+        if not self.form.exact:
+            said.append(f"{self.who}: each answer {self.form.describe()}")
+        return said
     paid_labels: bool = False
     """True while the labels are unknown and only a paid answer can tell them
     (`discover_labels`, asked through QueryService so that it is reserved and ledgered)."""
@@ -182,6 +274,29 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+async def wait_until_reachable(host: str, port: int, who: str, timeout: float = 10.0) -> None:
+    """Open (and close) a TCP connection to `host`:`port`, trying for up to `timeout` seconds
+    (a server still starting, such as an emulator); no request is sent. Raises ConfigError
+    naming `who` when no connection could be made (an adapter's free `check`)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                               max(0.1, deadline - loop.time()))
+        except (OSError, asyncio.TimeoutError) as exc:
+            if loop.time() + 0.2 < deadline:
+                await asyncio.sleep(0.2)
+                continue
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(f"cannot connect to {who} at {host}:{port} within {timeout:g} s "
+                              f"({why}); check --endpoint and the network") from None
+        writer.close()
+        return
 
 
 class IncompleteAnswers:

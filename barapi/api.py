@@ -50,7 +50,8 @@ def open_adapter(config: RunConfig) -> Adapter:
     return create_adapter(config.provider, **model, device=config.device,
                           input_size=config.input_size or None, endpoint=config.endpoint,
                           insecure=config.insecure, labels=config.labels,
-                          key_file=config.key_file, weights=config.weights)
+                          key_file=config.key_file, weights=config.weights,
+                          oip_input=config.oip_input)
 
 
 def load_split(config: RunConfig) -> Split:

@@ -68,8 +68,8 @@ TASK, BOX, METHOD, OUTPUT = "Task and data", "Black box and money", "Method", "O
 GROUPS: dict[str, tuple[str, ...]] = {
     TASK: ("dataset", "classes", "val_fraction", "test_fraction", "val_size", "test_size",
            "per_class", "rebalance", "seed"),
-    BOX: ("provider", "model", "endpoint", "insecure", "labels", "key_file", "device", "weights",
-          "input_size"),
+    BOX: ("provider", "model", "endpoint", "insecure", "labels", "oip_input", "key_file", "device",
+          "weights", "input_size"),
     METHOD: ("method", "canvas", "window", "window_top", "window_left", "resolution", "head",
              "head_l2", "head_lr", "head_refit", "mapping", "m", "loss", "gamma", "q", "beta",
              "directions", "two_sided", "surrogate", "b", "optimizer", "lr", "decay", "batch",
@@ -315,8 +315,10 @@ def lift_words(result: Any, config: RunConfig) -> str:
             "on this task `--method zero-shot` costs one query per image and does as well\n")
 
 
-def _print_estimate(phases: list[Any], card: Any, patience: int = 0, rate: float | None = None) -> None:
+def _print_estimate(phases: list[Any], card: Any, patience: int = 0, rate: float | None = None,
+                    adapter: Any = None) -> None:
     from barapi.budget import format_dollars
+    from barapi.estimate import coarse_warning
 
     limit = rate if rate and card.requests_per_second else card.requests_per_second
     click.echo(f"estimate ({card.name}: {format_dollars(card.price_per_1000)} per 1,000 images, "
@@ -333,6 +335,9 @@ def _print_estimate(phases: list[Any], card: Any, patience: int = 0, rate: float
                 else "")  # no limit: the time is the black box's own, not estimated here
         click.echo(f"  {p.name:<14} {p.images:>10,} images {p.requests:>9,} requests "
                    f"{format_dollars(p.dollars):>11}   {wall}".rstrip(), err=True)
+    coarse = coarse_warning(adapter.form, adapter.who) if adapter is not None else None
+    if coarse:
+        click.echo(coarse, err=True)
 
 
 def _print_plan(plan: Any, session: Any, limit: float) -> None:
@@ -373,7 +378,7 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
     """Images, requests, dollars and (at a card's rate limit) wall time a run would cost;
     sends nothing."""
     from barapi import api
-    from barapi.estimate import as_dicts
+    from barapi.estimate import as_dicts, coarse_warning
 
     if is_default_job(preset, options) and not as_json:
         click.echo(DEFAULT_JOB_NOTE, err=True)
@@ -383,7 +388,10 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
     phases = session.estimate(train_size)
     plan = session.plan(budget) if budget is not None and train_size is None else None
     if as_json:
-        shown: dict[str, Any] = {"card": session.card.name, "phases": as_dicts(phases)}
+        shown: dict[str, Any] = {"card": session.card.name, "phases": as_dicts(phases),
+                                 "answers": session.adapter.form.describe() or "exact",
+                                 "coarse_warning": coarse_warning(session.adapter.form,
+                                                                  session.adapter.who)}
         if plan is not None:
             shown["plan"] = {"shaped": plan.shaped, "val_size": plan.n_val,
                              "test_size": plan.n_test, "steps": plan.steps,
@@ -392,7 +400,7 @@ def estimate(preset: str | None, card_file: Path | None, card_set: tuple[str, ..
     else:
         click.echo(f"barapi: {job_line(session.config, session.adapter)} (nothing is sent)",
                    err=True)
-        _print_estimate(phases, session.card, session.config.patience)
+        _print_estimate(phases, session.card, session.config.patience, adapter=session.adapter)
         if plan is not None and plan.shaped:
             _print_plan(plan, session, budget or 0.0)
         elif plan is not None:
@@ -456,12 +464,12 @@ def run(preset: str | None, card_file: Path | None, card_set: tuple[str, ...],
                           cache_dir=cache_dir, use_cache=use_cache, start=False,
                           connection=connection, accept_version=accept_version)
     session.check()  # the key is there, the endpoint answers, labels known: free, first
-    if session.adapter.label_note and not as_json:
-        click.echo(f"barapi: {session.adapter.label_note}", err=True)
+    for note in [] if as_json else session.adapter.notes():
+        click.echo(f"barapi: {note}", err=True)
     phases = session.estimate()
     if not as_json:  # at the rate the run starts at (a resume: learned, recovered since)
         _print_estimate(phases, session.card, session.config.patience,
-                        session.service.limiter.rate or None)
+                        session.service.limiter.rate or None, session.adapter)
         if resume is not None:  # the estimate is the whole run's, as its budget is
             cached = (", and answers already bought come from the cache"
                       if session.service.cache is not None else "")
@@ -814,9 +822,6 @@ def emulate_azure(port: int, tags: str, box: str, input_size: int, max_rps: floa
                   unavailable_every: int, quota_images: int | None, delay: float) -> None:
     """Custom Vision v3.1 prediction over HTTP; the key it accepts is AZURE_CV_PREDICTION_KEY.
     Tag i gets concept i of the box's view with as many concepts as tags."""
-    import signal
-    import threading
-
     from barapi.adapters.boxes import box_views, view_for
     from barapi.adapters.local import create
     from barapi.emulate import AzureEmulator, Faults
@@ -834,11 +839,111 @@ def emulate_azure(port: int, tags: str, box: str, input_size: int, max_rps: floa
             raise ConfigError(f"--tags: box {box} answers 2 tags (its nsfw view) or 5 (its "
                               f"moderation view), not {len(names)}; --box modk serves any number")
     emulator = AzureEmulator(model, key, names, faults, port)
+    serve_until_stopped(emulator, "azure", box)
+
+
+@emulate.command("rekognition")
+@click.option("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
+@click.option("--view", type=click.Choice(["moderation", "nsfw"]), default="moderation",
+              show_default=True, help="the box's concepts answered as moderation labels: "
+              "moderation (explicit, suggestive, drug, gore) or nsfw (nsfw)")
+@box_option
+@click.option("--input-size", type=int, default=112, show_default=True,
+              help="side the emulator's EfficientNet-Lite0 runs at (nudenet: always 320)")
+@click.option("--max-rps", type=float, default=0.0, help="ThrottlingException above this rate")
+@click.option("--unavailable-every", type=int, default=0,
+              help="every n-th request: 500 InternalServerError")
+@click.option("--quota-images", type=int, default=None,
+              help="LimitExceededException after this many billed images")
+@click.option("--delay", type=float, default=0.0, help="seconds added to every answer")
+def emulate_rekognition(port: int, view: str, box: str, input_size: int, max_rps: float,
+                        unavailable_every: int, quota_images: int | None, delay: float) -> None:
+    """AWS Rekognition DetectModerationLabels over AWS's JSON protocol, SigV4 signatures
+    verified; the credentials it accepts are AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and
+    AWS_SESSION_TOKEN when set). Use it with --endpoint http://127.0.0.1:PORT --insecure."""
+    import os
+
+    from barapi.adapters.boxes import VIEWS, box_views
+    from barapi.adapters.local import create
+    from barapi.emulate import Faults, RekognitionEmulator
+    from barapi.keys import read_key
+
+    secrets = {read_key("AWS_ACCESS_KEY_ID").reveal(): read_key("AWS_SECRET_ACCESS_KEY").reveal()}
+    faults = Faults(max_rps, unavailable_every, 0, quota_images, delay)
+    if box == "modk":  # the 1,000 classes folded i mod K into the view's concepts
+        model: Any = create(device="cpu", input_size=input_size)
+    else:
+        model = box_views(box, device="cpu", input_size=input_size)[view]
+    emulator = RekognitionEmulator(model, secrets, concepts=VIEWS[view], faults=faults,
+                                   token=os.environ.get("AWS_SESSION_TOKEN") or None, port=port)
+    serve_until_stopped(emulator, "rekognition",
+                        f"{box} ({view}), moderation model version {emulator.version}")
+
+
+@emulate.command("google")
+@click.option("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
+@box_option
+@click.option("--input-size", type=int, default=112, show_default=True,
+              help="side the emulator's EfficientNet-Lite0 runs at (nudenet: always 320)")
+@click.option("--max-rps", type=float, default=0.0, help="429 RESOURCE_EXHAUSTED above this rate")
+@click.option("--unavailable-every", type=int, default=0, help="every n-th request: 503")
+@click.option("--fail-input-every", type=int, default=0,
+              help="every n-th image fails inside its batch (responses[i].error)")
+@click.option("--quota-images", type=int, default=None,
+              help="429 naming a per-day quota after this many units")
+@click.option("--delay", type=float, default=0.0, help="seconds added to every answer")
+def emulate_google(port: int, box: str, input_size: int, max_rps: float, unavailable_every: int,
+                   fail_input_every: int, quota_images: int | None, delay: float) -> None:
+    """Cloud Vision images:annotate over HTTP; the key it accepts is GOOGLE_VISION_API_KEY.
+    SafeSearch answers from the box's moderation view, label detection from the 1,000
+    ImageNet classes of EfficientNet-Lite0."""
+    from barapi.adapters.boxes import box_views, view_for
+    from barapi.adapters.local import create
+    from barapi.emulate import Faults, GoogleVisionEmulator
+    from barapi.keys import read_key
+
+    key = read_key("GOOGLE_VISION_API_KEY").reveal()
+    faults = Faults(max_rps, unavailable_every, fail_input_every, quota_images, delay)
+    moderation = view_for(box_views(box, device="cpu", input_size=input_size), 5)
+    emulator = GoogleVisionEmulator(moderation, create(device="cpu", input_size=input_size), key,
+                                    faults, port)
+    serve_until_stopped(emulator, "google", box)
+
+
+@emulate.command("oip")
+@click.option("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
+@box_option
+@click.option("--input-size", type=int, default=112, show_default=True,
+              help="side of the served models' input tensor and of the EfficientNet-Lite0 "
+                   "behind them (nudenet: the detector always runs at 320)")
+@click.option("--max-rps", type=float, default=0.0, help="429 with Retry-After above this rate")
+@click.option("--unavailable-every", type=int, default=0, help="every n-th request: 503")
+@click.option("--delay", type=float, default=0.0, help="seconds added to every answer")
+def emulate_oip(port: int, box: str, input_size: int, max_rps: float, unavailable_every: int,
+                delay: float) -> None:
+    """An Open Inference Protocol (KServe V2) server over REST, free and without a key: the
+    box's two views as models BOX-nsfw and BOX-moderation (input "image", UINT8
+    [-1, SIDE, SIDE, 3]; output "probabilities"). For a rehearsal of --provider oip."""
+    from barapi.adapters.boxes import box_views
+    from barapi.emulate import Faults, OIPEmulator
+
+    views = box_views(box, device="cpu", input_size=input_size)
+    emulator = OIPEmulator({f"{box}-{view}": model for view, model in views.items()},
+                           input_size, Faults(max_rps, unavailable_every, delay=delay), port)
+    serve_until_stopped(emulator, "oip", f"models {', '.join(emulator.models)}")
+
+
+def serve_until_stopped(emulator: Any, name: str, box: str) -> None:
+    """Run a threaded loopback `emulator` (a context manager with `port` and `counters`) until
+    SIGINT or SIGTERM, saying where it listens and, at the end, what it billed."""
+    import signal
+    import threading
+
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT is ignored in background jobs
         signal.signal(sig, lambda *_: stop.set())
     with emulator:
-        click.echo(f"azure emulator on http://127.0.0.1:{emulator.port}", err=True)
+        click.echo(f"{name} emulator on http://127.0.0.1:{emulator.port}", err=True)
         click.echo(f"box: {box}", err=True)
         try:
             stop.wait()

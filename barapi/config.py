@@ -30,13 +30,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_JOB = "demo"
 """The preset `barapi run` and `barapi estimate` use when none of `TASK_FIELDS` is given."""
-TASK_FIELDS = ("provider", "model", "endpoint", "labels", "weights", "dataset", "classes")
+TASK_FIELDS = ("provider", "model", "endpoint", "labels", "oip_input", "weights", "dataset",
+               "classes")
 """Options naming the task or the black box: any of them given, the default job is not used."""
 
 
 CONNECTION_FIELDS = ("endpoint", "insecure", "key_file", "device")
 """Settings that say how to reach the black box, not what is learned: the only ones a
 resumed run may be given (for that invocation; its run folder keeps its own config)."""
+
+OIP_INPUT_HELP = ("the served model's input tensor where its metadata does not tell, as "
+                  "comma-separated KEY=VALUE: name=INPUT, datatype=FP32, shape=HxWxC (e.g. "
+                  "8x8x1), layout=NHWC|NCHW|NHW|FLAT, range=LO..HI (pixel levels 0..255 are "
+                  "mapped onto it, e.g. 0..1), output=OUTPUT (the one holding probabilities, "
+                  "e.g. predict_proba)")
+"""--oip-input's help (`barapi.adapters.oip.parse_spec` reads it)."""
 
 MIN_CANVAS = 8
 """Smallest canvas and model input side, in px (a window of at least 4 px, a 3×k×k program)."""
@@ -71,18 +79,27 @@ class RunConfig(BaseModel):
 
     provider: str = Field("local", description="black box: an adapter name (see `barapi providers`)")
     model: str | None = Field(None, description="model of the provider (default: "
-                              "efficientnet-lite0 for local, moderation-recognition for clarifai); "
+                              "efficientnet-lite0 for local, moderation-recognition for clarifai; "
+                              "google: safe-search or labels; rekognition: a custom moderation "
+                              "adapter's "
+                              "ARN, default the base model; oip: NAME[@VERSION] on the server); "
                               "local also takes the few-output boxes imagenet-moderation, "
                               "imagenet-nsfw, nudenet-moderation, nudenet-nsfw, modk-moderation, "
                               "modk-nsfw")
-    endpoint: str | None = Field(None, description="provider address host:port (e.g. a "
+    endpoint: str | None = Field(None, description="provider address host:port or URL (e.g. a "
                                  "loopback emulator); default: the provider's own")
-    insecure: bool = Field(False, description="plaintext connection to --endpoint (loopback only)")
+    insecure: bool = Field(False, description="plaintext connection to --endpoint (loopback only; "
+                           "oip, which sends no key: any host)")
     labels: str | None = Field(None, description="the provider's class names, comma-separated: "
                                "for Clarifai a subset of the model's concepts, each by id or by "
                                "name (default: all, read from the model; answers are matched by "
                                "concept id); for Azure some of the project's tags (default: all, "
-                               "learned from one paid answer)")
+                               "learned from one paid answer); for Rekognition moderation labels "
+                               "of any level (default: the top-level categories); for Google "
+                               "safe-search some of its 5 categories, for labels the labels to "
+                               "read (required); for oip the output's columns, or @FILE with one "
+                               "name per line (default: their numbers)")
+    oip_input: str | None = Field(None, description="--provider oip: " + OIP_INPUT_HELP)
     key_file: str | None = Field(None, description="file holding the provider's API key on its "
                                  "one line (default: the provider's environment variable)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="local model device")
@@ -175,6 +192,9 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         self._check_text()
+        if self.oip_input and self.provider != "oip":
+            raise ValueError(f"oip_input: only --provider oip takes it (an Open Inference Protocol "
+                             f"server's input tensor), not --provider {self.provider}")
         for name in ("patience", "eval_every", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")

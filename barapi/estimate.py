@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from barapi.adapters.base import AnswerForm
 from barapi.budget import NANO, Budget
 from barapi.cards import Card
 from barapi.config import RunConfig
@@ -119,3 +120,23 @@ def reach(config: RunConfig, n_train: int, budget_images: int) -> tuple[int, flo
 
 def as_dicts(phases: list[Phase]) -> list[dict[str, object]]:
     return [asdict(p) for p in phases]
+
+
+COARSE_THRESHOLD = 0.1
+"""A threshold (in score units) above which an API's left-out scores make its answers coarse:
+a concept under it shows no change at all (Google label detection's ~0.5; not Rekognition's
+0.01, which barapi asks for)."""
+
+
+def coarse_warning(form: AnswerForm, who: str) -> str | None:
+    """One line when `form`'s answers are coarse enough that most finite differences will be
+    0 (rounded to a few levels, or cut at a threshold of at least COARSE_THRESHOLD), saying
+    what barapi does about it; None otherwise."""
+    if form.levels is None and (form.threshold or 0.0) < COARSE_THRESHOLD:
+        return None
+    return (f"warning: {who} {form.describe()}: a small change of the program changes an answer "
+            f"only where a score crosses a level or the threshold, so many finite differences "
+            f"will be 0 and the linear probe sees little. barapi asks for every score the API "
+            f"gives, keeps its smoothing radius (4× larger did worse on 5-level answers), says "
+            f"after the first epoch how many differences saw no change, and the program still "
+            f"learns: docs/results.md, \"Coarse answers\"")

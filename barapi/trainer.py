@@ -35,7 +35,7 @@ from barapi.progress import EVERY, ProgressLines
 from barapi.query import QueryService
 from barapi.run_folder import RunFolder
 from barapi.run_state import RunState, config_fingerprint, load_state
-from barapi.zo import PriorGuided, ZOEstimator, prgf_lambda
+from barapi.zo import PriorGuided, ZOEstimator, prgf_lambda, unchanged_share
 
 log = logging.getLogger("barapi.run")
 """Progress lines (`barapi.progress.ProgressLines`) and the run's phases, at INFO."""
@@ -248,6 +248,7 @@ class Trainer:
         self.on_record: Callable[[dict[str, Any]], None] | None = None
         """Called with each metrics record after it is written (a sweep reports them)."""
         self.lines: Callable[[dict[str, Any]], None] | None = None
+        self._unchanged: list[float] = []
         """Progress lines on the ``barapi.run`` logger (default: one every few seconds, only
         at validations when the tqdm bar is shown); the estimator sets its own."""
         self._started = time.monotonic()
@@ -276,6 +277,26 @@ class Trainer:
     def total_steps(self) -> int:
         c = self.config
         return 0 if c.method == "zero-shot" else total_steps(c, len(self.task.split.train.labels))
+
+    UNCHANGED_WARNING = 0.5
+    """Share of unchanged perturbed answers (`zo.unchanged_share`) over a run's first epoch
+    above which the run says so, once (our choice: most differences then carry nothing)."""
+
+    def _say_unchanged(self, share: float, step: int) -> None:
+        """Accumulate the first epoch's unchanged shares; at its end, warn once when most of
+        its finite differences saw no change (the API's answers too coarse, or β too small)."""
+        if step >= self.steps_per_epoch:
+            return
+        self._unchanged.append(share)
+        if step + 1 == self.steps_per_epoch and np.mean(self._unchanged) > self.UNCHANGED_WARNING:
+            what = self.service.adapter.form.describe()
+            log.warning("%.0f%% of the first epoch's perturbed answers equal their unperturbed "
+                        "ones (%s): most finite differences see no change, so the estimate "
+                        "learns slowly; see docs/results.md, \"Coarse answers\"",
+                        100 * float(np.mean(self._unchanged)),
+                        f"the answers: {what}" if what else
+                        f"the smoothing radius β = {self.config.beta:g} may not survive the "
+                        f"8-bit wire: try a larger --beta")
 
     def _log(self, record: dict[str, Any]) -> None:
         """Write one metrics record; each carries the run's spend so far ("dollars", uncertain
@@ -562,7 +583,11 @@ class Trainer:
                         self._update_head(state, optimizers["head_opt"], probs, labels)
                 self._check_finite(state, step + 1)
                 state.step = step + 1
+                unchanged = unchanged_share(probs, len(probs) // len(labels),
+                                            c.two_sided and self.surrogate is None)
+                self._say_unchanged(unchanged, step)
                 self._log({"event": "step", "step": step + 1, "epoch": epoch, "loss": loss,
+                           "unchanged": round(unchanged, 4),
                            "lr": lr, "queries": self.service.stats.images,
                            "billed": self.service.stats.billed_images,
                            "dollars": self.service.budget.spent,

@@ -81,6 +81,21 @@ class ZOEstimator:
         return float(np.mean(losses) if self.two_sided else losses[0])
 
 
+def unchanged_share(probs: NDArray[np.floating], n_variants: int, two_sided: bool = False) -> float:
+    """Share of one step's finite differences that see no change at all: (n_variants · n, K)
+    answers, variant-major as `points` orders them; one-sided (and prior-guided): a perturbed
+    answer equal to the unperturbed one of its sample, in every column; two-sided: the +βu
+    and −βu answers equal. High when the API rounds or cuts its answers (an `AnswerForm`), or
+    when β is too small to survive the 8-bit wire: the estimate then sees little."""
+    rows = np.asarray(probs).reshape(n_variants, -1, np.asarray(probs).shape[-1])
+    if two_sided:
+        half = n_variants // 2
+        same = (rows[:half] == rows[half:]).all(axis=2)
+    else:
+        same = (rows[1:] == rows[:1]).all(axis=2)
+    return float(same.mean()) if same.size else 0.0
+
+
 LAMBDA_CAP = 0.8
 """Largest prior weight λ used (our choice): above it the random part of each direction is
 too small to keep measuring the gradient's other components, from which α is estimated."""

@@ -45,13 +45,17 @@ SHIM = """#!/usr/bin/env bash
 case "$1" in
   run|estimate)
     for a in "$@"; do [ "$a" = --resume ] && exec "{python}" -m barapi "$@"; done
+    # Rekognition refuses images under 80 px (its card's min_image_side)
+    case " $* " in *" rekognition "*) exec "{python}" -m barapi "$@" {tiny} --canvas 80 --window 40 ;; esac
     exec "{python}" -m barapi "$@" {tiny} ;;
   *) exec "{python}" -m barapi "$@" ;;
 esac
 """
 SETUP = re.compile(r"^python3 -m venv \.venv && \. \.venv/bin/activate && pip install torch==2\.13\.0 "
                    r"&& pip install -e '\.\[([a-z,]+)\]' && "
-                   r"(?:pip install --no-deps 'onnx2torch[^']*' && )?(.+)$")
+                   r"(?:pip install --no-deps 'onnx2torch[^']*' && )?"
+                   r"(?:python3 -m venv \.venv-mlserver && \.venv-mlserver/bin/pip install "
+                   r"(mlserver==[\d.]+ mlserver-sklearn==[\d.]+) && )?(.+)$")
 
 
 def blocks(path: Path) -> list[tuple[str, str]]:
@@ -76,8 +80,11 @@ def test_the_set_up_commands_are_what_ci_runs() -> None:
     found = [SETUP.match(code.strip()) for lang, code in blocks(ROOT / "README.md")
              if lang == "bash" and "pip install" in code]
     assert len(found) == 2 and all(found)
-    (run_extras, run_cmd), (test_extras, test_cmd) = (m.groups() for m in found if m)
+    (run_extras, _, run_cmd), (test_extras, server, test_cmd) = (m.groups() for m in found if m)
     assert run_cmd == "barapi run" and run_extras == "local"
+    # the test command installs MLServer (tests/test_oip.py) as .ci/run does, and CI requires it
+    assert server and f".venv-mlserver/bin/pip install -q {server}" in ci
+    assert "export BARAPI_REQUIRE_MLSERVER=1" in ci
     assert test_cmd == "python -m pytest -q" and "python -m pytest -q" in ci
     assert "pip install -q torch==2.13.0" in ci and f"-e '.[{test_extras}]'" in ci
     if "nudenet" in test_extras:  # its onnx2torch without torchvision, as README says
@@ -103,11 +110,11 @@ def test_every_code_block_runs(doc: Path, tmp_path: Path) -> None:
     for lang, code in blocks(doc):
         if lang == "bash":
             setup = SETUP.match(code.strip())
-            if setup and setup.group(2) != "barapi run":
+            if setup and setup.group(3) != "barapi run":
                 continue  # the test command: it is this very test run (see above)
             # background jobs (an emulator) end with the block, whatever happens in it
             script = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + (
-                setup.group(2) if setup else code)
+                setup.group(3) if setup else code)
             out = subprocess.run(["bash", "-e", "-c", script], cwd=work, env=env,
                                  capture_output=True, text=True, timeout=600)
         elif lang == "python":

@@ -81,3 +81,27 @@ def test_reach_counts_whole_training_steps() -> None:
     assert reach(frequency, 100, 350) == (2, 0.4)  # the mapping's 100 images come first
     two_sided = make_config(q=4, batch=20, mapping="random", head="map", two_sided=True)
     assert reach(two_sided, 100, 350) == (2, 0.4)  # 160 images a step
+
+
+def test_coarse_answers_are_warned_about_before_anything_is_sent(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from barapi.adapters.base import AnswerForm
+    from barapi.estimate import coarse_warning
+
+    assert coarse_warning(AnswerForm(), "box") is None
+    assert coarse_warning(AnswerForm(threshold=0.01), "box") is None  # Rekognition as barapi asks
+    said = coarse_warning(AnswerForm(levels=(0.1, 0.3, 0.5, 0.7, 0.9)), "box")
+    assert said is not None and "one of 5 levels" in said and "finite differences" in said
+    assert coarse_warning(AnswerForm(threshold=0.5, top=100), "box") is not None
+    out = subprocess.run(
+        [sys.executable, "-m", "barapi", "estimate", "--provider", "google", "--model",
+         "safe-search", "--endpoint", "http://127.0.0.1:9", "--dataset", "digits", "--classes",
+         "0,1", "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={**os.environ, "GOOGLE_VISION_API_KEY": "any-test-key"})
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["answers"].startswith("rounds each score") and "finite" in shown["coarse_warning"]

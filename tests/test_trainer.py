@@ -358,3 +358,35 @@ def test_a_checkpoint_from_before_the_config_record_is_checked_by_its_shapes(
         with pytest.raises(ConfigError, match=expected):
             api.prepare(tiny_config(epochs=2), adapter=adapter, resume=mine).run()
         assert adapter.calls == []
+
+
+class RoundedAdapter(LinearSoftmaxAdapter):
+    """Answers rounded to 5 levels, as Google SafeSearch's likelihoods are."""
+
+    def __init__(self) -> None:
+        from barapi.adapters.base import AnswerForm
+
+        super().__init__(n_sources=5)
+        self.answers = "scores"
+        self.form = AnswerForm(levels=(0.1, 0.3, 0.5, 0.7, 0.9))
+
+    async def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        probs = await super().predict_proba(images)
+        return np.asarray(self.form.levels, dtype=np.float32)[np.clip((probs * 5).astype(int), 0, 4)]
+
+
+def test_a_run_says_when_most_finite_differences_see_no_change(caplog: pytest.LogCaptureFixture,
+                                                              tmp_path: Path) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="barapi"):
+        api.train(tiny_config(epochs=1, beta=0.01), adapter=RoundedAdapter(), runs_root=tmp_path)
+    said = [r.getMessage() for r in caplog.records if "finite differences" in r.getMessage()]
+    assert len(said) == 1 and "rounds each score to one of 5 levels" in said[0]
+    steps = [json.loads(line) for line in next(tmp_path.glob("*/metrics.jsonl")).read_text()
+             .splitlines() if '"event": "step"' in line]
+    assert steps and np.mean([s["unchanged"] for s in steps]) > 0.5
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="barapi"):  # exact answers: nothing said
+        api.train(tiny_config(epochs=1, beta=0.01), adapter=LinearSoftmaxAdapter())
+    assert not [r for r in caplog.records if "finite differences" in r.getMessage()]

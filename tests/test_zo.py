@@ -73,3 +73,15 @@ def test_bad_parameters_are_refused() -> None:
         ZOEstimator(q=0)
     with pytest.raises(ValueError, match="beta"):
         ZOEstimator(beta=0)
+
+
+def test_unchanged_share_counts_differences_that_see_nothing() -> None:
+    from barapi.zo import unchanged_share
+
+    base = np.array([[0.1, 0.9], [0.3, 0.7]], dtype=np.float32)  # 2 samples
+    moved = base.copy()
+    moved[0] = [0.2, 0.8]  # sample 0 changed under this direction, sample 1 not
+    one_sided = np.concatenate([base, moved, base])  # (q + 1) · n rows, variant-major
+    assert unchanged_share(one_sided, 3) == pytest.approx(3 / 4)
+    two_sided = np.concatenate([moved, base, base, base])  # [+u1, +u2, −u1, −u2]
+    assert unchanged_share(two_sided, 4, two_sided=True) == pytest.approx(3 / 4)

@@ -123,22 +123,33 @@ DROP = 0
 
 class LoopbackHTTPServer:
     """A threaded HTTP server on 127.0.0.1 that answers POSTs with JSON from
-    `answer(path, headers, body)`; a context manager that starts and stops it."""
+    `answer(path, headers, body)` (Content-Type application/json unless the answer's headers
+    name another), and GETs from `get(path)` (405 without it); a context manager that starts and
+    stops it."""
 
-    def __init__(self, answer: Callable[[str, Any, bytes], Answer], port: int = 0) -> None:
+    def __init__(self, answer: Callable[[str, Any, bytes], Answer], port: int = 0,
+                 get: Callable[[str], Answer] | None = None) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status, payload, headers = answer(self.path, self.headers, body)
+                self.reply(*answer(self.path, self.headers, body))
+
+            def do_GET(self) -> None:
+                if get is None:
+                    self.reply(405, {"error": "GET is not served here"}, {})
+                else:
+                    self.reply(*get(self.path))
+
+            def reply(self, status: int, payload: Any, headers: dict[str, str]) -> None:
                 if status == DROP:  # processed (and billed), then the connection is lost
                     self.close_connection = True
                     return
                 data = json.dumps(payload).encode()
                 self.send_response(status)
-                for name, value in {**headers, "Content-Type": "application/json",
+                for name, value in {"Content-Type": "application/json", **headers,
                                     "Content-Length": str(len(data))}.items():
                     self.send_header(name, value)
                 self.end_headers()
