@@ -9,7 +9,6 @@ the REST protocol itself and maps status codes to its error kinds: 429 and 5xx â
 
 from __future__ import annotations
 
-import asyncio
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from barapi.adapters.base import Adapter, IncompleteAnswers, wait_until_reachable
-from barapi.adapters.rest import endpoint_url, refusal, send
+from barapi.adapters.rest import LoopClient, endpoint_url, refusal, send
 from barapi.errors import ConfigError, FatalProviderError, TransientError
 from barapi.keys import Secret, read_key
 from barapi.wire import encode_png
@@ -91,8 +90,7 @@ class AzureCustomVisionAdapter(Adapter):
         self._told: dict[str, str] = {}  # tag name â†’ id, from the answer that told the tags
         self._index: dict[str, int] = {}
         self._incomplete = IncompleteAnswers()
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._http = LoopClient(self._endpoint, self._timeout)
 
     @property
     def who(self) -> str:
@@ -127,13 +125,6 @@ class AzureCustomVisionAdapter(Adapter):
         url = httpx.URL(self._endpoint)
         await wait_until_reachable(url.host, url.port or (443 if url.scheme == "https" else 80),
                                    "Azure Custom Vision", timeout)
-
-    def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = httpx.AsyncClient(base_url=self._endpoint, timeout=self._timeout)
-            self._loop = loop
-        return self._client
 
     async def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         if not self.labels:
@@ -288,9 +279,7 @@ class AzureCustomVisionAdapter(Adapter):
             self._bind_pinned()
 
     async def aclose(self) -> None:
-        if self._client is not None and self._loop is asyncio.get_running_loop():
-            await self._client.aclose()
-        self._client = None
+        await self._http.aclose()
 
 
 def create(model: str = "", endpoint: str | None = None, insecure: bool = False,

@@ -36,7 +36,6 @@ billed, the safe side.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import json
@@ -48,7 +47,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from barapi.adapters.base import Adapter, AnswerForm, wait_until_reachable
-from barapi.adapters.rest import endpoint_url, refusal, send
+from barapi.adapters.rest import LoopClient, endpoint_url, refusal, send
 from barapi.errors import ConfigError, FatalProviderError, PartialAnswer, TransientError
 from barapi.keys import Secret, read_key
 from barapi.wire import encode_png
@@ -166,8 +165,7 @@ class GoogleVisionAdapter(Adapter):
         self.identity = f"google/{self._endpoint}/{model}/{settings}"
         self._mids: list[str | None] = [None] * len(self.labels)  # column → mid, once bound
         self._pinned_mids: dict[str, str] = {}
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._http = LoopClient(self._endpoint, self._timeout)
 
     @property
     def who(self) -> str:
@@ -204,13 +202,6 @@ class GoogleVisionAdapter(Adapter):
         url = httpx.URL(self._endpoint)
         await wait_until_reachable(url.host, url.port or (443 if url.scheme == "https" else 80),
                                    "Google Cloud Vision", timeout)
-
-    def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = httpx.AsyncClient(base_url=self._endpoint, timeout=self._timeout)
-            self._loop = loop
-        return self._client
 
     def _body(self, images: NDArray[np.uint8]) -> bytes:
         """The JSON request for `images`; ConfigError (not sent) when an image or the request
@@ -331,9 +322,7 @@ class GoogleVisionAdapter(Adapter):
         return form.fill(scores, len(self.labels), answered)
 
     async def aclose(self) -> None:
-        if self._client is not None and self._loop is asyncio.get_running_loop():
-            await self._client.aclose()
-        self._client = None
+        await self._http.aclose()
 
 
 def create(model: str = "", endpoint: str | None = None, insecure: bool = False,

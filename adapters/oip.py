@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from barapi.adapters.base import Adapter
-from barapi.adapters.rest import endpoint_url, refusal, send
+from barapi.adapters.rest import LoopClient, endpoint_url, refusal, send
 from barapi.errors import ConfigError, FatalProviderError, TransientError
 
 DATATYPES: dict[str, type[np.generic]] = {
@@ -259,10 +259,11 @@ class OIPAdapter(Adapter):
     `labels`: the output's class names in column order ([] → "0".."K-1" once K is known from
     the output metadata or the first answer). `given`: the --oip-input keys (`parse_spec`),
     completed from the model's metadata by `check`. Answers must be (N, K) probabilities
-    ("distribution"): an output of class ids or logits is refused with the fix in one line.
+    ("scores": each in [0, 1], a softmax's or a multi-label model's sigmoids): an output of
+    class ids or logits is refused with the fix in one line.
     """
 
-    answers = "distribution"
+    answers = "scores"
 
     def __init__(self, model: str, *, endpoint: str, labels: list[str], given: dict[str, str],
                  timeout: float = 30.0) -> None:
@@ -279,20 +280,12 @@ class OIPAdapter(Adapter):
         self.max_batch = 64
         self.spec: InputSpec | None = None
         self.identity = f"oip/{self._base}/{name}@{version or 'default'}"
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._http = LoopClient(self._base, self._timeout)
 
     @property
     def who(self) -> str:
         return f"inference server {self._base}, model {self._name}" + (
             f" version {self._version}" if self._version else "")
-
-    def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = httpx.AsyncClient(base_url=self._base, timeout=self._timeout)
-            self._loop = loop
-        return self._client
 
     async def _get(self, path: str, timeout: float) -> httpx.Response:
         """GET `path`, waiting up to `timeout` s for a server that is still starting;
@@ -432,12 +425,15 @@ class OIPAdapter(Adapter):
                 f"{n} images, not (N, K) probabilities (class ids?): name the probability output "
                 f"with --oip-input output=NAME (for MLServer's scikit-learn runtime: "
                 f"output=predict_proba)", billed=True)
+        if np.isfinite(values).all() and ((values < 0).any() or (values > 1 + 1e-6).any()):
+            raise FatalProviderError(
+                f"{self.who}: output {name!r} holds values outside [0, 1] (logits?); barapi reads "
+                f"only what a black box answers as probabilities or scores: serve the model's "
+                f"softmax or sigmoid output and name it with --oip-input output=NAME", billed=True)
         return values.reshape(n, shape[1]).astype(np.float32)
 
     async def aclose(self) -> None:
-        if self._client is not None and self._loop is asyncio.get_running_loop():
-            await self._client.aclose()
-        self._client = None
+        await self._http.aclose()
 
 
 def read_labels(labels: str | None) -> list[str]:

@@ -13,6 +13,7 @@ or an HTTP error status into barapi's error kinds with `billed` right (barapi.er
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -82,3 +83,26 @@ def refusal(response: httpx.Response, message: str) -> ProviderError:
     if status >= 500:
         return TransientError(message, retry_after(response))
     return FatalProviderError(message)
+
+
+class LoopClient:
+    """One `httpx.AsyncClient` per event loop for `base_url` (a client is bound to the loop it
+    was made in; barapi runs each command in its own), made on first use."""
+
+    def __init__(self, base_url: str, timeout: float) -> None:
+        self.base_url, self.timeout = base_url, timeout
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __call__(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout)
+            self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close this loop's client (one of another loop is dropped: its loop is gone)."""
+        if self._client is not None and self._loop is asyncio.get_running_loop():
+            await self._client.aclose()
+        self._client = None

@@ -1,7 +1,7 @@
 """Answers that are truncated or quantised, as AWS Rekognition, Google label detection and
 Google SafeSearch give them: how much does BAR lose, and what does barapi's handling buy?
 
-    python -m benchmarks.coarse_answers [--seeds 0 1 2 3 4] [--quick]
+    python -m benchmarks.coarse_answers [--seeds 0 1 2 3 4] [--variants ...] [--out NAME] [--quick]
 
 One honest few-output box, `imagenet-moderation` (EfficientNet-Lite0's ImageNet classes summed
 into safe/suggestive/explicit/drug/gore; "safe" saturates near 1 like a real moderation API),
@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default="coarse_answers",
+                        help="results file name under benchmarks/results (more seeds: another name)")
     args = parser.parse_args(argv)
     runs: dict[str, dict[int, dict[str, float]]] = {v: {} for v in args.variants}
     base = api.make_config(**{**TASK, **(QUICK if args.quick else {})})
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(markdown_table(shown, [("answers", "answers"), ("program", "program % (mean ± sd)"),
                                  ("probe", "probe %"), ("vs", "program − exact, 95% interval")]))
     if not args.quick:
-        write_results("coarse_answers", rows, "python -m benchmarks.coarse_answers "
+        write_results(args.out, rows, "python -m benchmarks.coarse_answers "
                       + " ".join(argv if argv is not None else sys.argv[1:]),
                       task={**TASK, "canvas": base.canvas, "q": base.q, "beta": base.beta})
     return rows

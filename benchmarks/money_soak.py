@@ -1,5 +1,5 @@
 """Money soak: randomized budgets, concurrency and faults against the loopback emulators,
-counting what the server billed (issues 15 and 29).
+counting what the server billed (issues 15, 29 and 32).
 
 Every run checks the two money invariants against the emulator's own count of billed images:
 the server's bill never exceeds the budget, and barapi's ledger never counts fewer images than
@@ -8,17 +8,26 @@ Each kind adds its own checks (`Outcome.violations`); any violation fails the so
 
 Kinds of run, drawn at random:
 - `service`: a QueryService (budget, ledger, cache, adaptive limiter, retries) asks a random
-  number of batches through the Clarifai adapter (gRPC) or the Azure adapter (HTTP) until done
-  or out of budget, at a random concurrency, under random faults: billed-then-lost answers,
-  throttling below the card's rate, 10% MIXED_STATUS inputs, outages, invalid answers,
-  answers that leave out a concept or tag, concepts or tags renamed (in the answers, or in
-  the Clarifai app). Its cache folder may be poisoned before the run (planted pickles whose
-  loading would make a marker folder, a row naming a file outside the cache, tampered float
-  records: NaN, out of range, all zero, wrong length, garbage) under the very keys the run
-  asks for, or its cache.db damaged (header, index page, garbage, truncated). Checked: no
-  marker made, no file touched; every row served and every row the cache holds afterwards
-  is what the box answers for that image (so no incomplete or renamed-away answer is served
-  or kept); a damaged cache stops the run with CacheUnusable and $0 billed.
+  number of batches through one provider's adapter against its emulator (`PROVIDERS`:
+  Clarifai over gRPC and Azure over HTTP in most runs; AWS Rekognition through boto3, Google
+  Cloud Vision SafeSearch and label detection, and an Open Inference Protocol server priced as
+  a metered deployment, in the others) until done or out of budget, at a random concurrency,
+  under random faults that provider's emulator supports (`random_faults`): billed-then-lost
+  answers, throttling below the rate barapi is told, outages, failed inputs (Clarifai's
+  MIXED_STATUS, an error inside a Google batch), invalid answers, a quota (AWS, Google),
+  answers that leave out a concept or tag, concepts, tags or labels renamed (in the answers,
+  or in the Clarifai app). Each row served or cached must be what the emulator answers for
+  that image after the provider's own transform, computed with the emulator's and adapter's
+  own functions (`Rig.expected`: Rekognition's labels under MinConfidence read as the
+  threshold, SafeSearch's levels, label detection's floor and top-k fill, OIP's
+  probabilities of the resized image). Its cache folder may be poisoned before the run
+  (planted pickles whose loading would make a marker folder, a row naming a file outside the
+  cache, tampered float records: NaN, out of range, all zero, wrong length, garbage) under
+  the very keys the run asks for, or its cache.db damaged (header, index page, garbage,
+  truncated). Checked: no marker made, no file touched; every row served and every row the
+  cache holds afterwards is what the box answers for that image (so no incomplete or
+  renamed-away answer is served or kept); a damaged cache stops the run with CacheUnusable
+  and $0 billed.
 - `kill9`: `barapi run` against the Clarifai emulator, killed with SIGKILL mid-run, then
   resumed without --budget (the folder remembers it).
 - `concurrent`: two `barapi run --resume` of one folder started together (one must refuse).
@@ -47,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,19 +66,28 @@ from numpy.typing import NDArray
 
 from barapi.adapters.azure import AzureCustomVisionAdapter
 from barapi.adapters.base import Adapter
+from barapi.adapters.boxes import MODERATION
 from barapi.adapters.clarifai import ClarifaiAdapter
+from barapi.adapters.google_vision import MAX_RESULTS, SAFE_SEARCH, GoogleVisionAdapter
+from barapi.adapters.oip import OIPAdapter
+from barapi.adapters.rekognition import RekognitionAdapter
 from barapi.api import default_cache
 from barapi.budget import Budget, read_ledger
 from barapi.cache import ProbabilityCache, cache_identity, encode_row, image_keys
-from barapi.cards import load_card
+from barapi.cards import Card, load_card
 from barapi.emulate import (
     AzureEmulator,
     ClarifaiEmulator,
     ClarifaiEmulatorThread,
+    Counters,
     Faults,
+    GoogleVisionEmulator,
+    OIPEmulator,
+    RekognitionEmulator,
     box_version,
     concept_scores,
 )
+from barapi.emulate.rekognition import moderation_labels
 from barapi.errors import BarapiError
 from barapi.keys import Secret
 from barapi.query import QueryService, invalid_rows
@@ -126,19 +144,36 @@ class Outcome:
 
 
 def random_faults(rng: random.Random, rate: float, provider: str) -> Faults:
-    """Transport faults and the provider's words (omitted and renamed concepts or tags)."""
-    if provider == "clarifai":
-        answer_names = rng.choice([{}, {}, {}, {"gore": "sangre", "drug": "droga"}, {"safe": "sûr"}])
-        concept_names = rng.choice([{}, {}, {}, {"explicit": "nsfw", "gore": "blood"}])
-    else:
-        answer_names, concept_names = rng.choice([{}, {}, {}, {"negative": "négatif"}]), {}
-    return Faults(max_rps=rng.choice([0.0, 0.0, rate / 2, rate * 0.8]),
-                  unavailable_every=rng.choice([0, 0, 0, 7, 13]),
-                  fail_input_every=rng.choice([0, 0, 10]),
-                  drop_every=rng.choice([0, 0, 3, 5, 11]),
-                  bad_answer_every=rng.choice([0, 0, 0, 0, 37]),
-                  omit_every=rng.choice([0, 0, 0, 2, 9, 31]),
-                  answer_names=answer_names, concept_names=concept_names)
+    """Faults the provider's emulator supports, drawn: transport faults (throttling below
+    `rate`, outages, billed-then-lost answers), failed inputs where the API fails one image of
+    a batch, invalid answers, a quota (AWS and Google), and the provider's words (omitted and
+    renamed concepts or tags; renamed labels for Google label detection, where any
+    `answer_names` means "rename the labels the first answer bound": see `google_labels_rig`)."""
+    if provider in ("clarifai", "azure"):
+        if provider == "clarifai":
+            answer_names = rng.choice([{}, {}, {}, {"gore": "sangre", "drug": "droga"},
+                                       {"safe": "sûr"}])
+            concept_names = rng.choice([{}, {}, {}, {"explicit": "nsfw", "gore": "blood"}])
+        else:
+            answer_names, concept_names = rng.choice([{}, {}, {}, {"negative": "négatif"}]), {}
+        return Faults(max_rps=rng.choice([0.0, 0.0, rate / 2, rate * 0.8]),
+                      unavailable_every=rng.choice([0, 0, 0, 7, 13]),
+                      fail_input_every=rng.choice([0, 0, 10]),
+                      drop_every=rng.choice([0, 0, 3, 5, 11]),
+                      bad_answer_every=rng.choice([0, 0, 0, 0, 37]),
+                      omit_every=rng.choice([0, 0, 0, 2, 9, 31]),
+                      answer_names=answer_names, concept_names=concept_names)
+    faults = Faults(max_rps=rng.choice([0.0, 0.0, rate / 2, rate * 0.8]),
+                    unavailable_every=rng.choice([0, 0, 0, 7, 13]),
+                    drop_every=rng.choice([0, 0, 3, 5, 11]))
+    if provider != "oip":  # an inference server of one's own: no quota, no bad answers
+        faults.bad_answer_every = rng.choice([0, 0, 0, 0, 37])
+        faults.quota_images = rng.choice([None, None, None, rng.randint(1, 100)])
+    if provider.startswith("google"):  # an image can fail inside a batch (responses[i].error)
+        faults.fail_input_every = rng.choice([0, 0, 10])
+    if provider == "google-labels":
+        faults.answer_names = rng.choice([{}, {"bound": "renamed"}])
+    return faults
 
 
 # --- a poisoned or damaged cache folder ----------------------------------------------------------
@@ -167,7 +202,8 @@ def poison(folder: Path, keys: Sequence[str], k: int, rng: random.Random, marker
 
     tampered = {"nan": encode_row(np.full(k, np.nan)), "above 1": encode_row(np.full(k, 2.0)),
                 "all zero": encode_row(np.zeros(k)), "wider": encode_row(np.full(k + 1, 0.1)),
-                "narrower": encode_row(np.full(max(k - 1, 1), 0.5)),
+                "narrower": encode_row(np.full(k - 1, 0.5)),  # k = 1: an empty record, never
+                # a valid one-value row (0.5 is a SafeSearch level, or a one-label score)
                 "truncated": encode_row(np.full(k, 0.5))[:-2],
                 "garbage": rng.randbytes(rng.randint(0, 64))}
     kinds = ["code", "old pickle", "file", *tampered]
@@ -246,20 +282,222 @@ async def cached_wrong(folder: Path, keys: list[str], expected: NDArray[np.float
 
 # --- service runs --------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Plan:
+    """What a service run of one provider draws from: its card (with `fields` set as
+    ``--card-set`` would), the request rates barapi is told, the largest budget (dollars) and
+    batch (images) drawn."""
+
+    card: str
+    rates: tuple[float, ...]
+    max_budget: float
+    max_batch: int
+    fields: tuple[tuple[str, float], ...] = ()
+
+    def load(self) -> Card:
+        """The card, as `barapi run --card-set` would make it."""
+        return load_card(self.card, **dict(self.fields))
+
+
+OIP_PRICE = 1.0
+"""Dollars per 1,000 images of the soak's OIP deployment: a metered one (the ``oip`` card is
+free: a server of one's own), so that money is at stake; set as ``--card-set
+price_per_1000=1`` sets it."""
+PLANS = {
+    "clarifai": Plan("clarifai-moderation", (20.0, 40.0), 0.3, 60),
+    "azure": Plan("azure-s0-nostore", (20.0,), 0.08, 8),
+    # the card's 5 requests/s is a conservative guess for a real account (aws-rekognition.toml);
+    # against the emulator barapi is told 20, so that throttling still happens below it
+    "rekognition": Plan("aws-rekognition", (20.0,), 0.05, 8),
+    "google-safe-search": Plan("google-vision-safesearch", (30.0,), 0.3, 40),
+    "google-labels": Plan("google-vision-labels", (30.0,), 0.3, 40),
+    "oip": Plan("oip", (20.0, 40.0), 0.15, 60,
+                (("price_per_1000", OIP_PRICE), ("requests_per_second", 20.0))),
+}
+PROVIDERS = ["clarifai"] * 6 + ["azure"] * 3 + ["rekognition", "google-safe-search",
+                                                "google-labels", "oip"]
+"""A service run's provider, drawn uniformly from this list: the old two keep most runs."""
+AWS_KEY_ID, AWS_SECRET = "AKIDBARAPISOAK", "soak-emulator-secret"  # the emulator's own, not secrets
+REKOGNITION_LABELS = ["Explicit", "Explicit Nudity", "Non-Explicit Nudity of Intimate parts and "
+                      "Kissing", "Non-Explicit Nudity", "Drugs & Tobacco", "Products", "Violence",
+                      "Graphic Violence", "Gambling"]
+"""Rekognition columns drawn from: labels the emulator answers (each flagged concept's level-1
+and level-2 label) and one it never does (Gambling: always the threshold)."""
+
+
+@dataclass
+class Rig:
+    """One provider's emulator (started) and the adapter that asks it.
+
+    `expected(images)`: the (N, K) rows barapi should serve for (N, H, W, 3) images, computed
+    with the emulator's and the adapter's own functions, outside the HTTP path (blocking: run
+    it in a thread). `rename`: called after the first answer bound names to ids (Azure's tags,
+    Google's label mids), to rename them in the answers from then on; None: nothing renamed."""
+
+    adapter: Any
+    counters: Counters
+    stop: Callable[[], Awaitable[None]]
+    expected: Callable[[NDArray[np.uint8]], NDArray[np.float32]]
+    rename: Callable[[], None] | None = None
+
+
+def stopper(server: Any) -> Callable[[], Awaitable[None]]:
+    """An async stop for an emulator run as a context manager."""
+    async def stop() -> None:
+        server.__exit__()
+
+    return stop
+
+
+async def clarifai_rig(rng: random.Random, model: NumpyModel, faults: Faults,
+                       first: NDArray[np.uint8]) -> Rig:
+    """PostModelOutputs over gRPC: the box's concepts, folded i mod K."""
+    emulator = ClarifaiEmulator(model, KEY, faults)
+    port = await emulator.start()
+    adapter = ClarifaiAdapter(key=Secret(KEY), endpoint=f"127.0.0.1:{port}", insecure=True,
+                              timeout=5.0)
+    return Rig(adapter, emulator.counters, emulator.stop,
+               lambda x: asyncio.run(concept_scores(model, x, len(adapter.labels))))
+
+
+async def azure_rig(rng: random.Random, model: NumpyModel, faults: Faults,
+                    first: NDArray[np.uint8]) -> Rig:
+    """Custom Vision over HTTP: two tags; `faults.answer_names` renames them once the first
+    answer bound them to their ids."""
+    renames, faults.answer_names = dict(faults.answer_names), {}
+    azure = AzureEmulator(model, KEY, TAGS, faults).__enter__()
+    adapter = AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=TAGS, timeout=5.0,
+                                       endpoint=f"http://127.0.0.1:{azure.port}")
+
+    def rename() -> None:
+        faults.answer_names = renames
+
+    return Rig(adapter, azure.counters, stopper(azure),
+               lambda x: asyncio.run(concept_scores(model, x, len(TAGS))),
+               rename if renames else None)
+
+
+async def rekognition_rig(rng: random.Random, model: NumpyModel, faults: Faults,
+                          first: NDArray[np.uint8]) -> Rig:
+    """DetectModerationLabels through boto3 (SigV4 checked), at a drawn MinConfidence and
+    columns; a row's label left out reads as the threshold (the adapter's `_read`)."""
+    import boto3
+
+    emulator = RekognitionEmulator(model, {AWS_KEY_ID: AWS_SECRET}, concepts=MODERATION,
+                                   faults=faults).__enter__()
+    emulator.throttle_code = rng.choice(["ThrottlingException",
+                                         "ProvisionedThroughputExceededException"])
+    labels = rng.choice([None, rng.sample(REKOGNITION_LABELS, rng.randint(1, 4))])
+    session = boto3.session.Session(aws_access_key_id=AWS_KEY_ID, aws_secret_access_key=AWS_SECRET,
+                                    region_name="us-east-1")
+    adapter = RekognitionAdapter(region="us-east-1", labels=labels, timeout=5.0, session=session,
+                                 endpoint=f"http://127.0.0.1:{emulator.port}",
+                                 min_confidence=rng.choice([1.0, 20.0, 50.0]))
+
+    def expected(x: NDArray[np.uint8]) -> NDArray[np.float32]:
+        rows = []
+        for image in x:  # one image per call, as the emulator answers them
+            scores = asyncio.run(concept_scores(emulator.model, image[None], len(MODERATION)))[0]
+            answer = {"ModerationLabels": moderation_labels([float(v) for v in scores], MODERATION,
+                                                            adapter.min_confidence),
+                      "ModerationModelVersion": emulator.version}
+            rows.append(adapter._read(answer, image))
+        return np.stack(rows).astype(np.float32)
+
+    return Rig(adapter, emulator.counters, stopper(emulator), expected)
+
+
+async def google_safe_search_rig(rng: random.Random, model: NumpyModel, faults: Faults,
+                                 first: NDArray[np.uint8]) -> Rig:
+    """SafeSearch: the box's moderation concepts as five likelihoods, read as levels."""
+    emulator = GoogleVisionEmulator(model, None, KEY, faults).__enter__()
+    labels = rng.choice([[], rng.sample(SAFE_SEARCH, rng.randint(1, 4))])
+    adapter = GoogleVisionAdapter("safe-search", key=Secret(KEY), labels=labels, timeout=5.0,
+                                  endpoint=f"http://127.0.0.1:{emulator.port}")
+
+    def expected(x: NDArray[np.uint8]) -> NDArray[np.float32]:
+        return np.stack([adapter._read_safe_search(
+            {"safeSearchAnnotation": emulator._safe_search(model, image, False)})
+            for image in x]).astype(np.float32)
+
+    return Rig(adapter, emulator.counters, stopper(emulator), expected)
+
+
+async def google_labels_rig(rng: random.Random, model: NumpyModel, faults: Faults,
+                            first: NDArray[np.uint8]) -> Rig:
+    """Label detection from the box's classes: columns some labels that the run's `first`
+    image is answered with (bound to their mids by its answer) and some drawn at random
+    (mostly left out: the floor, or the lowest score of a full answer). A non-empty
+    `faults.answer_names` asks for every label the first answer bound to be renamed in the
+    answers after it (the names are only known then); `faults.answer_names` then says which."""
+    rename_bound, faults.answer_names = bool(faults.answer_names), {}
+    emulator = GoogleVisionEmulator(None, model, KEY, faults).__enter__()
+    answered = [a["description"] for a in
+                await asyncio.to_thread(emulator._labels, model, first, MAX_RESULTS, False)]
+    labels = list(dict.fromkeys([*rng.sample(answered, min(len(answered), rng.randint(1, 3))),
+                                 *rng.sample(list(model.labels), rng.randint(1, 2))]))
+    adapter = GoogleVisionAdapter("labels", key=Secret(KEY), labels=labels, timeout=5.0,
+                                  endpoint=f"http://127.0.0.1:{emulator.port}")
+    by_description = {str(name).casefold(): str(name) for name in model.labels}
+
+    def rename() -> None:
+        bound = adapter.pinned().get("mids", {})
+        faults.answer_names = {by_description[label.casefold()]: f"{label} (renamed)"
+                               for label in bound}
+
+    def expected(x: NDArray[np.uint8]) -> NDArray[np.float32]:
+        renamed, emulator.faults.answer_names = emulator.faults.answer_names, {}
+        try:  # the box's own names: a column not bound yet binds by them, as a fresh run would
+            return np.stack([adapter._read_labels(
+                {"labelAnnotations": emulator._labels(model, image, MAX_RESULTS, False)})
+                for image in x]).astype(np.float32)
+        finally:
+            emulator.faults.answer_names = renamed
+
+    return Rig(adapter, emulator.counters, stopper(emulator), expected,
+               rename if rename_bound else None)
+
+
+async def oip_rig(rng: random.Random, model: NumpyModel, faults: Faults,
+                  first: NDArray[np.uint8]) -> Rig:
+    """An Open Inference Protocol server of a few-output box taking a drawn input side (the
+    adapter resizes the 16 px images to it): the box's probabilities of what it was sent."""
+    box = NumpyModel(n_sources=rng.choice([2, 5, 10]))
+    emulator = OIPEmulator({"box": box}, side=rng.choice([8, 16, 32]), faults=faults).__enter__()
+    adapter = OIPAdapter("box", endpoint=f"http://127.0.0.1:{emulator.port}", labels=[], given={},
+                         timeout=5.0)
+
+    def expected(x: NDArray[np.uint8]) -> NDArray[np.float32]:
+        assert adapter.spec is not None
+        tensor = adapter.spec.tensor(x)  # what the adapter sends, as the server decodes it
+        return np.asarray(asyncio.run(box.predict_proba(tensor.astype(np.uint8))),
+                          dtype=np.float32)
+
+    return Rig(adapter, emulator.counters, stopper(emulator), expected)
+
+
+RIGS: dict[str, Callable[[random.Random, NumpyModel, Faults, NDArray[np.uint8]],
+                         Awaitable[Rig]]] = {
+    "clarifai": clarifai_rig, "azure": azure_rig, "rekognition": rekognition_rig,
+    "google-safe-search": google_safe_search_rig, "google-labels": google_labels_rig,
+    "oip": oip_rig}
+
+
 async def service_run(rng: random.Random, folder: Path, model: NumpyModel,
                       cache_state: str | None = None, faults: Faults | None = None,
                       provider: str | None = None, budget: float | None = None) -> Outcome:
     """One randomized run of the query layer. `cache_state` ("clean", "poisoned",
-    "corrupt"), `faults`, `provider` and `budget` (dollars) are drawn unless given (tests
-    pin them)."""
-    provider = provider or rng.choice(["clarifai", "clarifai", "azure"])
-    card = load_card("clarifai-moderation" if provider == "clarifai" else "azure-s0-nostore")
-    card_rate = rng.choice([20.0, 40.0]) if provider == "clarifai" else 20.0
+    "corrupt"), `faults`, `provider` (one of PLANS) and `budget` (dollars) are drawn unless
+    given (tests pin them)."""
+    provider = provider or rng.choice(PROVIDERS)
+    plan = PLANS[provider]
+    card = plan.load()
+    card_rate = rng.choice(plan.rates)
     drawn = random_faults(rng, card_rate, provider)
     faults = faults or drawn
-    drawn_budget = round(rng.uniform(0.0, 0.3 if provider == "clarifai" else 0.08), 4)
+    drawn_budget = round(rng.uniform(0.0, plan.max_budget), 4)
     budget = drawn_budget if budget is None else budget
-    batches = [rng.randint(1, 60 if provider == "clarifai" else 8) for _ in range(rng.randint(1, 6))]
+    batches = [rng.randint(1, plan.max_batch) for _ in range(rng.randint(1, 6))]
     concurrency = rng.choice([1, 2, 4, 8])
     cache_state = cache_state or rng.choice(CACHE_STATES)
     how = rng.choice(DAMAGES)
@@ -273,21 +511,8 @@ async def service_run(rng: random.Random, folder: Path, model: NumpyModel,
                              "cache": cache_state}
     violations: list[str] = []
     renames = dict(faults.answer_names)
-    if provider == "clarifai":
-        emulator = ClarifaiEmulator(model, KEY, faults)
-        port = await emulator.start()
-        adapter: Any = ClarifaiAdapter(key=Secret(KEY), endpoint=f"127.0.0.1:{port}", insecure=True,
-                                       timeout=5.0)
-        counters, stop = emulator.counters, emulator.stop
-    else:
-        faults.answer_names = {}  # renamed after the answer that binds the tags to their ids
-        azure = AzureEmulator(model, KEY, TAGS, faults).__enter__()
-        adapter = AzureCustomVisionAdapter("p/i", key=Secret(KEY), labels=TAGS, timeout=5.0,
-                                           endpoint=f"http://127.0.0.1:{azure.port}")
-        counters = azure.counters
-
-        async def stop() -> None:
-            azure.__exit__()
+    rig = await RIGS[provider](rng, model, faults, images[0][0])
+    adapter = rig.adapter
     service: QueryService | None = None
     keys: list[list[str]] = []
     planted: set[str] = set()
@@ -306,9 +531,9 @@ async def service_run(rng: random.Random, folder: Path, model: NumpyModel,
             adapter, Budget(card.price_per_1000, budget, ledger), cache, RateLimiter(card_rate),
             RetryPolicy(attempts=8, base=0.01, cap=0.2, deadline=30, input_attempts=6),
             max_batch=card.max_images_per_request, max_concurrency=concurrency)
-        if renames and provider == "azure":
+        if rig.rename is not None:  # the first answer binds the names, then they change
             await service.predict_proba(images[0][:1])
-            faults.answer_names = renames
+            rig.rename()
         results = await asyncio.gather(*(service.predict_proba(x) for x in images),
                                        return_exceptions=True)
         ended, why = first_error(results)
@@ -318,8 +543,9 @@ async def service_run(rng: random.Random, folder: Path, model: NumpyModel,
         if service is not None and service.cache is not None:
             service.cache.close()
         await adapter.aclose()
-        await stop()
-    expected = [await concept_scores(model, x, len(adapter.labels)) for x in images]
+        await rig.stop()
+    counters = rig.counters
+    expected = [await asyncio.to_thread(rig.expected, x) for x in images]
     served = [(r, e) for r, e in zip(results, expected, strict=False) if isinstance(r, np.ndarray)]
     if why:
         extra["error"] = why[:300]
@@ -336,6 +562,7 @@ async def service_run(rng: random.Random, folder: Path, model: NumpyModel,
             adapter.answers, planted)
     if service is not None:
         extra.update(throttles=service.limiter.throttles, invalid_answers=service.stats.invalid_answers,
+                     failed_inputs=service.stats.failed_inputs,
                      bad_entries=service.cache.bad_entries if service.cache is not None else 0)
     victim = folder / "precious.txt"
     if cache_state == "poisoned" and not (victim.is_file() and victim.read_text() == VICTIM_TEXT):
@@ -346,7 +573,6 @@ async def service_run(rng: random.Random, folder: Path, model: NumpyModel,
         if extra[what]:
             violations.append(f"{what}: {extra[what]}")
     totals = read_ledger(ledger)
-    faults.answer_names = renames
     return Outcome("service", provider, budget, card.price_per_1000, asdict(faults),
                    counters.billed_images, totals.images, totals.uncertain_images,
                    totals.spent_nano / 1e9, ended, time.monotonic() - start, extra, violations)
@@ -531,7 +757,7 @@ def version_run(rng: random.Random, server: ClarifaiEmulatorThread, box: Adapter
 # --- the soak ------------------------------------------------------------------------------------
 
 COLUMNS = [
-    ("kind", "kind"), ("runs", "runs"), ("over_budget", "server bill > budget"),
+    ("kind", "kind"), ("provider", "provider"), ("runs", "runs"), ("over_budget", "server bill > budget"),
     ("ledger_below_server", "ledger < server"), ("known_but_unequal", "known, unequal"),
     ("violations", "other violations"), ("out_of_budget", "stopped by budget"),
     ("server_images", "server billed"), ("ledger_images", "ledger"),
@@ -543,10 +769,11 @@ COLUMNS = [
 
 
 def summarize(outcomes: list[Outcome]) -> list[dict[str, Any]]:
-    """One row per kind of run: counts of violations and of what was tried."""
+    """One row per kind of run and provider (service runs: each of PLANS): counts of
+    violations and of what was tried."""
     summary = []
-    for kind in ("service", *CLI_KINDS):
-        rows = [o for o in outcomes if o.kind == kind]
+    for kind, provider in [*(("service", p) for p in PLANS), *((k, "clarifai") for k in CLI_KINDS)]:
+        rows = [o for o in outcomes if o.kind == kind and o.provider == provider]
         if not rows:
             continue
 
@@ -554,7 +781,7 @@ def summarize(outcomes: list[Outcome]) -> list[dict[str, Any]]:
             return sum(int(o.extra.get(key, 0)) for o in rows)
 
         summary.append({
-            "kind": kind, "runs": len(rows),
+            "kind": kind, "provider": provider, "runs": len(rows),
             "over_budget": sum(o.over_budget for o in rows),
             "ledger_below_server": sum(o.ledger_short for o in rows),
             "known_but_unequal": sum(o.certain_mismatch for o in rows),

@@ -184,7 +184,7 @@ class Cell:
         return values.pop("preset", None), values
 
 
-LEGACY = {"head_refit": False}
+LEGACY = {"head_refit": False, "oip_input": None}
 """Settings added after cells were stored, at the value that reproduces what those cells
 ran: left out of a key at that value, so that the stored cells keep their keys."""
 

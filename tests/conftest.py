@@ -80,3 +80,46 @@ def not_a_regular_file(path: Path, kind: str) -> Path:
     elif kind == "link to /dev/zero":
         path.symlink_to("/dev/zero")
     return path
+
+
+def run_with_emulator(emulate: list[str], run: list[str], cwd: Path,
+                      env: dict[str, str] | None = None) -> tuple[dict[str, object], int, str]:
+    """`barapi emulate *emulate` in the background, then `barapi run *run --json` with "{url}"
+    in `run` replaced by the emulator's http://127.0.0.1:PORT; the run must succeed. Returns
+    its summary, the emulator's own count of billed images (said when it stops, on SIGTERM)
+    and the run's stdout + stderr."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    server = subprocess.Popen([sys.executable, "-m", "barapi", "emulate", *emulate], env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stderr.readline() if server.stderr else ""
+        assert "http://127.0.0.1:" in line, line
+        url = line.split()[-1]
+        done = subprocess.run([sys.executable, "-m", "barapi", "run",
+                               *[a.replace("{url}", url) for a in run], "--json"],
+                              env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, tail = server.communicate(timeout=30)
+    billed = int(next(x for x in tail.splitlines() if x.startswith("billed images:")).split(":")[1])
+    return summary, billed, done.stdout + done.stderr
+
+
+SERIAL = {"test_sweep.py", "test_sweep_driver.py", "test_sweep_progress.py", "test_sweep_spec.py",
+          "test_reaper.py", "test_docs.py"}
+"""Test files that start Ray or reap processes (docs/sweep.md runs a sweep): with pytest-xdist
+they share one worker, one after another."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With `--dist loadgroup` (pyproject's addopts), each test file runs on one worker (its
+    module fixtures, e.g. a started MLServer, set up once), and the SERIAL files on one."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("serial" if name in SERIAL else name))

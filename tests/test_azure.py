@@ -111,39 +111,22 @@ def test_end_to_end_run_matches_the_emulators_billing(lite0_32: Any, tmp_path: A
 
 
 def test_cli_run_against_the_emulator_subprocess(tmp_path: Any) -> None:
-    import json
     import os
-    import signal
-    import subprocess
-    import sys
 
+    from conftest import run_with_emulator
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     keep = digits.target < 2
     np.savez(tmp_path / "d01.npz", X=digits.images[keep], y=digits.target[keep])
-    env = {**os.environ, "AZURE_CV_PREDICTION_KEY": KEY}
-    server = subprocess.Popen([sys.executable, "-m", "barapi", "emulate", "azure", "--port", "0",
-                               "--tags", "no,yes", "--input-size", "32"], env=env,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        line = server.stderr.readline() if server.stderr else ""
-        assert "127.0.0.1:" in line, line
-        port = line.strip().rsplit(":", 1)[1]
-        run = subprocess.run(
-            [sys.executable, "-m", "barapi", "run", "--provider", "azure", "--model", "proj/iter",
-             "--labels", "no,yes", "--endpoint", f"127.0.0.1:{port}", "--insecure", "--budget", "5",
-             "--dataset", str(tmp_path / "d01.npz"), "--canvas", "32", "--window", "16",
-             "--resolution", "4", "--per-class", "5", "--q", "1", "--epochs", "1", "--m", "1",
-             "--batch", "5", "--runs-dir", "runs", "--cache-dir", "cache", "--json"],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr
-        assert KEY not in run.stdout + run.stderr
-        summary = json.loads(run.stdout)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        _, tail = server.communicate(timeout=30)
-    billed = int(next(x for x in tail.splitlines() if x.startswith("billed images:")).split(":")[1])
+    summary, billed, said = run_with_emulator(
+        ["azure", "--port", "0", "--tags", "no,yes", "--input-size", "32"],
+        ["--provider", "azure", "--model", "proj/iter", "--labels", "no,yes", "--endpoint", "{url}",
+         "--insecure", "--budget", "5", "--dataset", str(tmp_path / "d01.npz"), "--canvas", "32",
+         "--window", "16", "--resolution", "4", "--per-class", "5", "--q", "1", "--epochs", "1",
+         "--m", "1", "--batch", "5", "--runs-dir", "runs", "--cache-dir", "cache"],
+        tmp_path, {**os.environ, "AZURE_CV_PREDICTION_KEY": KEY})
+    assert KEY not in said
     assert billed == summary["billed_images"]
     assert summary["dollars"] == pytest.approx(billed * 2 / 1000)
 

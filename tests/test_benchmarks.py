@@ -372,7 +372,10 @@ def test_money_soak_quick_covers_a_poisoned_and_damaged_cache_the_providers_word
     """Issue 29: each new kind of the money soak once or twice, pinned (the soak draws them at
     random): a poisoned cache (planted code never runs, tampered rows never served), a
     damaged cache.db ($0, CacheUnusable), answers missing a concept or tag, renamed concepts
-    or tags (columns still filled), and a model version moved between stop and resume."""
+    or tags (columns still filled), and a model version moved between stop and resume.
+    Issue 32: one faulted run of each new provider (Rekognition up to its quota, SafeSearch
+    with failed images, label detection with its bound labels renamed, a metered OIP server),
+    every row served and cached what the emulator answers after the provider's transform."""
     import asyncio
     import random
 
@@ -391,6 +394,13 @@ def test_money_soak_quick_covers_a_poisoned_and_damaged_cache_the_providers_word
         "renamed clarifai": ("poisoned", "clarifai", Faults(answer_names={"gore": "sangre"},
                                                             concept_names={"explicit": "nsfw"}), 1.0),
         "renamed azure": ("clean", "azure", Faults(answer_names={"negative": "négatif"}), 0.2),
+        "rekognition quota": ("clean", "rekognition", Faults(quota_images=12, drop_every=4,
+                                                             bad_answer_every=5), 1.0),
+        "google safe-search": ("poisoned", "google-safe-search",
+                               Faults(fail_input_every=4, unavailable_every=5), 1.0),
+        "renamed google labels": ("clean", "google-labels",
+                                  Faults(answer_names={"bound": "renamed"}, drop_every=2), 1.0),
+        "metered oip": ("poisoned", "oip", Faults(unavailable_every=2, drop_every=3), 1.0),
     }
     got = {}
     for n, (name, (state, provider, faults, budget)) in enumerate(runs.items()):
@@ -418,4 +428,16 @@ def test_money_soak_quick_covers_a_poisoned_and_damaged_cache_the_providers_word
     assert got["version keep_old=True"].extra["unpinned_billed"] == 0
     table = money_soak.summarize(list(got.values()))
     assert {row["kind"] for row in table} == {"service", "version"}
-    assert sum(row["poisoned"] for row in table) == 4 and sum(row["markers"] for row in table) == 0
+    assert sum(row["poisoned"] for row in table) == 6 and sum(row["markers"] for row in table) == 0
+    assert {row["provider"] for row in table if row["kind"] == "service"} == set(money_soak.PLANS)
+    quota = got["rekognition quota"]  # refused at the quota, not billed; lost answers counted
+    assert quota.ended == "FatalProviderError" and quota.server_billed == 12 <= quota.ledger_images
+    assert quota.extra["invalid_answers"] and got["google safe-search"].extra["failed_inputs"]
+    assert got["google safe-search"].extra["bad_entries"] and got["metered oip"].extra["bad_entries"]
+    assert got["metered oip"].price_per_1000 == money_soak.OIP_PRICE > 0
+    labels = got["renamed google labels"]
+    assert labels.ended == "done" and labels.faults["answer_names"], labels
+    for name in ("google safe-search", "renamed google labels", "metered oip"):
+        assert got[name].ended == "done" and got[name].server_billed > 0, got[name]
+    for name in ("rekognition quota", "google safe-search", "renamed google labels", "metered oip"):
+        assert got[name].uncertain_images > 0, got[name]  # lost answers or outages did happen

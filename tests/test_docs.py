@@ -95,6 +95,7 @@ def test_the_set_up_commands_are_what_ci_runs() -> None:
         assert f"pip install -q --no-deps '{ONNX2TORCH}'" in ci and "2.13.0+cpu" in ci
 
 
+@pytest.mark.timeout(900)  # the README's blocks run one after another: five emulators, three runs
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_every_code_block_runs(doc: Path, tmp_path: Path) -> None:
     shim = tmp_path / "bin"

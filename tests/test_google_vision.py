@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 from typing import Any
 
 import httpx
@@ -226,33 +225,19 @@ def test_bad_options_are_one_line_and_nothing_is_sent(options: dict[str, str],
 
 def test_cli_run_safe_search_through_the_emulator(tmp_path: Any) -> None:
     import os
-    import signal
-    import subprocess
-    import sys
+
+    from conftest import run_with_emulator
 
     from barapi.budget import read_ledger
 
-    env = {**os.environ, "GOOGLE_VISION_API_KEY": KEY}
-    server = subprocess.Popen([sys.executable, "-m", "barapi", "emulate", "google", "--port", "0",
-                               "--input-size", "32"], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        line = server.stderr.readline() if server.stderr else ""
-        assert "127.0.0.1:" in line, line
-        port = line.strip().rsplit(":", 1)[1]
-        run = subprocess.run(
-            [sys.executable, "-m", "barapi", "run", "--provider", "google", "--model",
-             "safe-search", "--endpoint", f"http://127.0.0.1:{port}", "--insecure", "--budget",
-             "5", "--dataset", "digits", "--classes", "0,1", "--canvas", "32", "--window", "16",
-             "--resolution", "4", "--per-class", "5", "--q", "1", "--epochs", "1", "--m", "1",
-             "--batch", "5", "--runs-dir", "runs", "--cache-dir", "cache", "--json"],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr
-        assert KEY not in run.stdout + run.stderr
-        summary = json.loads(run.stdout)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        _, tail = server.communicate(timeout=30)
-    billed = int(next(x for x in tail.splitlines() if x.startswith("billed images:")).split(":")[1])
+    summary, billed, said = run_with_emulator(
+        ["google", "--port", "0", "--input-size", "32"],
+        ["--provider", "google", "--model", "safe-search", "--endpoint", "{url}", "--insecure",
+         "--budget", "5", "--dataset", "digits", "--classes", "0,1", "--canvas", "32", "--window",
+         "16", "--resolution", "4", "--per-class", "5", "--q", "1", "--epochs", "1", "--m", "1",
+         "--batch", "5", "--runs-dir", "runs", "--cache-dir", "cache"], tmp_path,
+        {**os.environ, "GOOGLE_VISION_API_KEY": KEY})
+    assert KEY not in said
     assert billed == summary["billed_images"] > 0
     ledgers = list((tmp_path / "runs").glob("*/ledger.jsonl"))
     assert len(ledgers) == 1

@@ -258,7 +258,7 @@ def test_labels_from_a_file(tmp_path: Path) -> None:
 # ---- barapi's own OIP emulator (the rehearsal's server): an image model, UINT8 NHWC ----
 
 def emulated(faults: Faults | None = None, side: int = 16) -> OIPEmulator:
-    from tests.conftest import LinearSoftmaxAdapter
+    from conftest import LinearSoftmaxAdapter
 
     return OIPEmulator({"box": LinearSoftmaxAdapter(n_sources=5)}, side, faults)
 
@@ -268,7 +268,7 @@ def noise(n: int, side: int = 16) -> np.ndarray:
 
 
 def test_an_image_model_needs_no_spec_and_answers_what_the_box_answers() -> None:
-    from tests.conftest import LinearSoftmaxAdapter
+    from conftest import LinearSoftmaxAdapter
 
     with emulated() as emulator:
         a = create(model="box", endpoint=f"http://127.0.0.1:{emulator.port}")
@@ -310,22 +310,25 @@ def test_throttling_is_retried_unbilled_and_outages_and_lost_answers_are_billed(
 
 
 def test_the_rehearsal_runs_through_barapi_emulate_oip(tmp_path: Path) -> None:
-    server = subprocess.Popen([sys.executable, "-m", "barapi", "emulate", "oip", "--box", "modk",
-                               "--input-size", "32"], stderr=subprocess.PIPE, text=True)
-    try:
-        line = server.stderr.readline() if server.stderr else ""
-        assert "http://127.0.0.1:" in line, line
-        endpoint = line.split()[-1]
-        done = subprocess.run(
-            [sys.executable, "-m", "barapi", "run", "--provider", "oip", "--endpoint", endpoint,
-             "--model", "modk-nsfw", "--dataset", "digits", "--classes", "0,1", "--canvas", "32",
-             "--window", "16", "--resolution", "4", "--per-class", "10", "--q", "2",
-             "--epochs", "1", "--m", "1", "--batch", "10", "--runs-dir", "runs", "--json"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        summary = json.loads(done.stdout)
-    finally:
-        server.terminate()
-        _, tail = server.communicate(timeout=30)
-    billed = int(next(x for x in tail.splitlines() if x.startswith("billed images:")).split(":")[1])
+    from conftest import run_with_emulator
+
+    summary, billed, _ = run_with_emulator(
+        ["oip", "--box", "modk", "--input-size", "32"],
+        ["--provider", "oip", "--endpoint", "{url}", "--model", "modk-nsfw", "--dataset", "digits",
+         "--classes", "0,1", "--canvas", "32", "--window", "16", "--resolution", "4",
+         "--per-class", "10", "--q", "2", "--epochs", "1", "--m", "1", "--batch", "10",
+         "--runs-dir", "runs"], tmp_path)
     assert billed == summary["billed_images"] > 0 and summary["dollars"] == 0
+
+
+def test_logits_are_refused_with_the_fix() -> None:
+    from conftest import LinearSoftmaxAdapter
+
+    class Logits(LinearSoftmaxAdapter):
+        async def predict_proba(self, images: np.ndarray) -> np.ndarray:
+            return np.log(await super().predict_proba(images)) + 3.0
+
+    with OIPEmulator({"box": Logits(n_sources=5)}, 16) as emulator:
+        a = create(model="box", endpoint=f"http://127.0.0.1:{emulator.port}")
+        with pytest.raises(FatalProviderError, match=r"outside \[0, 1\] \(logits\?\)"):
+            run(a.predict_proba(noise(2)))

@@ -167,7 +167,9 @@ def test_each_request_is_cached_as_it_returns(tmp_path: Path) -> None:
 
     async def killed() -> None:
         task = asyncio.create_task(service.predict_proba(x))
-        while len(adapter.calls) < 3:
+        # the third request hangs; the first two have settled (their answers written: on a
+        # loaded machine the second one's write may still be pending when the third starts)
+        while len(adapter.calls) < 3 or service.stats.requests < 2:
             await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

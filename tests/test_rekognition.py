@@ -366,12 +366,9 @@ def test_identity_holds_endpoint_region_model_setting_and_min_confidence() -> No
 # --- end to end through the CLI --------------------------------------------------------------
 
 def test_cli_run_against_the_emulator_subprocess(tmp_path: Path) -> None:
-    import json
     import os
-    import signal
-    import subprocess
-    import sys
 
+    from conftest import run_with_emulator
     from sklearn.datasets import load_digits
 
     from barapi.budget import read_ledger
@@ -383,27 +380,14 @@ def test_cli_run_against_the_emulator_subprocess(tmp_path: Path) -> None:
     env.update(AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1",
                AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
                AWS_EC2_METADATA_DISABLED="true")
-    server = subprocess.Popen([sys.executable, "-m", "barapi", "emulate", "rekognition", "--port", "0",
-                               "--input-size", "32"], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        line = server.stderr.readline() if server.stderr else ""
-        assert "http://127.0.0.1:" in line, line
-        port = line.strip().rsplit(":", 1)[1]
-        run = subprocess.run(
-            [sys.executable, "-m", "barapi", "run", "--provider", "rekognition", "--endpoint",
-             f"http://127.0.0.1:{port}", "--insecure", "--budget", "5", "--dataset",
-             str(tmp_path / "d01.npz"), "--canvas", "80", "--window", "40", "--resolution", "4",
-             "--per-class", "5", "--val-size", "10", "--test-size", "10", "--q", "1",
-             "--epochs", "1", "--m", "1", "--batch", "5", "--card-set", "requests_per_second=25",
-             "--runs-dir", "runs", "--cache-dir", "cache", "--json"],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr
-        assert SECRET not in run.stdout + run.stderr
-        summary = json.loads(run.stdout)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        _, tail = server.communicate(timeout=30)
-    billed = int(next(x for x in tail.splitlines() if x.startswith("billed images:")).split(":")[1])
+    summary, billed, said = run_with_emulator(
+        ["rekognition", "--port", "0", "--input-size", "32"],
+        ["--provider", "rekognition", "--endpoint", "{url}", "--insecure", "--budget", "5",
+         "--dataset", str(tmp_path / "d01.npz"), "--canvas", "80", "--window", "40",
+         "--resolution", "4", "--per-class", "5", "--val-size", "10", "--test-size", "10", "--q",
+         "1", "--epochs", "1", "--m", "1", "--batch", "5", "--card-set", "requests_per_second=25",
+         "--runs-dir", "runs", "--cache-dir", "cache"], tmp_path, env)
+    assert SECRET not in said
     (folder,) = (tmp_path / "runs").iterdir()
     ledger = read_ledger(folder / "ledger.jsonl")
     assert billed == summary["billed_images"] == ledger.images > 0

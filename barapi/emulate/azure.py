@@ -71,10 +71,11 @@ class AzureEmulator:
             return self._error(404, f"no route {path}")
         with self._lock:
             c.requests += 1
+            number = c.requests  # this request's: others may arrive while the model runs
             if headers.get("Prediction-Key") != self.key:
                 c.rejected_auth += 1
                 return self._error(401, "Access denied due to invalid subscription key.")
-            if f.unavailable_every and c.requests % f.unavailable_every == 0:
+            if f.unavailable_every and number % f.unavailable_every == 0:
                 c.unavailable += 1
                 return self._error(503, "emulated outage")
             now = time.monotonic()
@@ -112,7 +113,7 @@ class AzureEmulator:
         with self._lock:
             answered = c.billed_images
             c.billed_by_version[iteration] = c.billed_by_version.get(iteration, 0) + 1
-            if f.drop_every and c.requests % f.drop_every == 0:
+            if f.drop_every and number % f.drop_every == 0:
                 c.dropped += 1
                 return DROP, None, {}
         if f.bad_answer_every and answered % f.bad_answer_every == 0:

@@ -73,11 +73,12 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
     async def _post_model_outputs(self, request: Any, context: Any) -> Any:
         c, f = self.counters, self.faults
         c.requests += 1
+        number = c.requests  # this request's: others may arrive while the model runs
         metadata = dict(context.invocation_metadata())
         if metadata.get("authorization") != f"Key {self.key}":
             c.rejected_auth += 1
             return service_pb2.MultiOutputResponse(status=self._status(11009, "API key not found"))
-        if f.unavailable_every and c.requests % f.unavailable_every == 0:
+        if f.unavailable_every and number % f.unavailable_every == 0:
             c.unavailable += 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "emulated outage")
         now = time.monotonic()
@@ -135,7 +136,7 @@ class ClarifaiEmulator(service_pb2_grpc.V2Servicer):
         bad = n - len(good)
         c.billed_images += len(good)
         c.billed_by_version[version] = c.billed_by_version.get(version, 0) + len(good)
-        if f.drop_every and c.requests % f.drop_every == 0:
+        if f.drop_every and number % f.drop_every == 0:
             c.dropped += 1  # billed above; the client never hears of it
             await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset after processing")
         if not good:  # the service reports FAILURE when every input failed

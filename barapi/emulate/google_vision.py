@@ -134,6 +134,7 @@ class GoogleVisionEmulator:
         units = sum(len(r.get("features") or []) for r in requests)
         with self._lock:
             c.requests += 1
+            number = c.requests  # this request's: others may arrive while the model runs
             if not key:
                 c.rejected_auth += 1
                 return self._error(403, "PERMISSION_DENIED", NO_KEY)
@@ -142,7 +143,7 @@ class GoogleVisionEmulator:
                 return self._error(400, "INVALID_ARGUMENT", BAD_KEY, "API_KEY_INVALID")
             if invalid:
                 return self._error(400, "INVALID_ARGUMENT", invalid)
-            if f.unavailable_every and c.requests % f.unavailable_every == 0:
+            if f.unavailable_every and number % f.unavailable_every == 0:
                 c.unavailable += 1
                 return self._error(503, "UNAVAILABLE", "The service is currently unavailable.")
             now = time.monotonic()
@@ -172,7 +173,7 @@ class GoogleVisionEmulator:
                     if model is not None:
                         version = box_version(model)
                         c.billed_by_version[version] = c.billed_by_version.get(version, 0) + 1
-            if f.drop_every and c.requests % f.drop_every == 0:
+            if f.drop_every and number % f.drop_every == 0:
                 c.dropped += 1
                 return DROP, None, {}
         return 200, {"responses": responses}, {}

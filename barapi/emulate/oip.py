@@ -101,7 +101,8 @@ class OIPEmulator:
             return error or (404, {"error": f"no route {path}"}, {})
         with self._lock:
             c.requests += 1
-            if not self.ready or (f.unavailable_every and c.requests % f.unavailable_every == 0):
+            number = c.requests  # this request's: others may arrive while the model runs
+            if not self.ready or (f.unavailable_every and number % f.unavailable_every == 0):
                 c.unavailable += 1
                 return 503, {"error": f"Model {name} not ready"}, {}
             now = time.monotonic()
@@ -122,7 +123,7 @@ class OIPEmulator:
             c.billed_images += len(images)
             version = box_version(box)
             c.billed_by_version[version] = c.billed_by_version.get(version, 0) + len(images)
-            if f.drop_every and c.requests % f.drop_every == 0:
+            if f.drop_every and number % f.drop_every == 0:
                 c.dropped += 1
                 return DROP, None, {}
         return 200, {"model_name": name, "model_version": version, "outputs": [{

@@ -212,6 +212,7 @@ class RekognitionEmulator:
             return error(404, "UnknownOperationException", f"no route {path}", front_end=True)
         with self._lock:
             c.requests += 1
+            number = c.requests  # this request's: others may arrive while the model runs
             refused = verify_sigv4(headers, path, body, self.secrets, self.token)
             if refused is not None:
                 c.rejected_auth += 1
@@ -219,7 +220,7 @@ class RekognitionEmulator:
             if headers.get("X-Amz-Target") != TARGET:
                 return error(400, "UnknownOperationException", f"operation "
                              f"{headers.get('X-Amz-Target')!r} is not emulated", front_end=True)
-            if f.unavailable_every and c.requests % f.unavailable_every == 0:
+            if f.unavailable_every and number % f.unavailable_every == 0:
                 c.unavailable += 1
                 return error(500, "InternalServerError", "Internal server error")
             now = time.monotonic()
@@ -246,7 +247,7 @@ class RekognitionEmulator:
         with self._lock:
             answered = c.billed_images
             c.billed_by_version[version] = c.billed_by_version.get(version, 0) + 1
-            if f.drop_every and c.requests % f.drop_every == 0:
+            if f.drop_every and number % f.drop_every == 0:
                 c.dropped += 1
                 return DROP, None, {}
         labels = moderation_labels(scores, self.concepts, min_confidence)
