@@ -144,9 +144,9 @@ def test_the_configs_nudenet_side_is_the_boxes() -> None:
 
 
 def test_emulators_default_to_the_semantic_box_and_name_the_easy_one() -> None:
-    from barapi.cli import emulate_azure, emulate_clarifai
+    from barapi.cli_emulate import emulate
 
-    for command in (emulate_clarifai, emulate_azure):
+    for command in emulate.commands.values():  # every provider's emulator
         option = next(p for p in command.params if p.name == "box")
         assert option.default == boxes.DEFAULT_FAMILY == "imagenet"
         assert set(option.type.choices) == {"imagenet", "nudenet", "modk"}  # type: ignore[attr-defined]

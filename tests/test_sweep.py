@@ -170,9 +170,12 @@ def test_a_sweep_pays_through_one_wallet_and_reports_its_trials(reference: dict[
 def test_the_trials_together_keep_to_the_accounts_rate(reference: dict[str, Any]) -> None:
     times = reference["times"]
     assert len(times) >= 30
-    window = 2.0  # at most RATE per second over any 2 s, give or take one request
+    # at most RATE per second over any 2 s, give or take two requests: the times are arrivals
+    # at the emulator, and a request the shared limiter let go may reach it late, next to the
+    # one after it, when the CPU is busy (the tests run two at a time)
+    window = 2.0
     busiest = max(sum(1 for t in times if start <= t < start + window) for start in times)
-    assert busiest <= RATE * window + 1, busiest
+    assert busiest <= RATE * window + 2, busiest
     mean = (len(times) - 1) / (times[-1] - times[0])
     assert mean <= RATE * 1.02, mean  # four trials alone would go up to four times as fast
 
