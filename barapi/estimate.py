@@ -138,5 +138,5 @@ def coarse_warning(form: AnswerForm, who: str) -> str | None:
             f"only where a score crosses a level or the threshold, so many finite differences "
             f"will be 0 and the linear probe sees little. barapi asks for every score the API "
             f"gives, keeps its smoothing radius (4× larger did worse on 5-level answers), says "
-            f"after the first epoch how many differences saw no change, and the program still "
-            f"learns: docs/results.md, \"Coarse answers\"")
+            f"after the first epoch how many differences saw no change; a program can still "
+            f"learn there: docs/results.md, \"Coarse answers\"")
