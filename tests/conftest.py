@@ -1,6 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one compute thread each (torch, BLAS, and the barapi processes
+    # the tests start inherit it), not two apiece fighting over the cores.
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
 from pathlib import Path
 
 import numpy as np
