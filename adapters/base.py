@@ -69,14 +69,6 @@ class AnswerForm:
         return self.threshold is None and self.top is None and self.levels is None \
             and self.step is None
 
-    def resolution(self) -> float:
-        """The smallest change of a score an answer can show: the widest gap between levels,
-        the rounding step, or 0 when continuous. (With a threshold, a score under it shows no
-        change at all; `describe` says so.)"""
-        if self.levels is not None and len(self.levels) > 1:
-            return float(max(np.diff(np.asarray(self.levels, dtype=np.float64))))
-        return float(self.step or 0.0)
-
     def describe(self) -> str:
         """One line for the user: what each answer omits or rounds; "" when nothing."""
         parts = []

@@ -117,6 +117,15 @@ def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
+async def checked_answers(a: OIPAdapter, images: np.ndarray) -> np.ndarray:
+    """`a`'s free check, then its answers to `images`; its client closed after."""
+    await a.check()
+    try:
+        return await a.predict_proba(images)
+    finally:
+        await a.aclose()
+
+
 def test_the_metadata_says_the_input_and_output_and_the_user_states_the_range(server: str) -> None:
     a = create(model="digits", endpoint=server)
     with pytest.raises(ConfigError, match=r"does not say what values input 'pixels' \(FP64\).*"
@@ -124,15 +133,7 @@ def test_the_metadata_says_the_input_and_output_and_the_user_states_the_range(se
         run(a.check())
     a = create(model="digits@v1", endpoint=server, oip_input="range=0..16")
     images, labels = digit_images()
-
-    async def go() -> np.ndarray:
-        await a.check()
-        try:
-            return await a.predict_proba(images)
-        finally:
-            await a.aclose()
-
-    probs = run(go())
+    probs = run(checked_answers(a, images))
     assert a.spec is not None and (a.spec.name, a.spec.layout, a.spec.channels) == ("pixels", "FLAT", 1)
     assert a.labels == [str(i) for i in range(10)] and a.version == "v1"
     assert probs.shape == (120, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
@@ -273,15 +274,7 @@ def test_an_image_model_needs_no_spec_and_answers_what_the_box_answers() -> None
     with emulated() as emulator:
         a = create(model="box", endpoint=f"http://127.0.0.1:{emulator.port}")
         images = noise(5)
-
-        async def go() -> np.ndarray:
-            await a.check()
-            try:
-                return await a.predict_proba(images)
-            finally:
-                await a.aclose()
-
-        probs = run(go())
+        probs = run(checked_answers(a, images))
     assert a.spec is not None and (a.spec.datatype, a.spec.layout, a.spec.output) == (
         "UINT8", "NHWC", "probabilities")
     assert a.labels == ["0", "1", "2", "3", "4"] and a.label_note is not None

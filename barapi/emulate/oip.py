@@ -46,6 +46,7 @@ class OIPEmulator:
     def __init__(self, models: Mapping[str, Adapter], side: int = 112,
                  faults: Faults | None = None, port: int = 0) -> None:
         self.models, self.side = dict(models), side
+        self.versions = {name: box_version(box) for name, box in self.models.items()}
         self.faults = faults or Faults()
         self.counters = Counters()
         self.ready = True
@@ -121,7 +122,7 @@ class OIPEmulator:
         probs = np.asarray(asyncio.run(box.predict_proba(images)), dtype=np.float32)
         with self._lock:
             c.billed_images += len(images)
-            version = box_version(box)
+            version = self.versions[name]
             c.billed_by_version[version] = c.billed_by_version.get(version, 0) + len(images)
             if f.drop_every and number % f.drop_every == 0:
                 c.dropped += 1
