@@ -441,3 +441,49 @@ def test_money_soak_quick_covers_a_poisoned_and_damaged_cache_the_providers_word
         assert got[name].ended == "done" and got[name].server_billed > 0, got[name]
     for name in ("rekognition quota", "google safe-search", "renamed google labels", "metered oip"):
         assert got[name].uncertain_images > 0, got[name]  # lost answers or outages did happen
+
+
+def test_subspace_gate_low_rank_fit_recovers_a_planted_subspace() -> None:
+    # per-image gradients g_i = B a_i in a 3-dimensional subspace of 48, each seen only
+    # through 12 noisy directional derivatives of its own: the fit finds span(B)
+    import numpy as np
+
+    from benchmarks.subspace_gate import capture, low_rank_fit, orthonormal, top
+
+    rng = np.random.default_rng(0)
+    n, q, d, k = 80, 12, 48, 3
+    basis = orthonormal(rng.standard_normal((d, k)))
+    g = rng.standard_normal((n, k)) @ basis.T
+    u = rng.standard_normal((n, q, d))
+    y = np.einsum("ijd,id->ij", u, g)[..., None] + 0.05 * rng.standard_normal((n, q, 1))
+    start = top(np.einsum("n,nd,ne->de", (y ** 2).ravel(), u.reshape(-1, d), u.reshape(-1, d)), k)
+    found = low_rank_fit(u, y, k, start)
+    assert min(capture(found, basis[:, j]) for j in range(k)) > 0.98
+    assert max(capture(start, basis[:, j]) for j in range(k)) < 0.9  # the fit did the work
+
+
+def test_subspace_gate_per_image_gradients_average_to_ars_gradient() -> None:
+    # the white-box truth of the gate: per-image loss gradients (one copy of W per image) whose
+    # mean is exactly the gradient white-box AR follows on the same images
+    import asyncio
+
+    import numpy as np
+
+    from barapi import api
+    from barapi.adapters.boxes import create_box
+    from barapi.query import QueryService
+    from barapi.trainer import Task, build_heads
+    from barapi.whitebox import autograd_gradient
+    from benchmarks.gradient_agreement import QUICK
+    from benchmarks.subspace_gate import true_gradients
+
+    config = api.make_config(**{**QUICK, "classes": "0,1,2"})
+    box = create_box("imagenet-moderation", device="cpu", input_size=config.input_size)
+    task = Task(config, api.load_split(config))
+    _, head = asyncio.run(build_heads(QueryService(box), task))
+    windows, labels = task.windows["train"][:10], task.split.train.labels[:10]
+    weights = np.random.default_rng(1).normal(0, 0.3, task.program.shape).astype(np.float32)
+    truth = true_gradients(box, task, head, weights, windows, labels, chunk=4)
+    _, expected, _ = asyncio.run(autograd_gradient(box, task)(weights, head, windows, labels, 0))
+    assert truth.jacobians.shape == (10, 5, task.program.dim)
+    np.testing.assert_allclose(truth.gradient, expected.reshape(-1), rtol=1e-4, atol=1e-7)
