@@ -2,7 +2,9 @@
 hold the loss gradient, and can paid answers alone find them?
 
     python -m benchmarks.subspace_gate [--tasks NAME ...] [--seeds 0 1 2 3 4]
-        [--ks 4 8 16 24 32] [--project 8] [--beta 0.02] [--quick] [--name NAME]
+        [--ks 4 8 16 24 32] [--project 8] [--beta 0.02] [--sides one-sided two-sided exact]
+        [--no-ar] [--quick] [--name NAME]
+    python -m benchmarks.subspace_gate --report NAME [NAME ...]   (tables of stored results)
 
 (a) White-box, a measurement only (autograd through the local box, never in the BAR path):
 for every training image i, the gradient G_i (K', d) of the box's centred log-probabilities
@@ -11,15 +13,19 @@ the log-odds) with respect to the d = 192 parameters of the 3×8×8 program, and
 ∇l_i of its loss under the linear probe's head. C = mean_i G_iᵀG_i; its participation ratio
 tr(C)² / tr(C²); the share of the loss gradient's energy ‖V_kᵀg‖² / ‖g‖² in C's top-k
 eigenvectors V_k, for the training set's gradient and (mean) for minibatches of 20, at W = 0
-and at the program white-box AR ends with (barapi's AR, same head and settings). Then AR
-again with its gradient projected onto V_k of C at W = 0 (`--project`).
+and at the program white-box AR selects (barapi's AR, same head and settings, its best
+validation). Then AR again with its gradient projected onto V_k of C at W = 0 (`--project`).
 
 (b) From paid answers only, at most a quarter of a $25 budget at the Clarifai card's price
 ($1.20 per 1,000 images: 5,208 images): n training images × q_e directions each (each image
 its own Gaussian directions, radius β; the clean answers are the probe's, already paid), the
-answers read through the box's own `predict_proba` on 8-bit images. Each estimator gives a
-k-dimensional subspace; its capture of the true (white-box) loss gradient is reported
-against a random subspace's k/d:
+answers read through the box's own `predict_proba` on 8-bit images. `--sides`: one-sided
+differences against the clean answer, two-sided ones (W ± βu: half as many directions), or
+"exact", the control: the two-sided design's directions with the exact (white-box)
+directional derivatives in place of answers, no query — what each estimator could do with
+perfect differences. Each estimator gives a k-dimensional subspace; its capture of the true
+(white-box) loss gradient is reported against a random subspace's k/d, and its overlap with
+C's top 8 eigenvectors (mean share of each in the estimate):
 
 - "output 2nd moment": top-k eigenvectors of Σ ‖Δz‖² u uᵀ (Δz: the answers' finite
   differences; in expectation tr(C)·I + 2C);
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import sys
 import time
@@ -53,7 +60,7 @@ from barapi.head import PROB_FLOOR, LinearHead, centred_log_probs
 from barapi.query import QueryService
 from barapi.trainer import Task, Trainer, build_heads, run_sync
 from barapi.whitebox import autograd_gradient, target_scores
-from benchmarks.common import markdown_table, write_results
+from benchmarks.common import RESULTS, markdown_table, write_results
 
 F64 = NDArray[np.float64]
 TASKS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -89,6 +96,12 @@ class Truth:
 def capture(basis: F64, g: F64) -> float:
     """Share of ‖g‖² in the span of the orthonormal columns of `basis` (d, k)."""
     return float(np.sum((basis.T @ g) ** 2) / max(float(g @ g), 1e-300))
+
+
+def capture_matrix(basis: F64, target: F64) -> float:
+    """Mean share of the orthonormal columns of `target` in span(basis): 1 when the spans
+    agree, k/d for a random k-subspace."""
+    return float(np.sum((basis.T @ target) ** 2) / target.shape[1])
 
 
 def minibatch_capture(basis: F64, per_image: F64, rng: np.random.Generator) -> float:
@@ -193,6 +206,15 @@ def pay(box: Any, task: Task, head: LinearHead, weights: NDArray[np.float32],
         dz = (z - centred_log_probs(clean)[:, None]) / beta
         dl = (loss - per_image_loss(task, head, clean, labels)[:, None]) / beta
     return Paid(u, dz[..., 1:] if two else dz, dl, labels)
+
+
+def exact(truth: Truth, pick: NDArray[np.int64], labels: NDArray[np.int64], q_e: int,
+          rng: np.random.Generator) -> Paid:
+    """The control: what the two-sided design would measure if every difference were the
+    exact directional derivative (white-box, no query): the estimators' own limit."""
+    u = rng.standard_normal((len(pick), q_e, truth.losses.shape[1]))
+    return Paid(u, np.einsum("imd,ijd->ijm", truth.jacobians[pick], u),
+                np.einsum("id,ijd->ij", truth.losses[pick], u), labels)
 
 
 def answers(box: Any, images: NDArray[np.uint8]) -> NDArray[np.float32]:
@@ -303,8 +325,9 @@ def gate(name: str, seed: int, ks: list[int], project: list[int], beta: float,
     d = task.program.dim
     for side in sides:
         clock = time.monotonic()
-        paid = pay(box, task, head, zeros, windows[pick], labels[pick], clean,
-                   PAID_IMAGES // n, beta, side == "two-sided", rng)
+        paid = (exact(truth0, pick, labels[pick], PAID_IMAGES // n // 2, rng) if side == "exact"
+                else pay(box, task, head, zeros, windows[pick], labels[pick], clean,
+                         PAID_IMAGES // n, beta, side == "two-sided", rng))
         q_e = paid.directions.shape[1]
         log(f"{name} seed {seed}: {n} images × {q_e} directions, {side} "
             f"({time.monotonic() - clock:.0f} s)")
@@ -313,13 +336,14 @@ def gate(name: str, seed: int, ks: list[int], project: list[int], beta: float,
         for estimator, basis_of in estimators(paid, split.train.n_classes).items():
             row: dict[str, Any] = {**base, "part": "b", "estimator": estimator, "n": n,
                                    "q_e": q_e, "differences": side, "beta": beta,
-                                   "paid_images": n * (PAID_IMAGES // n),
+                                   "paid_images": 0 if side == "exact" else n * (PAID_IMAGES // n),
                                    "difference_vs_true_corr": agreement}
             for k in ks:
                 basis = basis_of(k)
                 row[f"full_top{k}"] = capture(basis, truth0.gradient)
                 row[f"batch_top{k}"] = minibatch_capture(basis, truth0.losses, rng)
                 row[f"random_top{k}"] = basis.shape[1] / d
+                row[f"overlap_top{k}"] = capture_matrix(basis, top(truth0.covariance, k))
                 if estimator == "ZO loss gradient":
                     break
             rows.append(row)
@@ -361,9 +385,14 @@ def summary_tables(rows: list[dict[str, Any]], ks: list[int]) -> str:
         line = {"task": task, "at": at, "seeds": len(same),
                 "pr": f"{np.mean([r['participation_ratio'] for r in same]):.1f}"}
         for k in ks:
-            line[f"k{k}"] = (stat([r[f"full_top{k}"] for r in same]) + " / "
-                             + stat([r[f"batch_top{k}"] for r in same]))
+            if all(f"full_top{k}" in r for r in same):
+                line[f"k{k}"] = (stat([r[f"full_top{k}"] for r in same]) + " / "
+                                 + stat([r[f"batch_top{k}"] for r in same]))
         table_a.append(line)
+        if all(f"full_top{ks[0]}_of_C0" in r for r in same):  # the same gradient, C(W = 0)
+            table_a.append({"task": task, "at": f"{at}, in C(W = 0)'s top k", "seeds": len(same),
+                            "pr": "–", **{f"k{k}": stat([r[f"full_top{k}_of_C0"] for r in same])
+                                          for k in ks}})
     out.append("(a) share of the loss gradient's energy in C's top-k eigenvectors "
                "(training set / minibatch of 20)\n")
     out.append(markdown_table(table_a, [("task", "task"), ("at", "program"), ("seeds", "seeds"),
@@ -378,16 +407,19 @@ def summary_tables(rows: list[dict[str, Any]], ks: list[int]) -> str:
                 "paid": f"{same[0]['n']} × {same[0]['q_e']} {side}",
                 "corr": f"{np.mean([r['difference_vs_true_corr'] for r in same]):.2f}"}
         for k in ks:
-            if f"full_top{k}" in same[0]:
+            if all(f"full_top{k}" in r for r in same):
                 line[f"k{k}"] = (stat([r[f"full_top{k}"] for r in same]) + " / "
                                  + stat([r[f"batch_top{k}"] for r in same]))
+        overlap = [r["overlap_top8"] for r in same if "overlap_top8" in r]
+        line["overlap"] = stat(overlap) if overlap else "–"
         table_b.append(line)
     out.append("\n\n(b) share of the true loss gradient in subspaces estimated from paid answers "
                f"(≤ {PAID_IMAGES:,} images; training set / minibatch; random subspace: k/192)\n")
     out.append(markdown_table(table_b, [("task", "task"), ("estimator", "estimator"),
                                         ("seeds", "seeds"), ("paid", "images × directions"),
                                         ("corr", "corr. Δz vs true")]
-                              + [(f"k{k}", f"top {k}") for k in ks]))
+                              + [(f"k{k}", f"top {k}") for k in ks]
+                              + [("overlap", "overlap with C's top 8")]))
     table_c = []
     for task in dict.fromkeys(r["task"] for r in rows if r["part"] == "ar"):
         by = {(r["project"], r["seed"]): r["test_accuracy"] for r in rows
@@ -419,14 +451,28 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--ks", type=int, nargs="+", default=[4, 8, 16, 24, 32])
     parser.add_argument("--project", type=int, nargs="*", default=[8])
     parser.add_argument("--beta", type=float, default=0.02)
-    parser.add_argument("--sides", nargs="+", choices=["one-sided", "two-sided"],
-                        default=["one-sided", "two-sided"], help="differences of part (b)")
+    parser.add_argument("--sides", nargs="+", choices=["one-sided", "two-sided", "exact"],
+                        default=["one-sided", "two-sided", "exact"], help="differences of "
+                        "part (b); exact: the white-box directional derivatives (the control)")
     parser.add_argument("--no-ar", action="store_true", help="skip the AR runs (part (a) "
                         "after training, and the projected AR)")
     parser.add_argument("--quick", action="store_true", help="12 images a class, 1 epoch, "
                         "writes nothing: proves the code works")
     parser.add_argument("--name", default="subspace_gate", help="results file name")
+    parser.add_argument("--report", nargs="+", metavar="NAME", help="print the tables of "
+                        "these results files (benchmarks/results/NAME.json) together; run nothing")
     args = parser.parse_args(argv)
+    if args.report:
+        stored = [r for name in args.report
+                  for r in json.loads((RESULTS / f"{name}.json").read_text())["rows"]]
+        first: dict[tuple[Any, ...], dict[str, Any]] = {}  # part (a) repeats in a task's files
+        for r in stored:
+            if r["part"] == "a":
+                first.setdefault((r["task"], r["at"], r["seed"]), r)
+        rows = [r for r in stored if r["part"] != "a"
+                or first[(r["task"], r["at"], r["seed"])] is r]
+        print(summary_tables(rows, args.ks))
+        return rows
     rows = [r for name in args.tasks for seed in args.seeds
             for r in gate(name, seed, args.ks, args.project, args.beta, args.sides,
                            not args.no_ar, args.quick)]
