@@ -394,7 +394,7 @@ def summary_tables(rows: list[dict[str, Any]], ks: list[int]) -> str:
                             "pr": "–", **{f"k{k}": stat([r[f"full_top{k}_of_C0"] for r in same])
                                           for k in ks}})
     out.append("(a) share of the loss gradient's energy in C's top-k eigenvectors "
-               "(training set / minibatch of 20)\n")
+               "(training set / minibatch of 20)\n\n")
     out.append(markdown_table(table_a, [("task", "task"), ("at", "program"), ("seeds", "seeds"),
                                         ("pr", "participation ratio")]
                               + [(f"k{k}", f"top {k}") for k in ks]))
@@ -414,7 +414,7 @@ def summary_tables(rows: list[dict[str, Any]], ks: list[int]) -> str:
         line["overlap"] = stat(overlap) if overlap else "–"
         table_b.append(line)
     out.append("\n\n(b) share of the true loss gradient in subspaces estimated from paid answers "
-               f"(≤ {PAID_IMAGES:,} images; training set / minibatch; random subspace: k/192)\n")
+               f"(≤ {PAID_IMAGES:,} images; training set / minibatch; random subspace: k/192)\n\n")
     out.append(markdown_table(table_b, [("task", "task"), ("estimator", "estimator"),
                                         ("seeds", "seeds"), ("paid", "images × directions"),
                                         ("corr", "corr. Δz vs true")]
@@ -436,7 +436,7 @@ def summary_tables(rows: list[dict[str, Any]], ks: list[int]) -> str:
                             f"{100 * np.mean(diff):+.1f} [{100 * (np.mean(diff) - half):+.1f}, "
                             f"{100 * (np.mean(diff) + half):+.1f}]"})
     out.append("\n\n(a) white-box AR with its gradient projected (test accuracy; paired "
-               "difference to AR, 95% interval)\n")
+               "difference to AR, 95% interval)\n\n")
     out.append(markdown_table(table_c, [("task", "task"), ("gradient", "AR's gradient"),
                                         ("seeds", "seeds"), ("acc", "test acc."),
                                         ("diff", "− AR, points")]))
