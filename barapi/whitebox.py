@@ -42,7 +42,8 @@ def target_scores(head: OutputHead, probs: torch.Tensor) -> torch.Tensor:
 
 class ProgramImages:
     """W → the (N, 3, S, S) float images in [0, 1] the program makes of N windows,
-    differentiable in W (torch): tanh(upsampled W) on the canvas outside the window."""
+    differentiable in W (torch): tanh(upsampled W) on the canvas outside the window. W is
+    one program (3, k, k), or one per window (N, 3, k, k)."""
 
     def __init__(self, program: Program, device: torch.device) -> None:
         self.program, self.device = program, device
@@ -54,7 +55,8 @@ class ProgramImages:
         rows, cols = self.program.canvas.window_slice
         full = w if self.full_resolution else self.upsample @ w @ self.upsample.T
         background = (torch.tanh(full) * self.mask + 1) / 2
-        x = background.unsqueeze(0).repeat(len(windows), 1, 1, 1)
+        per_window = background if background.dim() == 4 else background.unsqueeze(0)
+        x = per_window.expand(len(windows), -1, -1, -1).clone()
         x[:, :, rows, cols] = torch.from_numpy(windows).to(self.device).permute(0, 3, 1, 2) / 255.0
         return x
 

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,12 @@ def machine() -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command that ran benchmark `module` with `argv` (None: this process's arguments),
+    as its results file records it."""
+    return " ".join([f"python -m benchmarks.{module}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def write_results(name: str, rows: list[dict[str, Any]], command: str, **extra: Any) -> Path:

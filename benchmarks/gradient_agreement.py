@@ -32,7 +32,7 @@ from barapi import api
 from barapi.query import QueryService
 from barapi.trainer import Task, build_heads
 from barapi.whitebox import autograd_gradient
-from benchmarks.common import markdown_table, write_results
+from benchmarks.common import command_line, markdown_table, write_results
 
 SHIRTS = {"dataset": "@fashion", "classes": "Shirt,T-shirt/top", "per_class": 100, "m": 1,
           "device": "cpu"}
@@ -123,9 +123,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(table)
     if args.quick:
         return rows
-    command = "python -m benchmarks.gradient_agreement " + " ".join(
-        argv if argv is not None else sys.argv[1:])
-    write_results(args.name, rows, command, table=table)
+    write_results(args.name, rows, command_line("gradient_agreement", argv), table=table)
     return rows
 
 

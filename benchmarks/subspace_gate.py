@@ -59,8 +59,8 @@ from barapi import api
 from barapi.head import PROB_FLOOR, LinearHead, centred_log_probs
 from barapi.query import QueryService
 from barapi.trainer import Task, Trainer, build_heads, run_sync
-from barapi.whitebox import autograd_gradient, target_scores
-from benchmarks.common import RESULTS, markdown_table, write_results
+from barapi.whitebox import ProgramImages, autograd_gradient, target_scores
+from benchmarks.common import RESULTS, command_line, markdown_table, write_results
 
 F64 = NDArray[np.float64]
 TASKS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -128,20 +128,14 @@ def true_gradients(box: Any, task: Task, head: LinearHead, weights: NDArray[np.f
                    chunk: int = 16) -> Truth:
     """Autograd per image, in chunks: one copy of W per image, so that one backward pass of a
     sum gives every image's own gradient."""
-    program = task.program
-    upsample = torch.from_numpy(program.upsample)
-    mask = torch.from_numpy(program.canvas.mask).permute(2, 0, 1)
-    rows, cols = program.canvas.window_slice
+    images = ProgramImages(task.program, torch.device("cpu"))
     class_weights = torch.from_numpy(task.weights)
     two = len(box.labels) == 2
     jac, loss_grads = [], []
     for start in range(0, len(windows), chunk):
         part, y = windows[start:start + chunk], torch.from_numpy(labels[start:start + chunk])
         w = torch.tensor(np.repeat(weights[None], len(part), axis=0), requires_grad=True)
-        x = (torch.tanh(upsample @ w @ upsample.T) * mask + 1) / 2
-        x = x.clone()
-        x[:, :, rows, cols] = torch.from_numpy(part).permute(0, 3, 1, 2) / 255.0
-        probs = box.probabilities(x)
+        probs = box.probabilities(images(w, part))
         logp = probs.clamp(PROB_FLOOR, 1.0).log().double()
         z = logp - logp.mean(dim=1, keepdim=True)
         columns = z[:, 1:] if two else z
@@ -479,9 +473,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     table = summary_tables(rows, args.ks)
     print(table)
     if not args.quick:
-        command = "python -m benchmarks.subspace_gate " + " ".join(
-            argv if argv is not None else sys.argv[1:])
-        write_results(args.name, rows, command, table=table)
+        write_results(args.name, rows, command_line("subspace_gate", argv), table=table)
     return rows
 
 
