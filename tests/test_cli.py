@@ -143,7 +143,9 @@ def test_ctrl_c_or_a_termination_names_the_run_folder_to_resume(
     def as_from_a_terminal() -> None:  # a background job of a script inherits SIGINT ignored
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    price = ["--card-set", "price_per_1000=1", "--budget", "1000", "--yes"] if priced else []
+    # a cache of its own: answers the machine's shared cache holds would make the run spend $0
+    price = ["--card-set", "price_per_1000=1", "--budget", "1000", "--yes",
+             "--cache-dir", str(tmp_path / "cache")] if priced else []
     proc = subprocess.Popen([sys.executable, "-m", "barapi", "run", *TINY, "--epochs", "50",
                              "--runs-dir", "runs", *price], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
