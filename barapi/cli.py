@@ -74,8 +74,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
           "weights", "input_size"),
     METHOD: ("method", "canvas", "window", "window_top", "window_left", "resolution", "head",
              "head_l2", "head_lr", "head_refit", "mapping", "m", "loss", "gamma", "q", "beta",
-             "directions", "two_sided", "surrogate", "b", "optimizer", "lr", "decay", "batch",
-             "epochs", "max_steps", "eval_every", "patience", "evaluate"),
+             "directions", "two_sided", "per_sample_directions", "surrogate", "b", "optimizer",
+             "lr", "decay", "batch", "epochs", "max_steps", "eval_every", "patience", "evaluate"),
 }
 """`run`'s and `estimate`'s options grouped by what a user decides (a test checks that every
 RunConfig field is in exactly one group)."""

@@ -52,7 +52,8 @@ MAX_CANVAS = 4096
 """Largest canvas and model input side, in px (one image is then 48 MiB)."""
 MAX_STEP_BYTES = 2 << 30
 """Most bytes of queried images one training step may hold in memory (batch × (q + 1)
-variants of S×S×3 uint8): larger, a step would exhaust memory before its first request."""
+variants of S×S×3 uint8, and with per-sample directions as many float32 perturbations):
+larger, a step would exhaust memory before its first request."""
 MAX_BUDGET = 10_000_000.0
 """Largest budget in dollars (sums of nanodollars stay exact far beyond it)."""
 LIST_FIELDS = ("classes", "labels")
@@ -152,6 +153,10 @@ class RunConfig(BaseModel):
     beta: float = Field(0.05, description="smoothing radius β (in units of W)")
     directions: Literal["sphere", "gaussian"] = Field("gaussian", description="ZO directions")
     two_sided: bool = Field(False, description="antithetic (two-sided) differences, 2q queries")
+    per_sample_directions: bool = Field(
+        False, description="each minibatch image its own q directions instead of q shared by "
+        "the minibatch: the same queries, the estimate averaged over q × batch directions "
+        "(docs/method.md, \"Per-sample directions\")")
     surrogate: str | None = Field(
         None, description="a local model of ours (efficientnet-lite0|1|2) whose gradient, "
         "through a proxy fitted to the paid answers, guides the ZO directions (P-RGF; "
@@ -218,6 +223,8 @@ class RunConfig(BaseModel):
                                  f"{getattr(self, name)}")
         variants = 2 * self.q if self.two_sided else self.q + 1  # ZOEstimator.n_evaluations
         step_bytes = self.batch * variants * self.canvas ** 2 * 3
+        if self.per_sample_directions:  # and one float32 perturbation per queried image
+            step_bytes *= 5
         if self.method == "bar" and step_bytes > MAX_STEP_BYTES:
             raise ValueError(f"q: one training step would query batch {self.batch} × {variants} "
                              f"program variants = {self.batch * variants:,} images of "
@@ -238,9 +245,11 @@ class RunConfig(BaseModel):
                 or self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction and test_fraction must be in (0, 1) and sum to less "
                              f"than 1, got {self.val_fraction} and {self.test_fraction}")
-        if self.surrogate is not None and (self.two_sided or self.q < 2 or self.head != "linear"):
-            raise ValueError("surrogate needs one-sided differences (--no-two-sided), q ≥ 2 and "
-                             "the linear head")
+        if self.surrogate is not None and (self.two_sided or self.q < 2 or self.head != "linear"
+                                           or self.per_sample_directions):
+            raise ValueError("surrogate needs one-sided differences (--no-two-sided), q ≥ 2, "
+                             "the linear head and directions shared by the minibatch "
+                             "(--no-per-sample-directions)")
         if self.gamma < 0:
             raise ValueError(f"gamma must be non-negative, got {self.gamma}")
         if self.resolution is not None and not 1 <= self.resolution <= self.canvas:
@@ -281,7 +290,8 @@ class RunConfig(BaseModel):
 
     def estimator(self) -> ZOEstimator:
         """The zeroth-order gradient estimator these settings describe."""
-        return ZOEstimator(self.q, self.beta, self.directions, self.two_sided, self.b)
+        return ZOEstimator(self.q, self.beta, self.directions, self.two_sided, self.b,
+                           self.per_sample_directions)
 
     @property
     def program_resolution(self) -> int:

@@ -33,7 +33,13 @@ def cross_entropy(h: NDArray[np.floating], labels: NDArray[np.integer]) -> float
 def batched_focal_loss(h: NDArray[np.floating], labels: NDArray[np.integer], gamma: float,
                        weights: NDArray[np.floating] | None) -> NDArray[np.float64]:
     """Losses of V program variants at once: h (V, N, C) → (V,)."""
+    return np.mean(sample_focal_losses(h, labels, gamma, weights), axis=1)
+
+
+def sample_focal_losses(h: NDArray[np.floating], labels: NDArray[np.integer], gamma: float,
+                        weights: NDArray[np.floating] | None) -> NDArray[np.float64]:
+    """Each sample's own loss under each of V program variants: h (V, N, C) → (V, N)."""
     h = np.asarray(h, dtype=np.float64)
     p = np.clip(h[:, np.arange(len(labels)), labels], EPS, 1.0)
     w = np.ones(len(labels)) if weights is None else np.asarray(weights)[labels]
-    return np.mean(-w * (1.0 - p) ** gamma * np.log(p), axis=1)
+    return np.asarray(-w * (1.0 - p) ** gamma * np.log(p), dtype=np.float64)

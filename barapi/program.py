@@ -136,15 +136,22 @@ class Program:
     def compose(self, windows: Uint8Images, perturbations: FloatArray) -> Uint8Images:
         """Queried images for every (program variant, sample) pair.
 
-        windows: (B, w, w, 3) uint8 embedded samples; perturbations: (V, S, S, 3) in [-1, 1].
-        Returns (V·B, S, S, 3) uint8, variant-major (all B samples under variant 0 first).
+        windows: (B, w, w, 3) uint8 embedded samples; perturbations: (V, S, S, 3) in [-1, 1],
+        or (V, B, S, S, 3), one per sample (per-sample directions). Returns (V·B, S, S, 3)
+        uint8, variant-major (all B samples under variant 0 first).
         """
         backgrounds = to_uint8(perturbations)
         n_variants, n_samples = backgrounds.shape[0], windows.shape[0]
-        out = np.repeat(backgrounds[:, None], n_samples, axis=1)
+        if backgrounds.ndim == 5:
+            if backgrounds.shape[1] != n_samples:
+                raise ValueError(f"{backgrounds.shape[1]} perturbations per variant for "
+                                 f"{n_samples} samples")
+            out = backgrounds
+        else:
+            out = np.repeat(backgrounds[:, None], n_samples, axis=1)
         rows, cols = self.canvas.window_slice
         out[:, :, rows, cols] = windows[None]
-        return out.reshape(n_variants * n_samples, *backgrounds.shape[1:])
+        return out.reshape(n_variants * n_samples, *backgrounds.shape[-3:])
 
     def images(self, windows: Uint8Images, weights: FloatArray) -> Uint8Images:
         """(B, S, S, 3) uint8 queried images of B samples under one program W."""

@@ -109,6 +109,12 @@ def head_values(head: OutputHead) -> list[NDArray[Any]]:
     return []
 
 
+ADDED_FIELDS = {"per_sample_directions": False}
+"""Settings added after checkpoints were made, at the value those checkpoints ran with: a
+checkpoint that does not record one resumes as if it did (issue 30's per-sample directions,
+off before they existed)."""
+
+
 def config_fingerprint(config: RunConfig) -> dict[str, Any]:
     """What a checkpoint records of the configuration that made it (JSON values): every
     field but how the black box is reached (CONNECTION_FIELDS)."""
@@ -128,7 +134,8 @@ def load_state(path: Path, config: RunConfig, n_sources: int | None = None
     made_by = meta.get("config")
     if isinstance(made_by, dict):
         ours = config_fingerprint(config)
-        changed = [k for k in sorted(set(ours) | set(made_by)) if ours.get(k) != made_by.get(k)]
+        changed = [k for k in sorted(set(ours) | set(made_by))
+                   if ours.get(k) != made_by.get(k, ADDED_FIELDS.get(k))]
         if changed:
             name = changed[0]
             raise ConfigError(f"{path}: made by another configuration ({name} is "

@@ -28,7 +28,7 @@ from barapi.errors import BudgetExhausted, ConfigError, FatalProviderError, Prog
 from barapi.estimate import EVAL_CHUNK, total_steps
 from barapi.head import REFIT_MAX_SOURCES, AnswerWindow, LinearHead, OutputHead
 from barapi.labelmap import LabelMap, check_fits, frequency_map, random_map
-from barapi.losses import batched_focal_loss, class_weights
+from barapi.losses import batched_focal_loss, class_weights, sample_focal_losses
 from barapi.optim import Optimizer
 from barapi.program import Canvas, Program
 from barapi.progress import EVERY, ProgressLines
@@ -80,9 +80,12 @@ class Task:
         return self.config.gamma if self.config.loss == "focal" else 0.0
 
     def losses(self, head: OutputHead, probs: NDArray[np.float32], labels: NDArray[np.int64],
-               n_variants: int) -> NDArray[np.float64]:
-        """Loss per program variant from (V·B, K) probabilities, variant-major."""
+               n_variants: int, per_sample: bool = False) -> NDArray[np.float64]:
+        """Loss per program variant (V,) from (V·B, K) probabilities, variant-major; with
+        `per_sample`, each sample's own loss under each variant (V, B)."""
         h = head.scores(probs).reshape(n_variants, len(labels), -1)
+        if per_sample:
+            return sample_focal_losses(h, labels, self.gamma, self.weights)
         return batched_focal_loss(h, labels, self.gamma, self.weights)
 
 
@@ -141,18 +144,19 @@ async def build_heads(service: QueryService, task: Task,
 
 def zo_gradient(service: QueryService, task: Task, estimator: ZOEstimator,
                 seed: int) -> GradientFn:
-    """The black-box gradient: q random directions, minibatch × (q + 1) queried images. The
+    """The black-box gradient: q random directions (shared by the minibatch, or each sample's
+    own when the estimator is `per_sample`), minibatch × (q + 1) queried images. The
     directions of step t come from default_rng([seed, 1, t]), so a resumed run repeats them."""
 
     async def gradient(weights: FloatArray, head: OutputHead, windows: NDArray[np.uint8],
                        labels: NDArray[np.int64], step: int) -> tuple[float, FloatArray,
                                                                       Probabilities]:
         rng = np.random.default_rng([seed, 1, step])
-        directions = estimator.sample(rng, task.program.shape)
+        directions = estimator.sample(rng, task.program.shape, len(labels))
         points = estimator.points(weights, directions)
         images = task.program.compose(windows, task.program.perturbation(points))
         probs = await service.predict_proba(images)
-        losses = task.losses(head, probs, labels, len(points))
+        losses = task.losses(head, probs, labels, len(points), estimator.per_sample)
         return estimator.mean_loss(losses), estimator.gradient(losses, directions), probs
 
     return gradient

@@ -6,6 +6,13 @@ Directions U_j are uniform on the unit sphere (b defaults to d, making the estim
 for the gradient of the β-smoothed loss) or standard Gaussian (b defaults to 1). Gaussian
 directions move every coordinate by about β, which is what lets a perturbation survive 8-bit
 quantisation; unit-sphere directions move each coordinate by only β/√d.
+
+Per-sample directions (`per_sample`): each sample i of the minibatch gets its own U_ij and
+f_i is its own loss, g = (b/(qB)) Σ_ij [f_i(W + βU_ij) − f_i(W)] / β · U_ij: the same q + 1
+queries per sample, the estimate averaged over qB directions instead of q. Its error is
+(d + 1)/(qB²) Σ_i ‖∇f_i‖² against (d + 1)/q ‖∇f‖² for shared directions (Gaussian, one-sided,
+answer noise alike for both), so it is the smaller where the samples' gradients agree
+(mean_i ‖∇f_i‖² < B ‖∇f‖²; benchmarks/direction_sharing.py measures that ratio).
 """
 
 from __future__ import annotations
@@ -22,13 +29,15 @@ Directions = Literal["sphere", "gaussian"]
 
 @dataclass(frozen=True)
 class ZOEstimator:
-    """Random-direction gradient estimator: q directions, smoothing radius β, scale b."""
+    """Random-direction gradient estimator: q directions (per sample when `per_sample`),
+    smoothing radius β, scale b."""
 
     q: int = 10
     beta: float = 0.01
     directions: Directions = "sphere"
     two_sided: bool = False
     b: float | None = None
+    per_sample: bool = False
 
     def __post_init__(self) -> None:
         if self.q < 1:
@@ -43,21 +52,24 @@ class ZOEstimator:
         """Loss evaluations (program variants) per estimate: q + 1, or 2q when two-sided."""
         return 2 * self.q if self.two_sided else self.q + 1
 
-    def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> FloatArray:
-        """(q, *shape) directions."""
-        u = rng.standard_normal((self.q, *shape)).astype(np.float32)
+    def sample(self, rng: np.random.Generator, shape: tuple[int, ...],
+               n_samples: int = 1) -> FloatArray:
+        """(q, *shape) directions; (q, n_samples, *shape) when `per_sample`."""
+        lead = (self.q, n_samples) if self.per_sample else (self.q,)
+        u = rng.standard_normal((*lead, *shape)).astype(np.float32)
         if self.directions == "sphere":
-            norms = np.sqrt((u.reshape(self.q, -1) ** 2).sum(axis=1))
-            u /= norms.reshape((self.q,) + (1,) * len(shape))
+            axes = tuple(range(len(lead), u.ndim))
+            u /= np.sqrt((u ** 2).sum(axis=axes, keepdims=True))
         return u
 
     def points(self, weights: FloatArray, directions: FloatArray) -> FloatArray:
-        """(n_evaluations, *W.shape) program parameters to evaluate, the clean W first when
-        one-sided; [W + βU_1..q, W − βU_1..q] when two-sided."""
+        """(n_evaluations, *directions.shape[1:]) program parameters to evaluate, the clean
+        W first when one-sided; [W + βU_1..q, W − βU_1..q] when two-sided."""
         step = self.beta * directions
         if self.two_sided:
             return np.concatenate([weights + step, weights - step])
-        return np.concatenate([weights[None], weights + step])
+        clean = np.broadcast_to(weights, directions.shape[1:])[None]
+        return np.concatenate([clean, weights + step])
 
     def scale(self, dim: int) -> float:
         if self.b is not None:
@@ -65,20 +77,22 @@ class ZOEstimator:
         return float(dim) if self.directions == "sphere" else 1.0
 
     def gradient(self, losses: NDArray[np.floating], directions: FloatArray) -> FloatArray:
-        """Gradient estimate from the losses at `points(W, directions)`."""
+        """Gradient estimate from the losses at `points(W, directions)`: (n_evaluations,)
+        minibatch losses, or (n_evaluations, B) per-sample ones when `per_sample`."""
         q = self.q
         losses = np.asarray(losses, dtype=np.float64)
         if self.two_sided:
             diffs = (losses[:q] - losses[q:]) / (2 * self.beta)
         else:
             diffs = (losses[1:] - losses[0]) / self.beta
-        dim = directions[0].size
-        g = np.tensordot(diffs, directions.astype(np.float64), axes=1) * self.scale(dim) / q
+        dim = directions.size // diffs.size
+        g = (np.tensordot(diffs, directions.astype(np.float64), axes=diffs.ndim)
+             * self.scale(dim) / diffs.size)
         return g.astype(np.float32)
 
     def mean_loss(self, losses: NDArray[np.floating]) -> float:
         """Best available estimate of f(W) from one step's evaluations."""
-        return float(np.mean(losses) if self.two_sided else losses[0])
+        return float(np.mean(losses) if self.two_sided else np.mean(losses[0]))
 
 
 def unchanged_share(probs: NDArray[np.floating], n_variants: int, two_sided: bool = False) -> float:

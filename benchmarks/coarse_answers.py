@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from barapi import api
 from barapi.adapters.base import Adapter, AnswerForm
-from benchmarks.common import markdown_table, write_results
+from benchmarks.common import interval, markdown_table, write_results
 
 LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
 """SafeSearch's five likelihoods as scores (what adapters/google_vision.py answers)."""
@@ -80,17 +80,6 @@ class Coarsened(Adapter):
 
     async def aclose(self) -> None:
         await self.box.aclose()
-
-
-def interval(diffs: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% t-interval of paired differences (in points)."""
-    from scipy import stats
-
-    d = np.asarray(diffs, dtype=np.float64)
-    if len(d) < 2:
-        return float(d.mean()), float("nan"), float("nan")
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from barapi.run_folder import package_versions
 
 RESULTS = Path(__file__).parent / "results"
@@ -77,3 +79,25 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
              "| " + " | ".join("---" for _ in columns) + " |"]
     lines += ["| " + " | ".join(cell(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def interval(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval (n − 1 degrees of freedom) of paired differences, in
+    their own units; the bounds are NaN for fewer than two."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=np.float64)
+    if len(d) < 2:
+        return float(d.mean()), float("nan"), float("nan")
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def paired(diffs: list[float]) -> str:
+    """Paired differences of fractions as "+m.m [lo, hi]" points (95% t-interval)."""
+    if not diffs:
+        return "–"
+    mean, low, high = interval(diffs)
+    if np.isnan(low):
+        return f"{100 * mean:+.1f}"
+    return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"

@@ -48,7 +48,7 @@ from barapi.cards import load_card
 from barapi.data import FASHION_CLASSES, FASHION_DIR, read_idx
 from barapi.emulate import ClarifaiEmulator, fold_matrix
 from barapi.estimate import estimate as estimate_cost
-from benchmarks.common import RESULTS, code_version, markdown_table, write_results
+from benchmarks.common import RESULTS, code_version, markdown_table, paired, write_results
 
 KEY = "benchmark-emulator-key"  # the loopback emulator's own key, not a secret
 CELL_BUDGET = 1000.0
@@ -72,7 +72,13 @@ TASKS: dict[str, dict[str, Any]] = {
     "fashion shirt vs T-shirt": {"dataset": "@fashion", "classes": "Shirt,T-shirt/top"},
     "digits 0 vs 1": {"dataset": "digits", "classes": "0,1"},
     "fashion sneaker vs sandal": {"dataset": "@fashion", "classes": "Sneaker,Sandal"},
+    "MNIST 0 vs 1, 300 test": {"dataset": "mnist5k", "classes": "0,1", "test_fraction": 0.3,
+                               "per_class": 100, "val_size": 60},
+    "fashion sneaker vs sandal, 300 test": {"dataset": "@fashion-750",
+                                            "classes": "Sneaker,Sandal", "val_size": 60},
 }
+"""The last two (issue 30, step 4): the binary tasks again with 300 test images a seed, their
+training (100 a class) and validation (60) as the small splits' so a run costs the same."""
 PAPER_AT_112 = {"preset": "paper", "canvas": 112, "input_size": 112}
 PAPER = "BAR, paper settings (112 px, 3 epochs)"
 DEFAULT, SURROGATE = "BAR, barapi default", "BAR + surrogate prior (P-RGF)"
@@ -94,6 +100,8 @@ repeat the default's run."""
 SURROGATE_ADAM = "BAR (Adam-moved head) + surrogate prior (P-RGF)"
 TWO_SIDED = "BAR, two-sided, q = 5, β = 0.02"
 LONGER = "BAR, default settings but 8 epochs"
+SMALL_BETA = "BAR, β = 0.02 (one-sided, q = 10)"
+PER_SAMPLE = "BAR, per-sample directions"
 DEFAULTS = ((DEFAULT, ""), (PREVIOUS, "Adam head"))
 """barapi's default, then the defaults it replaced: a task not rerun with the newest is
 reported with the newest that ran it, marked."""
@@ -110,6 +118,8 @@ METHODS: dict[str, dict[str, Any]] = {
     AT_25: {"budget": GOAL_DOLLARS},
     TWO_SIDED: {"two_sided": True, "q": 5, "beta": 0.02, **ADAM_HEAD},
     LONGER: {"epochs": 8, **ADAM_HEAD},  # Fashion pairs: 6 epochs cost $13–17, 8 stay under $25
+    SMALL_BETA: {"beta": 0.02},
+    PER_SAMPLE: {"per_sample_directions": True},
     AR: {"method": "ar"},
     AR_ADAM: {"method": "ar", **ADAM_HEAD},
     "feature extraction (white-box)": {"transfer": "features"},
@@ -124,9 +134,14 @@ HONEST = [(task, f"{fam} {view}") for fam in ("imagenet", "nudenet")
                              ("fashion sneaker vs sandal", "nsfw"))]
 """Group "honest": the few-output rows again on boxes that answer like a moderation service
 ("safe" saturated; NudeNet an independent model family), each with its white-box ceiling."""
+STEP3 = {(task, "nudenet nsfw"): (PROBE, DEFAULT, SMALL_BETA, PER_SAMPLE, AR)
+         for task in ("MNIST 0 vs 1, 300 test", "fashion sneaker vs sandal, 300 test")}
+"""Honest-group pairs of issue 30's step 3, each with only the methods it compares: the
+estimator's settings against the default, paired by seed on 300 test images."""
 TASK_ONLY = ("feature extraction (white-box)", "CNN from scratch")
 """Baselines that do not depend on the black box: run once per task, beside EfficientNet-Lite0."""
-HONEST_ONLY = (QUARTER, QUARTER_ADAM, AT_25, TWO_SIDED, LONGER, PREVIOUS, AR_ADAM, SURROGATE_ADAM)
+HONEST_ONLY = (QUARTER, QUARTER_ADAM, AT_25, TWO_SIDED, LONGER, PREVIOUS, AR_ADAM, SURROGATE_ADAM,
+               SMALL_BETA, PER_SAMPLE)
 """Methods of the honest group only (a budget plan; the estimator that sees a detector's
 gradient, docs/method.md "ZO estimator"; more of the $25 the goals allow; the head training
 before head refit, which the main group's cells all ran)."""
@@ -184,7 +199,7 @@ class Cell:
         return values.pop("preset", None), values
 
 
-LEGACY = {"head_refit": False, "oip_input": None}
+LEGACY = {"head_refit": False, "oip_input": None, "per_sample_directions": False}
 """Settings added after cells were stored, at the value that reproduces what those cells
 ran: left out of a key at that value, so that the stored cells keep their keys."""
 
@@ -229,8 +244,13 @@ def cells(groups: list[str], seeds: list[int], quick: bool) -> list[Cell]:
                 if method in TASK_ONLY or (method == AT_25 and task not in OVER_GOAL
                                            and not quick) or (quick and method in QUICK_SKIP):
                     continue
+                if method in (SMALL_BETA, PER_SAMPLE):  # STEP3's pairs only
+                    continue
                 for seed in seeds:
                     out.append(Cell("honest", task, box, method, seed, {**settings, "m": 1}))
+        for (task, box), methods in ({} if quick else STEP3).items():
+            out += [Cell("honest", task, box, method, seed, {**METHODS[method], "m": 1})
+                    for seed in seeds for method in methods]
     if "ablations" in groups:
         for name, settings in ABLATIONS.items():
             if quick and name not in ("q = 5", "random map"):
@@ -567,6 +587,35 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def step3(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 30's step 3 per STEP3 pair and method: test accuracy (mean ± sd over seeds),
+    dollars, and the paired differences to the default and from AR, 95% t-intervals."""
+    out = []
+    for (task, box), methods in STEP3.items():
+        by = {(r["method"], r["seed"]): r for r in rows
+              if (r["group"], r["task"], r["box"]) == ("honest", task, box)}
+        for method in methods:
+            accuracy = [r["test_accuracy"] for (m, _), r in by.items() if m == method]
+            if not accuracy:
+                continue
+            spread = f" ± {100 * statistics.stdev(accuracy):.1f}" if len(accuracy) > 1 else ""
+            dollars = statistics.mean(r["dollars"] for (m, _), r in by.items() if m == method)
+            bar = METHODS[method].get("method") not in ("ar", "zero-shot")
+            out.append({"task": task, "box": box, "method": method,
+                        "accuracy": f"{100 * statistics.mean(accuracy):.1f}{spread} "
+                                    f"({len(accuracy)})",
+                        "dollars": f"${dollars:.2f}",
+                        "vs_default": paired(paired_gaps(by, method, DEFAULT))
+                        if bar and method != DEFAULT else "–",
+                        "ar_gap": paired(paired_gaps(by, AR, method)) if bar else "–"})
+    return out
+
+
+STEP3_COLUMNS = [("task", "task"), ("box", "black box"), ("method", "method"),
+                 ("accuracy", "test acc. % (seeds)"), ("dollars", "$ at card price"),
+                 ("vs_default", "− default, points [95%]"), ("ar_gap", "AR − it, points [95%]")]
+
+
 def same_head_ar(method: str) -> str:
     """White-box AR with the head training `method` ran with (refit, or the Adam-moved head)."""
     return AR_ADAM if METHODS[method].get("head_refit") is False else AR
@@ -821,6 +870,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                       "≥ −1; ¼ of the $ − previous default ≥ 0 or share ≤ 25%; methods "
                       "run before head refit are paired with the previous default)\n\n"
                       + markdown_table(targets, GOAL_COLUMNS))
+    if part := step3(rows):
+        tables.append("**Issue 30, step 3: the estimator's settings, paired by seed on 300 test "
+                      "images a seed** (differences in points, 95% t-interval)\n\n"
+                      + markdown_table(part, STEP3_COLUMNS))
     best = best_within(rows)
     if best:
         tables.append(f"**The best BAR measured within ${GOAL_DOLLARS:.0f} a task** (issue 16's "

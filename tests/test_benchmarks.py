@@ -487,3 +487,32 @@ def test_subspace_gate_per_image_gradients_average_to_ars_gradient() -> None:
     _, expected, _ = asyncio.run(autograd_gradient(box, task)(weights, head, windows, labels, 0))
     assert truth.jacobians.shape == (10, 5, task.program.dim)
     np.testing.assert_allclose(truth.gradient, expected.reshape(-1), rtol=1e-4, atol=1e-7)
+
+
+def test_paired_differences_carry_a_student_t_interval() -> None:
+    import numpy as np
+    import pytest
+
+    from benchmarks.common import interval, paired
+
+    # 5 seeds: t(0.975, 4) = 2.776, not the normal 1.96
+    diffs = [-0.014, -0.236, -0.333, -0.042, -0.069]
+    mean, low, high = interval(diffs)
+    assert mean - low == pytest.approx(high - mean)
+    half = 2.776 * np.std(diffs, ddof=1) / np.sqrt(5)
+    assert mean == pytest.approx(-0.1388) and high - mean == pytest.approx(half, rel=1e-3)
+    assert paired(diffs) == "-13.9 [-31.1, +3.3]"  # 1.96 would print [-26.1, -1.7]
+    assert paired([0.02]) == "+2.0" and paired([]) == "–"
+
+
+def test_the_direction_sharing_ratio_is_one_over_b_for_equal_gradients() -> None:
+    import numpy as np
+    import pytest
+
+    from benchmarks.subspace_gate import MINIBATCH, per_sample_error_ratio
+
+    rng = np.random.default_rng(0)
+    same = np.tile(rng.standard_normal(192), (60, 1))
+    assert per_sample_error_ratio(same, rng) == pytest.approx(1 / MINIBATCH)
+    independent = rng.standard_normal((60, 192))  # mean of B independent: ratio ≈ 1
+    assert 0.7 < per_sample_error_ratio(independent, rng) < 1.4

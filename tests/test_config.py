@@ -40,6 +40,9 @@ def test_a_step_too_large_for_memory_is_refused_before_anything_runs() -> None:
         make_config(q=100_000)
     with pytest.raises(ConfigError, match=r"^q: .*--batch"):
         make_config(batch=10_000_000)
+    make_config(batch=200, canvas=512)  # 1.7 GiB of images: fits
+    with pytest.raises(ConfigError, match=r"^q: .*8\.1 GiB"):  # and a float32 perturbation each
+        make_config(batch=200, canvas=512, per_sample_directions=True)
     make_config(q=100_000, method="zero-shot")  # no training step: no such images
 
 
@@ -68,3 +71,10 @@ def test_a_budget_is_a_finite_number_of_dollars_below_the_ceiling(value: object)
     with pytest.raises(ConfigError, match=r"^--budget: expected a finite amount"):
         check_budget_dollars(value)
     assert check_budget_dollars(MAX_BUDGET) == MAX_BUDGET and check_budget_dollars(0) == 0.0
+
+
+def test_a_surrogate_prior_refuses_per_sample_directions() -> None:
+    # P-RGF mixes one prior into q directions the minibatch shares
+    with pytest.raises(ValueError, match="--no-per-sample-directions"):
+        make_config(surrogate="efficientnet-lite0", per_sample_directions=True)
+    assert make_config(per_sample_directions=True).estimator().per_sample

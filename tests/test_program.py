@@ -52,3 +52,19 @@ def test_embedding_resizes_into_window() -> None:
 def test_bad_geometry_is_refused(size: int, window: int, top: int | None) -> None:
     with pytest.raises(ValueError):
         Canvas(size, window, top)
+
+
+def test_compose_takes_one_perturbation_per_sample() -> None:
+    canvas = Canvas(16, 8)
+    program = Program(canvas, 4)
+    windows = np.stack([np.full((8, 8, 3), v, np.uint8) for v in (10, 200)])
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((3, 2, 3, 4, 4)).astype(np.float32)  # 3 variants × 2 samples
+    images = program.compose(windows, program.perturbation(weights))
+    assert images.shape == (6, 16, 16, 3)
+    for v in range(3):
+        for i in range(2):  # each (variant, sample) is that sample under its own program
+            alone = program.images(windows[i:i + 1], weights[v, i])[0]
+            assert np.array_equal(images[v * 2 + i], alone)
+    with pytest.raises(ValueError, match="3 perturbations per variant for 2 samples"):
+        program.compose(windows, program.perturbation(np.zeros((1, 3, 3, 4, 4), np.float32)))

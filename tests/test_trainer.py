@@ -390,3 +390,59 @@ def test_a_run_says_when_most_finite_differences_see_no_change(caplog: pytest.Lo
     with caplog.at_level(logging.WARNING, logger="barapi"):  # exact answers: nothing said
         api.train(tiny_config(epochs=1, beta=0.01), adapter=LinearSoftmaxAdapter())
     assert not [r for r in caplog.records if "finite differences" in r.getMessage()]
+
+
+def test_per_sample_directions_pay_the_same_queries_and_resume_identically(
+        tmp_path: Path) -> None:
+    config = tiny_config(epochs=3, eval_every=2, head="linear", per_sample_directions=True)
+    shared_box, box = LinearSoftmaxAdapter(), LinearSoftmaxAdapter()
+    shared = api.train(tiny_config(epochs=3, eval_every=2, head="linear"), adapter=shared_box)
+    whole = api.train(config, adapter=box, runs_root=tmp_path / "a")
+    assert box.calls == shared_box.calls  # q + 1 queries per sample, as shared directions
+    assert not np.array_equal(whole.final_weights, shared.final_weights)
+    with pytest.raises(Crash):
+        api.train(config, adapter=CrashingAdapter(after_calls=30), runs_root=tmp_path / "b")
+    (folder,) = (tmp_path / "b").iterdir()
+    _, meta = load_checkpoint(folder / "checkpoint.npz")
+    assert 0 < meta["step"] < whole.steps
+    resumed = api.train(config, adapter=LinearSoftmaxAdapter(), resume=folder)
+    assert np.array_equal(resumed.final_weights, whole.final_weights)
+
+
+def test_per_sample_directions_estimate_each_images_own_loss(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    # each queried image is its sample under its own program variant, and the estimate pairs
+    # each sample's perturbed loss with that sample's clean loss
+    from barapi import trainer
+
+    seen = []
+    real = trainer.ZOEstimator.gradient
+
+    def spy(self, losses, directions):  # type: ignore[no-untyped-def]
+        seen.append((np.shape(losses), directions.shape))
+        return real(self, losses, directions)
+
+    monkeypatch.setattr(trainer.ZOEstimator, "gradient", spy)
+    config = tiny_config(epochs=1, per_sample_directions=True)
+    api.train(config, adapter=LinearSoftmaxAdapter())
+    assert seen and all(s == ((config.q + 1, config.batch), (config.q, config.batch, 3, 4, 4))
+                        for s in seen)
+
+
+def test_a_checkpoint_from_before_per_sample_directions_resumes(tmp_path: Path) -> None:
+    from barapi.checkpoint import save_checkpoint
+    from barapi.run_state import load_state
+
+    config = tiny_config(epochs=3, eval_every=2)
+    whole = api.train(config, adapter=LinearSoftmaxAdapter())
+    with pytest.raises(Crash):
+        api.train(config, adapter=CrashingAdapter(after_calls=30), runs_root=tmp_path)
+    (folder,) = tmp_path.iterdir()
+    arrays, meta = load_checkpoint(folder / "checkpoint.npz")
+    del meta["config"]["per_sample_directions"]  # as a checkpoint made before the setting
+    save_checkpoint(folder / "checkpoint.npz", arrays, meta)
+    other = tiny_config(epochs=3, eval_every=2, per_sample_directions=True)
+    with pytest.raises(ConfigError, match="per_sample_directions is None there, True"):
+        load_state(folder / "checkpoint.npz", other)  # it ran with shared directions
+    resumed = api.train(config, adapter=LinearSoftmaxAdapter(), resume=folder)
+    assert np.array_equal(resumed.final_weights, whole.final_weights)

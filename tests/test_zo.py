@@ -85,3 +85,72 @@ def test_unchanged_share_counts_differences_that_see_nothing() -> None:
     assert unchanged_share(one_sided, 3) == pytest.approx(3 / 4)
     two_sided = np.concatenate([moved, base, base, base])  # [+u1, +u2, −u1, −u2]
     assert unchanged_share(two_sided, 4, two_sided=True) == pytest.approx(3 / 4)
+
+
+def per_sample_linear(seed: int, n: int, agree: bool):
+    """Per-sample linear losses f_i(w) = a_i · w: gradients that agree (a common part plus
+    a little noise) or nearly cancel (pairs ±b_k around a small common part)."""
+    rng = np.random.default_rng(seed)
+    common = rng.standard_normal(D)
+    pairs = rng.standard_normal((n // 2, D))
+    a = (common + 0.1 * rng.standard_normal((n, D)) if agree
+         else 0.1 * common + np.concatenate([pairs, -pairs]))
+
+    def f(points: np.ndarray) -> np.ndarray:  # (V, n, D) → (V, n)
+        return np.einsum("vnd,nd->vn", points.astype(np.float64), a)
+
+    return f, a
+
+
+def test_per_sample_directions_have_their_own_shape_and_points() -> None:
+    est = ZOEstimator(q=3, beta=0.1, directions="gaussian", per_sample=True)
+    w = np.ones((3, 4, 4), np.float32)
+    u = est.sample(np.random.default_rng(0), w.shape, 5)
+    assert u.shape == (3, 5, 3, 4, 4) and not np.allclose(u[:, 0], u[:, 1])
+    points = est.points(w, u)
+    assert points.shape == (4, 5, 3, 4, 4)
+    assert np.array_equal(points[0], np.broadcast_to(w, (5, 3, 4, 4)))
+    assert np.allclose(points[1:], w + 0.1 * u)
+    sphere = ZOEstimator(q=3, directions="sphere", per_sample=True).sample(
+        np.random.default_rng(0), w.shape, 5)
+    assert np.allclose(np.sqrt((sphere ** 2).sum(axis=(2, 3, 4))), 1.0)
+    shared = ZOEstimator(q=3).sample(np.random.default_rng(0), w.shape, 5)
+    assert shared.shape == (3, 3, 4, 4)  # n_samples is ignored: shared runs draw as before
+
+
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_per_sample_estimate_is_unbiased_for_the_minibatch_gradient(two_sided: bool) -> None:
+    f, a = per_sample_linear(0, 4, agree=True)
+    est = ZOEstimator(q=2, beta=0.05, directions="gaussian", two_sided=two_sided,
+                      per_sample=True)
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal(D).astype(np.float32)
+    draws = 20_000
+    total = sum(est.gradient(f(est.points(w, u := est.sample(rng, (D,), 4))), u)
+                for _ in range(draws))
+    true = a.mean(axis=0)
+    assert np.linalg.norm(total / draws - true) / np.linalg.norm(true) < 0.08
+
+
+@pytest.mark.parametrize("agree", [True, False])
+def test_per_sample_directions_win_exactly_where_the_samples_gradients_agree(agree: bool) -> None:
+    # zo.py's error formula: per-sample beats shared iff mean_i ‖a_i‖² < B ‖mean_i a_i‖²
+    n, q = 10, 4
+    f, a = per_sample_linear(2, n, agree)
+    true = a.mean(axis=0)
+    ratio = float(np.mean(np.sum(a * a, axis=1)) / (n * true @ true))
+    rng = np.random.default_rng(3)
+    errors = {}
+    for per_sample in (False, True):
+        est = ZOEstimator(q=q, beta=0.05, directions="gaussian", per_sample=per_sample)
+        squared = []
+        for _ in range(3000):
+            u = est.sample(rng, (D,), n)
+            losses = f(est.points(np.zeros(D, np.float32), u) if per_sample else
+                       np.broadcast_to(est.points(np.zeros(D, np.float32), u)[:, None],
+                                       (q + 1, n, D)))
+            g = est.gradient(losses if per_sample else losses.mean(axis=1), u)
+            squared.append(float(np.sum((g - true) ** 2)))
+        errors[per_sample] = float(np.mean(squared))
+    assert errors[True] / errors[False] == pytest.approx(ratio, rel=0.15)
+    assert (errors[True] < errors[False]) == agree
