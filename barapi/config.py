@@ -156,7 +156,7 @@ class RunConfig(BaseModel):
     per_sample_directions: bool = Field(
         False, description="each minibatch image its own q directions instead of q shared by "
         "the minibatch: the same queries, the estimate averaged over q × batch directions "
-        "(docs/method.md, \"Per-sample directions\")")
+        "(docs/method.md; measured, not a win on NudeNet)")
     surrogate: str | None = Field(
         None, description="a local model of ours (efficientnet-lite0|1|2) whose gradient, "
         "through a proxy fitted to the paid answers, guides the ZO directions (P-RGF; "

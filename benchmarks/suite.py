@@ -375,7 +375,8 @@ def local_box(box: str, config: api.RunConfig) -> Any:
         return folded_white_box(box, config.input_size, config.device)
     from barapi.adapters.boxes import create_box
 
-    return create_box(box.replace(" ", "-"), device=config.device, input_size=config.input_size)
+    side = None if family(box) == "nudenet" else config.input_size  # NudeNet: its own 320 px
+    return create_box(box.replace(" ", "-"), device=config.device, input_size=side)
 
 
 def curve(folder: Path) -> list[list[float]]:

@@ -42,7 +42,9 @@ def test_suite_quick_runs_every_method_and_resumes_from_its_results(tmp_path) ->
     assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
     paid = [r for r in rows if r["box"] == "moderation" and r["method"] != "AR (white-box)"]
     assert all(r["dollars"] > 0 and r["images"] == r["emulator_billed"] > 0 for r in paid)
-    assert (tmp_path / "suite.md").read_text().count("| digits") >= len(suite.METHODS)
+    table = (tmp_path / "suite.md").read_text()
+    assert all(f"| digits | lite0 | {m} |" in table
+               for m in set(suite.METHODS) - set(suite.HONEST_ONLY))
     assert list(tmp_path.glob("curves_*.png"))
     again = suite.main(["--quick", "--results", str(tmp_path)])  # everything read back
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in rows]
@@ -516,3 +518,13 @@ def test_the_direction_sharing_ratio_is_one_over_b_for_equal_gradients() -> None
     assert per_sample_error_ratio(same, rng) == pytest.approx(1 / MINIBATCH)
     independent = rng.standard_normal((60, 192))  # mean of B independent: ratio ≈ 1
     assert 0.7 < per_sample_error_ratio(independent, rng) < 1.4
+
+
+def test_the_suites_white_box_nudenet_is_the_box_the_emulator_serves() -> None:
+    # AR cells on NudeNet failed with "input_size: nudenet-nsfw runs at 320 px" once the box
+    # refused the suite's 112 px: the white-box copy takes NudeNet's own side, as the BAR path
+    from barapi import api
+    from benchmarks import suite
+
+    box = suite.local_box("nudenet nsfw", api.make_config(device="cpu"))
+    assert box.identity.startswith("local/nudenet-nsfw/")
