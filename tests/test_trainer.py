@@ -82,15 +82,22 @@ class CrashingAdapter(LinearSoftmaxAdapter):
         return await super().predict_proba(images)
 
 
+def crashed_run(config: RunConfig, root: Path) -> tuple[Path, dict]:
+    """The run folder of `config` cut short by a crash after 30 requests, and its checkpoint's
+    meta."""
+    with pytest.raises(Crash):
+        api.train(config, adapter=CrashingAdapter(after_calls=30), runs_root=root)
+    (folder,) = root.iterdir()
+    _, meta = load_checkpoint(folder / "checkpoint.npz")
+    return folder, meta
+
+
 @pytest.mark.parametrize("head", ["map", "linear"])
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path: Path,
                                                                   head: str) -> None:
     config = tiny_config(epochs=3, eval_every=2, head=head)
     whole = api.train(config, adapter=LinearSoftmaxAdapter(), runs_root=tmp_path / "a")
-    with pytest.raises(Crash):
-        api.train(config, adapter=CrashingAdapter(after_calls=30), runs_root=tmp_path / "b")
-    (folder,) = (tmp_path / "b").iterdir()
-    _, meta = load_checkpoint(folder / "checkpoint.npz")
+    folder, meta = crashed_run(config, tmp_path / "b")
     assert 0 < meta["step"] < whole.steps
     resumed = api.train(config, adapter=LinearSoftmaxAdapter(), resume=folder)
     assert resumed.steps == whole.steps
@@ -400,10 +407,7 @@ def test_per_sample_directions_pay_the_same_queries_and_resume_identically(
     whole = api.train(config, adapter=box, runs_root=tmp_path / "a")
     assert box.calls == shared_box.calls  # q + 1 queries per sample, as shared directions
     assert not np.array_equal(whole.final_weights, shared.final_weights)
-    with pytest.raises(Crash):
-        api.train(config, adapter=CrashingAdapter(after_calls=30), runs_root=tmp_path / "b")
-    (folder,) = (tmp_path / "b").iterdir()
-    _, meta = load_checkpoint(folder / "checkpoint.npz")
+    folder, meta = crashed_run(config, tmp_path / "b")
     assert 0 < meta["step"] < whole.steps
     resumed = api.train(config, adapter=LinearSoftmaxAdapter(), resume=folder)
     assert np.array_equal(resumed.final_weights, whole.final_weights)
